@@ -1,0 +1,190 @@
+"""Every ADIN hyper-parameter in one validated object.
+
+The sweep searches this object, so each field has a default that runs, a documented range, and validation
+that names the field before any expensive work starts. Defaults follow the paper where it is explicit and the
+authors' released code where the paper is silent (optimiser, batch size, learning rates, thresholds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+BACKBONES = ("small_cnn", "resnet50", "dual_branch")
+ADV_LOSSES = ("cane", "ne", "rg", "kl", "js", "none")
+CANE_WEIGHTINGS = ("class_prior", "sample_prior")
+NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
+THRESHOLD_MODES = ("relative", "absolute")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A hyper-parameter is missing, unknown or out of range; the message names it."""
+
+
+@dataclass
+class TrainConfig:
+    # --- model -----------------------------------------------------------------------------------------
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    weights_path: str | None = None  # torchvision ResNet-50 state dict; never downloaded at run time
+    feature_dim: int = 128  # small_cnn only; resnet50 gives 2048, dual_branch 3 x 1024
+    head_hidden: int = 512  # width of the first FC layer of f_I and f_N
+    image_height: int = 256
+    image_width: int = 128
+
+    # --- losses ----------------------------------------------------------------------------------------
+    adv_loss: str = "cane"  # the paper's default; "none" trains the plain identity baseline
+    beta: float = 1.0  # weight of L_adv (for "rg": the gradient-reversal coefficient)
+    cane_weighting: str = "class_prior"  # paper Eq. 6; "sample_prior" is the authors' code
+    prior_temperature: float = 1.0  # p_k ** gamma, renormalised; 0 makes CaNE a scaled NE
+    nuisance: str = "camera"
+    label_smoothing: float = 0.0
+    center_weight: float = 5e-4  # lambda_c; 0 turns the center loss off
+
+    # --- alternating schedule (fractions of A0 / N0 when threshold_mode == "relative") -----------------
+    threshold_mode: str = "relative"
+    i_target: float = 1.0
+    i_trigger: float = 0.99
+    n_trigger: float = 0.9
+    check_every: int = 50  # steps between validation checks
+    pretrain_id_epochs: float = 0.5
+    pretrain_nuisance_epochs: float = 0.25
+    max_adversarial_steps: int = 500  # one adversarial phase, before the adversary is re-checked
+    max_rescue_steps: int = 500
+    refresh_steps: int = 50  # steps to retrain a re-initialised f_N
+    epochs: float = 2.0  # total budget, all phases together
+
+    # --- optimisation (authors' code: SGD Nesterov) ---------------------------------------------------
+    batch_size: int = 64
+    lr_backbone: float = 0.01
+    lr_heads: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    # --- runtime ---------------------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast; used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a plain mapping (a YAML file, a Tune config); unknown keys are an error, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+        coerced = {}
+        for f in fields(cls):
+            if f.name in values:
+                coerced[f.name] = _coerce(f.name, values[f.name], f.type)
+        return cls(**coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def nuisance_kinds(self) -> tuple[str, ...]:
+        """Label kinds, one nuisance head each ('camera+time' is two heads; 'camera_x_time' one joint head)."""
+        return tuple(self.nuisance.split("+"))
+
+    @property
+    def adversarial(self) -> bool:
+        return self.adv_loss != "none"
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        _choice("backbone", self.backbone, BACKBONES)
+        _choice("adv_loss", self.adv_loss, ADV_LOSSES)
+        _choice("cane_weighting", self.cane_weighting, CANE_WEIGHTINGS)
+        _choice("nuisance", self.nuisance, NUISANCES)
+        _choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
+        _choice("device", self.device, DEVICES)
+        for name in ("feature_dim", "head_hidden", "image_height", "image_width", "check_every",
+                     "batch_size", "eval_batch_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("max_adversarial_steps", "max_rescue_steps", "refresh_steps"):
+            _positive_int(name, getattr(self, name))
+        if self.backbone != "small_cnn" and (self.image_height < 32 or self.image_width < 32):
+            raise ConfigError(f"image_height/image_width must be >= 32 for backbone {self.backbone!r}, "
+                              f"got {self.image_height}x{self.image_width}")
+        if self.backbone == "dual_branch" and self.image_height < 64:
+            raise ConfigError("image_height must be >= 64 for backbone 'dual_branch' (its part branch splits "
+                              f"the feature map into halves), got {self.image_height}")
+        _in_range("beta", self.beta, 0.0, math.inf, low_open=True)
+        _in_range("prior_temperature", self.prior_temperature, 0.0, math.inf)
+        _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        _in_range("center_weight", self.center_weight, 0.0, math.inf)
+        for name in ("lr_backbone", "lr_heads"):
+            _in_range(name, getattr(self, name), 0.0, math.inf, low_open=True)
+        _in_range("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _in_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        _in_range("epochs", self.epochs, 0.0, math.inf, low_open=True)
+        _in_range("pretrain_id_epochs", self.pretrain_id_epochs, 0.0, math.inf)
+        _in_range("pretrain_nuisance_epochs", self.pretrain_nuisance_epochs, 0.0, math.inf)
+        if self.pretrain_id_epochs + self.pretrain_nuisance_epochs > self.epochs:
+            raise ConfigError(
+                f"pretrain_id_epochs + pretrain_nuisance_epochs ({self.pretrain_id_epochs} + "
+                f"{self.pretrain_nuisance_epochs}) exceeds the total budget epochs={self.epochs}")
+        if self.threshold_mode == "relative":
+            _in_range("i_target", self.i_target, 0.0, 1.0, low_open=True)
+            _in_range("n_trigger", self.n_trigger, 0.0, math.inf, low_open=True)
+        else:
+            _in_range("i_target", self.i_target, 0.0, 1.0, low_open=True)
+            _in_range("n_trigger", self.n_trigger, 0.0, 1.0)
+        _in_range("i_trigger", self.i_trigger, 0.0, 1.0)
+        if not self.i_trigger < self.i_target:
+            raise ConfigError(f"i_trigger must be < i_target, got i_trigger={self.i_trigger} "
+                              f"i_target={self.i_target}")
+        if self.weights_path is not None and not self.pretrained:
+            raise ConfigError("weights_path is set but pretrained=False; set pretrained=True to load it")
+        if self.pretrained and self.backbone == "small_cnn":
+            raise ConfigError("pretrained=True is not available for backbone 'small_cnn'")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(f"{name}={value!r} is out of range {lo}{low}, {high}{hi}")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Accept YAML/Tune values that are the right kind in another type (int for float, numpy scalars)."""
+    kind = str(annotation)
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars from samplers
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CANE_WEIGHTINGS", "NUISANCES"]

@@ -1,0 +1,139 @@
+"""Decoded images in memory, split for ADIN training, served as batches to one of N workers.
+
+This is what the trainer consumes. Any source (a synthetic generator, a Parquet shard set, a folder of JPEG
+files) becomes a `ReIDArrays` per split; `TrainingData` relabels identities, derives the nuisance labels and
+their priors, and deals each worker a disjoint, per-epoch reshuffled part of the training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from adin_core.nuisance import NuisanceLabeler, heads_for
+
+
+@dataclass
+class ReIDArrays:
+    """One split: images (N, H, W, 3) uint8, pids, camids, time periods (-1 where unknown)."""
+
+    images: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    timeperiods: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
+        for name in ("pids", "camids", "timeperiods"):
+            arr = np.asarray(getattr(self, name), dtype=np.int64)
+            if arr.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {arr.shape}")
+            setattr(self, name, arr)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: np.ndarray) -> "ReIDArrays":
+        return ReIDArrays(self.images[index], self.pids[index], self.camids[index], self.timeperiods[index])
+
+    @property
+    def has_time(self) -> bool:
+        return len(self) > 0 and bool(np.all(self.timeperiods >= 0))
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 (B, 3, H, W); normalised on the device by the trainer
+    pids: torch.Tensor  # identity class index
+    nuisance: dict[str, torch.Tensor]  # label kind -> class index
+
+
+def held_out_val(train: ReIDArrays, seed: int = 0) -> tuple[ReIDArrays, ReIDArrays]:
+    """Hold one image per training identity out for validation (identities with >= 2 images).
+
+    Datasets without a validation list (all but MSMT17) use this, as the authors' code does.
+    """
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for pid in np.unique(train.pids):
+        idx = np.flatnonzero(train.pids == pid)
+        if len(idx) >= 2:
+            val_idx.append(int(rng.choice(idx)))
+    mask = np.zeros(len(train), dtype=bool)
+    mask[val_idx] = True
+    return train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
+
+
+class TrainingData:
+    """Training and validation splits with relabelled identities and nuisance labels for the chosen heads."""
+
+    def __init__(self, train: ReIDArrays, val: ReIDArrays, nuisance: str, *, name: str = "the dataset") -> None:
+        if len(train) == 0:
+            raise ValueError(f"{name}: the training split is empty")
+        if len(val) == 0:
+            raise ValueError(f"{name}: the validation split is empty")
+        self.name = name
+        self.train = train
+        self.val = val
+        self.kinds = tuple(heads_for(nuisance))
+        self.labeler = NuisanceLabeler.from_arrays(train.camids, train.timeperiods if train.has_time else None)
+        for kind in self.kinds:
+            self.labeler.check(kind, dataset=name)
+        pids = np.unique(train.pids)
+        self.pid_index = {int(p): i for i, p in enumerate(pids)}
+        unknown = sorted(set(np.unique(val.pids).tolist()) - set(self.pid_index))
+        if unknown:
+            raise ValueError(f"{name}: validation identities {unknown[:5]} are absent from the training split")
+        self.num_identities = len(pids)
+        self.train_labels = self._labels(train)
+        self.val_labels = self._labels(val)
+        self.priors = {k: self.labeler.prior(k, train.camids, train.timeperiods) for k in self.kinds}
+
+    def num_nuisance_classes(self) -> dict[str, int]:
+        return {k: self.labeler.num_classes(k) for k in self.kinds}
+
+    def _labels(self, split: ReIDArrays) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        pid_labels = np.fromiter((self.pid_index[int(p)] for p in split.pids), np.int64, count=len(split))
+        nuis = {k: self.labeler.labels(k, split.camids, split.timeperiods) for k in self.kinds}
+        return pid_labels, nuis
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return int(self.train.images.shape[1]), int(self.train.images.shape[2])
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        return max(1, len(self.train) // (batch_size * world_size))
+
+    def batches(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                seed: int = 0, start: int = 0) -> Iterator[Batch]:
+        """One epoch for one worker: a disjoint part of a per-epoch permutation, equal length on every worker
+        (so that data-parallel steps stay in lock-step), deterministic given (seed, epoch). `start` skips the
+        first batches, so a resumed run sees exactly the batches an uninterrupted one would."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.train))
+        per_worker = len(order) // world_size
+        mine = order[rank * per_worker:(rank + 1) * per_worker]
+        steps = max(1, per_worker // batch_size)
+        if per_worker < batch_size:  # tiny data: one smaller batch rather than none
+            mine = mine[:per_worker]
+        pid_labels, nuis = self.train_labels
+        for s in range(start, steps):
+            idx = np.sort(mine[s * batch_size:(s + 1) * batch_size])
+            yield self._batch(self.train, idx, pid_labels, nuis)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        pid_labels, nuis = self.val_labels
+        for start in range(0, len(self.val), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(self.val)))
+            yield self._batch(self.val, idx, pid_labels, nuis)
+
+    @staticmethod
+    def _batch(split: ReIDArrays, idx: np.ndarray, pid_labels: np.ndarray,
+               nuis: dict[str, np.ndarray]) -> Batch:
+        images = torch.from_numpy(np.ascontiguousarray(split.images[idx])).permute(0, 3, 1, 2)
+        return Batch(images, torch.from_numpy(pid_labels[idx]),
+                     {k: torch.from_numpy(v[idx]) for k, v in nuis.items()})

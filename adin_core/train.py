@@ -1,0 +1,390 @@
+"""The ADIN training loop, callable by any driver: a plain process, a test, or a Ray Train worker.
+
+`ADINTrainer(config, data).run()` trains f_E, f_I and f_N through the alternating schedule and calls its hooks
+at every validation check with a `CheckReport` (losses, phase, accuracies, the transition taken). Hooks report
+and checkpoint; `state_dict()` / `load_state_dict()` carry everything needed to resume exactly (model, heads,
+optimisers, schedule, data position, RNG).
+
+Data parallelism: when torch.distributed is initialised, gradients are all-reduced explicitly after each
+backward. A DDP wrapper is the usual choice, but ADIN's phases train different parameter subsets (f_N alone,
+f_E + f_I, all three), which DDP only tolerates with unused-parameter detection on every step. Validation
+runs on rank 0 and its accuracies are broadcast, so every worker takes the same schedule transitions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from adin_core.config import TrainConfig
+from adin_core.data.memory import Batch, TrainingData
+from adin_core.losses import adversarial_loss, grad_reverse, identity_loss
+from adin_core.models import ADINModel
+from adin_core.schedule import Phase, Schedule, ScheduleConfig, Transition
+
+
+@dataclass
+class CheckReport:
+    """What a validation check saw; hooks turn it into Ray reports, MLflow metrics, log lines."""
+
+    step: int
+    epoch: float
+    phase: str  # the phase trained since the previous check
+    next_phase: str
+    id_acc: float
+    nuisance_acc: float | None
+    nuisance_acc_by_kind: dict[str, float]
+    losses: dict[str, float]
+    transition: Transition | None
+    thresholds: dict[str, float]
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (for trackers): accuracies, losses, thresholds."""
+        out: dict[str, float] = {"step": float(self.step), "epoch": self.epoch, "id_acc": self.id_acc}
+        if self.nuisance_acc is not None:
+            out["nuisance_acc"] = self.nuisance_acc
+        out.update({f"nuisance_acc/{k}": v for k, v in self.nuisance_acc_by_kind.items()})
+        out.update({f"loss/{k}": v for k, v in self.losses.items()})
+        out.update({f"threshold/{k}": v for k, v in self.thresholds.items()})
+        return out
+
+
+class Hook(Protocol):
+    def on_check(self, trainer: "ADINTrainer", report: CheckReport) -> None: ...
+
+
+@dataclass
+class FitResult:
+    model: ADINModel
+    history: list[CheckReport] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class ADINTrainer:
+    def __init__(self, config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
+                 device: torch.device | str | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.config = config
+        self.data = data
+        self.hooks = list(hooks)
+        self.rank, self.world_size = rank, world_size
+        self.distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
+        self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        seed_everything(config.seed)
+        self.model = ADINModel(config, data.num_identities, data.num_nuisance_classes()).to(self.device)
+        if self.device.type == "cuda" and config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.priors = {k: torch.as_tensor(p, dtype=torch.float32) for k, p in data.priors.items()}
+        self.opt_main = self._make_main_optimizer()
+        self.opt_nuisance = self._make_nuisance_optimizer()
+        self.steps_per_epoch = data.steps_per_epoch(config.batch_size, world_size)
+        self.schedule = Schedule(ScheduleConfig.from_train_config(config, self.steps_per_epoch))
+        self.aug_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
+        self.history: list[CheckReport] = []
+        self._loss_sums: dict[str, float] = {}
+        self._loss_counts: dict[str, int] = {}
+        if self.distributed:
+            self._broadcast_state()
+
+    # ---------------------------------------------------------------------------------------------------
+    def _make_main_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        groups = [{"params": self.model.encoder_parameters(), "lr": c.lr_backbone},
+                  {"params": self.model.identity_parameters(), "lr": c.lr_heads}]
+        return torch.optim.SGD(groups, lr=c.lr_heads, momentum=c.momentum, weight_decay=c.weight_decay,
+                               nesterov=c.momentum > 0)
+
+    def _make_nuisance_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.SGD(self.model.nuisance_parameters(), lr=c.lr_heads, momentum=c.momentum,
+                               weight_decay=c.weight_decay, nesterov=c.momentum > 0)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
+
+    # ---------------------------------------------------------------------------------------------------
+    def _prepare(self, batch: Batch, train: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        dev = self.device
+        x = self.model.normalise(batch.images.to(dev, non_blocking=True))
+        size = (self.config.image_height, self.config.image_width)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if train:
+            x = self._augment(x)
+        if dev.type == "cuda" and self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, batch.pids.to(dev), {k: v.to(dev) for k, v in batch.nuisance.items()}
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random horizontal flip and random crop after zero padding (the standard ReID augmentation)."""
+        b, _, h, w = x.shape
+        flip = torch.rand(b, generator=self.aug_rng) < 0.5
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+        pad = max(1, round(0.04 * h))
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=self.aug_rng).tolist()
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=self.aug_rng).tolist()
+        return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+
+    def _add_loss(self, name: str, value: torch.Tensor) -> None:
+        self._loss_sums[name] = self._loss_sums.get(name, 0.0) + float(value.detach())
+        self._loss_counts[name] = self._loss_counts.get(name, 0) + 1
+
+    def _sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if not self.distributed:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    # ---------------------------------------------------------------------------------------------------
+    def _identity_terms(self, feats: list[torch.Tensor], pids: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        total = feats[0].new_zeros((), dtype=torch.float32)
+        for f, head, center in zip(feats, self.model.id_heads, self.model.centers):
+            total = total + identity_loss(head(f), pids, label_smoothing=c.label_smoothing, features=f,
+                                          center=center, center_weight=c.center_weight)
+        return total
+
+    def _nuisance_ce(self, feats: list[torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = feats[0].new_zeros((), dtype=torch.float32)
+        for f, heads in zip(feats, self.model.nuisance_heads):
+            for kind, head in heads.items():
+                total = total + F.cross_entropy(head(f).float(), labels[kind])
+        return total
+
+    def _step_identity(self, x: torch.Tensor, pids: torch.Tensor) -> None:
+        """pretrain_id and rescue: f_E + f_I on L_I."""
+        self.opt_main.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self._identity_terms(self.model.features(x), pids)
+        loss.backward()
+        self._sync_gradients(self._main_params)
+        self.opt_main.step()
+        self._add_loss("identity", loss)
+
+    def _step_nuisance(self, x: torch.Tensor, labels: dict[str, torch.Tensor],
+                       feats: list[torch.Tensor] | None = None) -> None:
+        """pretrain_nuisance and refresh: f_N on cross-entropy over frozen features."""
+        if feats is None:
+            with torch.no_grad(), self._autocast():
+                self.model.backbone.eval()  # frozen f_E: no BatchNorm statistics update either
+                feats = self.model.features(x)
+                self.model.backbone.train()
+        self.opt_nuisance.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self._nuisance_ce([f.detach() for f in feats], labels)
+        loss.backward()
+        self._sync_gradients(self._nuisance_params)
+        self.opt_nuisance.step()
+        self._add_loss("nuisance_ce", loss)
+
+    def _step_adversarial(self, x: torch.Tensor, pids: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
+        """f_E + f_I on L_I + beta * L_adv, then f_N on cross-entropy over the same (detached) features, so the
+        adversary keeps up. For `rg` one backward does both: f_N descends CE, f_E gets the reversed gradient."""
+        c = self.config
+        self.opt_main.zero_grad(set_to_none=True)
+        self.opt_nuisance.zero_grad(set_to_none=True)
+        with self._autocast():
+            feats = self.model.features(x)
+            l_id = self._identity_terms(feats, pids)
+            l_adv = feats[0].new_zeros((), dtype=torch.float32)
+            for f, heads in zip(feats, self.model.nuisance_heads):
+                for kind, head in heads.items():
+                    if c.adv_loss == "rg":
+                        l_adv = l_adv + adversarial_loss("rg", head(grad_reverse(f, c.beta)), labels[kind])
+                    else:
+                        l_adv = l_adv + adversarial_loss(c.adv_loss, head(f), labels[kind], self.priors[kind],
+                                                         weighting=c.cane_weighting,
+                                                         temperature=c.prior_temperature)
+            loss = l_id + (l_adv if c.adv_loss == "rg" else c.beta * l_adv)
+        loss.backward()
+        self._add_loss("identity", l_id)
+        self._add_loss("adversarial", l_adv)
+        if c.adv_loss == "rg":
+            self._sync_gradients(self._main_params + self._nuisance_params)
+            self.opt_main.step()
+            self.opt_nuisance.step()
+            return
+        self._sync_gradients(self._main_params)
+        self.opt_main.step()
+        self._step_nuisance(x, labels, feats=feats)
+
+    @property
+    def _main_params(self) -> list[torch.nn.Parameter]:
+        return self.model.encoder_parameters() + self.model.identity_parameters()
+
+    @property
+    def _nuisance_params(self) -> list[torch.nn.Parameter]:
+        return self.model.nuisance_parameters()
+
+    # ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """Identity and per-kind nuisance accuracy on the validation split (branch logits summed)."""
+        self.model.eval()
+        correct_id, total = 0, 0
+        correct_n = {k: 0 for k in self.data.kinds}
+        try:
+            for batch in self.data.val_batches(self.config.eval_batch_size):
+                x, pids, labels = self._prepare(batch, train=False)
+                with self._autocast():
+                    feats = self.model.features(x)
+                    id_logits = sum(h(f).float() for f, h in zip(feats, self.model.id_heads))
+                    correct_id += int((id_logits.argmax(1) == pids).sum())
+                    for kind in self.data.kinds:
+                        logits = sum(heads[kind](f).float() for f, heads in zip(feats, self.model.nuisance_heads))
+                        correct_n[kind] += int((logits.argmax(1) == labels[kind]).sum())
+                total += len(pids)
+        finally:
+            self.model.train()
+        return correct_id / total, {k: v / total for k, v in correct_n.items()}
+
+    def _validate_synced(self) -> tuple[float, dict[str, float]]:
+        if not self.distributed:
+            return self.validate()
+        self._broadcast_buffers()
+        kinds = list(self.data.kinds)
+        values = torch.zeros(1 + len(kinds), dtype=torch.float64)
+        if self.rank == 0:
+            id_acc, by_kind = self.validate()
+            values = torch.tensor([id_acc] + [by_kind[k] for k in kinds], dtype=torch.float64)
+        values = values.to(self._comm_device())
+        dist.broadcast(values, src=0)
+        values = values.cpu().tolist()
+        return values[0], dict(zip(kinds, values[1:]))
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _broadcast_state(self) -> None:
+        for t in list(self.model.parameters()) + list(self.model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+    def _broadcast_buffers(self) -> None:
+        for b in self.model.buffers():
+            dist.broadcast(b.data, src=0)
+
+    # ---------------------------------------------------------------------------------------------------
+    def _batches_from(self, step: int) -> Iterator[Batch]:
+        """Endless batches starting at global step `step` (resumable: same order as an uninterrupted run)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        while True:
+            it = self.data.batches(epoch, self.config.batch_size, rank=self.rank, world_size=self.world_size,
+                                   seed=self.config.seed, start=offset)
+            yield from it
+            epoch, offset = epoch + 1, 0
+
+    def run(self) -> FitResult:
+        sched = self.schedule
+        batches = self._batches_from(sched.step)
+        self.model.train()
+        t0 = time.perf_counter()
+        while not sched.done:
+            phase = sched.phase
+            n = sched.steps_until_check()
+            for _ in range(n):
+                x, pids, labels = self._prepare(next(batches), train=True)
+                if phase in (Phase.PRETRAIN_ID, Phase.RESCUE):
+                    self._step_identity(x, pids)
+                elif phase in (Phase.PRETRAIN_NUISANCE, Phase.REFRESH):
+                    self._step_nuisance(x, labels)
+                else:
+                    self._step_adversarial(x, pids, labels)
+            sched.advance(n)
+            id_acc, by_kind = self._validate_synced()
+            nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
+            transition = sched.observe(id_acc, nuisance_acc)
+            if transition is not None and transition.target == Phase.REFRESH.value:
+                self.model.reset_nuisance_heads()
+                self.opt_nuisance = self._make_nuisance_optimizer()
+            report = CheckReport(
+                step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
+                next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
+                nuisance_acc_by_kind=by_kind,
+                losses={k: self._loss_sums[k] / self._loss_counts[k] for k in self._loss_sums},
+                transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - t0)
+            self._loss_sums, self._loss_counts = {}, {}
+            self.history.append(report)
+            for hook in self.hooks:
+                hook.on_check(self, report)
+        return FitResult(self.model, self.history, list(sched.transitions))
+
+    # ---------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume: tensors and plain Python values only (loadable with weights_only=True)."""
+        return {
+            "format": 1,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "opt_main": self.opt_main.state_dict(),
+            "opt_nuisance": self.opt_nuisance.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "aug_rng": self.aug_rng.get_state(),
+            "history": [_report_to_dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != 1:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
+        self.model.load_state_dict(state["model"])
+        self.opt_main.load_state_dict(state["opt_main"])
+        self.opt_nuisance.load_state_dict(state["opt_nuisance"])
+        self.schedule = Schedule.from_state_dict(self.schedule.config, state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        self.aug_rng.set_state(state["aug_rng"])
+        self.history = [_report_from_dict(r) for r in state["history"]]
+
+
+def _report_to_dict(r: CheckReport) -> dict[str, Any]:
+    d = dict(r.__dict__)
+    d["transition"] = None if r.transition is None else dict(r.transition.__dict__)
+    return d
+
+
+def _report_from_dict(d: dict[str, Any]) -> CheckReport:
+    d = dict(d)
+    d["transition"] = None if d["transition"] is None else Transition(**d["transition"])
+    return CheckReport(**d)
+
+
+def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
+        resume_from: dict[str, Any] | None = None, device: torch.device | str | None = None) -> FitResult:
+    """Train one ADIN model in this process (optionally resuming from `ADINTrainer.state_dict()`)."""
+    trainer = ADINTrainer(config, data, hooks=hooks, device=device)
+    if resume_from is not None:
+        trainer.load_state_dict(resume_from)
+    return trainer.run()
+
+
+__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "fit", "resolve_device"]
