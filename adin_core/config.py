@@ -133,7 +133,7 @@ class TrainConfig:
         _in_range("epochs", self.epochs, 0.0, math.inf, low_open=True)
         _in_range("pretrain_id_epochs", self.pretrain_id_epochs, 0.0, math.inf)
         _in_range("pretrain_nuisance_epochs", self.pretrain_nuisance_epochs, 0.0, math.inf)
-        if self.pretrain_id_epochs + self.pretrain_nuisance_epochs > self.epochs:
+        if self.adversarial and self.pretrain_id_epochs + self.pretrain_nuisance_epochs > self.epochs:
             raise ConfigError(
                 f"pretrain_id_epochs + pretrain_nuisance_epochs ({self.pretrain_id_epochs} + "
                 f"{self.pretrain_nuisance_epochs}) exceeds the total budget epochs={self.epochs}")

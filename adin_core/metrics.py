@@ -244,3 +244,33 @@ def evaluate_vehicleid(features: torch.Tensor | np.ndarray, pids, *, num_draws: 
                       mINP=float(np.mean([r.mINP for r in results])),
                       num_valid_queries=int(np.mean([r.num_valid_queries for r in results])),
                       num_queries=int(np.mean([r.num_queries for r in results])))
+
+
+def evaluate_rank_reference(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
+                            max_rank: int = 50) -> RankResult:
+    """The straightforward per-query algorithm torchreid's `eval_market1501` uses (argsort each row, drop
+    same-pid-same-camera items, cumulate), with a stable argsort so ties are ordered by gallery index.
+
+    Kept as the yardstick for tests and `bench/eval_speed.py`; use `evaluate_rank` for real work.
+    """
+    distmat = np.asarray(distmat)
+    num_q, num_g = distmat.shape
+    q_pids, g_pids, q_camids, g_camids = _check_inputs(num_q, num_g, q_pids, g_pids, q_camids, g_camids)
+    max_rank = min(max_rank, num_g)
+    all_cmc, all_ap, all_inp = [], [], []
+    for i in range(num_q):
+        order = np.argsort(distmat[i], kind="stable")
+        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+        raw = (g_pids[order][keep] == q_pids[i]).astype(np.int64)
+        if not raw.any():
+            continue
+        cum = raw.cumsum()
+        last = int(np.flatnonzero(raw)[-1])
+        all_inp.append(cum[last] / (last + 1.0))
+        cmc = np.minimum(cum, 1)
+        all_cmc.append(cmc[:max_rank])
+        all_ap.append(float((cum / np.arange(1.0, raw.size + 1) * raw).sum() / raw.sum()))
+    if not all_cmc:
+        raise ValueError("evaluate_rank_reference: no query has a valid match in the gallery")
+    return RankResult(cmc=np.mean(all_cmc, axis=0), mAP=float(np.mean(all_ap)), mINP=float(np.mean(all_inp)),
+                      num_valid_queries=len(all_cmc), num_queries=num_q)
