@@ -1,0 +1,168 @@
+"""Evaluation speed and memory: adin_core.metrics against the per-query NumPy protocol, same run, same data.
+
+    python bench/eval_speed.py            # Market-1501 size and MSMT17 size
+    python bench/eval_speed.py --quick    # smaller MSMT17-size reference subset
+
+Features are synthetic but shaped like a trained model's: identity centres plus a per-camera bias plus noise,
+so the mAP lands where real direct-transfer numbers do (neither 0 nor 1) and the hardest matches sit deep in
+the ranking. Each case runs in its own subprocess so that its peak resident memory (ru_maxrss) is its own.
+
+Targets (issue 2): Market size >= 4x faster than torchreid's/fast-reid's Cython evaluator (about 1.2 s on these
+machines; not installable offline, so the yardstick measured in this run is the same algorithm in NumPy);
+MSMT17 size (11,659 x 82,161, whose float32 distance matrix alone is 3.8 GB) under 3 GB peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CYTHON_MARKET_SECONDS = 1.2  # torchreid/fast-reid rank_cy on Market-1501 size, measured on these machines
+
+
+def make_problem(num_q: int, num_g: int, num_ids: int, num_cams: int, dim: int, seed: int, noise: float):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids, dim)).astype(np.float32)
+    cam_bias = rng.normal(size=(num_cams, dim)).astype(np.float32) * 0.6
+    q_pids, g_pids = rng.integers(0, num_ids, num_q), rng.integers(0, num_ids, num_g)
+    q_cams, g_cams = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
+
+    def feats(pids, cams):
+        out = np.empty((len(pids), dim), np.float32)
+        for s in range(0, len(pids), 8192):
+            e = min(s + 8192, len(pids))
+            out[s:e] = centres[pids[s:e]] + cam_bias[cams[s:e]] + noise * rng.standard_normal(
+                (e - s, dim), dtype=np.float32)
+        return out
+
+    return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
+
+
+# --------------------------------------------------------------------------------------------------------------
+def _child(case: str, path: str, repeat: int) -> dict:
+    import resource
+
+    import torch
+
+    from adin_core.metrics import evaluate_features, evaluate_rank, evaluate_rank_reference
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    z = np.load(path)
+    labels = (z["q_pids"], z["g_pids"], z["q_cams"], z["g_cams"])
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    if case == "features":  # features in, block-wise distances: never the full matrix
+        qf, gf = torch.from_numpy(z["qf"]), torch.from_numpy(z["gf"])
+        for _ in range(repeat):
+            t = time.perf_counter()
+            r = evaluate_features(qf, gf, *labels)
+            times.append(time.perf_counter() - t)
+    else:
+        distmat = np.load(z["distmat_path"].item(), mmap_mode=None)
+        nq = int(z["ref_queries"]) if case == "reference" else distmat.shape[0]
+        sub = (distmat[:nq], labels[0][:nq], labels[1], labels[2][:nq], labels[3])
+        fn = evaluate_rank_reference if case == "reference" else evaluate_rank
+        for _ in range(repeat):
+            t = time.perf_counter()
+            r = fn(*sub)
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"case": case, "seconds": float(np.median(times)), "all_seconds": times, "mAP": r.mAP, "mINP": r.mINP,
+            "cmc": r.cmc[:20].tolist(), "valid": r.num_valid_queries, "peak_rss_mb": peak / 1024,
+            "inputs_rss_mb": base_rss / 1024}
+
+
+def run_child(case: str, path: str, repeat: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", case, path, str(repeat)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _same(a: dict, b: dict) -> bool:
+    return (abs(a["mAP"] - b["mAP"]) < 1e-6 and abs(a["mINP"] - b["mINP"]) < 1e-6
+            and np.allclose(a["cmc"], b["cmc"], atol=1e-6) and a["valid"] == b["valid"])
+
+
+def bench_market(tmp: str) -> None:
+    import torch
+
+    from adin_core.metrics import pairwise_distance
+
+    print("Market-1501 size: 3,368 queries x 15,913 gallery, 2048-d features")
+    qf, gf, qp, gp, qc, gc = make_problem(3368, 15913, 751, 6, 2048, seed=0, noise=3.2)
+    distmat = pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy()
+    dpath = os.path.join(tmp, "market_dist.npy")
+    np.save(dpath, distmat)
+    path = os.path.join(tmp, "market.npz")
+    np.savez(path, q_pids=qp, g_pids=gp, q_cams=qc, g_cams=gc, distmat_path=dpath, ref_queries=3368, qf=qf, gf=gf)
+    ref = run_child("reference", path, 1)
+    ours = run_child("ours", path, 5)
+    feat = run_child("features", path, 3)
+    print(f"  reference (per-query argsort, NumPy): {ref['seconds']:.3f} s   mAP={ref['mAP']:.4f} "
+          f"mINP={ref['mINP']:.4f} rank1={ref['cmc'][0]:.4f}")
+    print(f"  adin_core.evaluate_rank (distmat in): {ours['seconds']:.3f} s   identical: {_same(ours, ref)}   "
+          f"runs: {', '.join(f'{t:.3f}' for t in ours['all_seconds'])}")
+    print(f"  adin_core.evaluate_features (features in, distances included): {feat['seconds']:.3f} s   "
+          f"identical: {_same(feat, ref)}")
+    print(f"  speed-up vs reference measured now: {ref['seconds'] / ours['seconds']:.1f}x")
+    ratio = CYTHON_MARKET_SECONDS / ours["seconds"]
+    print(f"  speed-up vs Cython evaluator ({CYTHON_MARKET_SECONDS} s): {ratio:.1f}x  (target >= 4x: "
+          f"{'met' if ratio >= 4 else 'NOT met'})")
+    print(f"  peak RSS: reference {ref['peak_rss_mb']:.0f} MB, ours {ours['peak_rss_mb']:.0f} MB "
+          f"(distance matrix itself {distmat.nbytes / 2**20:.0f} MB)")
+
+
+def bench_msmt(tmp: str, ref_queries: int) -> None:
+    print("MSMT17 size: 11,659 queries x 82,161 gallery, 2048-d features (full float32 distmat would be 3.8 GB)")
+    qf, gf, qp, gp, qc, gc = make_problem(11659, 82161, 3060, 15, 2048, seed=1, noise=3.2)
+    path = os.path.join(tmp, "msmt.npz")
+    np.savez(path, q_pids=qp, g_pids=gp, q_cams=qc, g_cams=gc, qf=qf, gf=gf, distmat_path="", ref_queries=0)
+    feat_bytes = qf.nbytes + gf.nbytes
+    del qf, gf
+    ours = run_child("features", path, 1)
+    print(f"  adin_core.evaluate_features: {ours['seconds']:.1f} s   mAP={ours['mAP']:.4f} mINP={ours['mINP']:.4f} "
+          f"rank1={ours['cmc'][0]:.4f}")
+    print(f"  peak RSS {ours['peak_rss_mb']:.0f} MB (of which input features {feat_bytes / 2**20:.0f} MB; "
+          f"target < 3072 MB: {'met' if ours['peak_rss_mb'] < 3072 else 'NOT met'})")
+    # identical results: reference on the first `ref_queries` queries (its full run would need the 3.8 GB matrix)
+    import torch
+
+    from adin_core.metrics import pairwise_distance
+
+    z = np.load(path)
+    sub_d = pairwise_distance(torch.from_numpy(z["qf"][:ref_queries]), torch.from_numpy(z["gf"])).numpy()
+    dpath = os.path.join(tmp, "msmt_sub.npy")
+    np.save(dpath, sub_d)
+    sub = os.path.join(tmp, "msmt_sub.npz")
+    np.savez(sub, q_pids=z["q_pids"][:ref_queries], g_pids=z["g_pids"], q_cams=z["q_cams"][:ref_queries],
+             g_cams=z["g_cams"], distmat_path=dpath, ref_queries=ref_queries)
+    ref = run_child("reference", sub, 1)
+    mine = run_child("ours", sub, 1)
+    print(f"  first {ref_queries} queries: reference {ref['seconds']:.2f} s, ours {mine['seconds']:.2f} s "
+          f"({ref['seconds'] / mine['seconds']:.1f}x), identical: {_same(ref, mine)}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        print(json.dumps(_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="check MSMT17-size results on 300 queries, not 1,500")
+    ap.add_argument("--skip-msmt", action="store_true")
+    args = ap.parse_args()
+    print(f"cores: {os.cpu_count()}, numpy {np.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_market(tmp)
+        if not args.skip_msmt:
+            bench_msmt(tmp, 300 if args.quick else 1500)
+
+
+if __name__ == "__main__":
+    main()
