@@ -41,6 +41,9 @@ class NuisanceLabeler:
     def check(self, kind: str, *, dataset: str = "the dataset") -> None:
         if kind not in LABEL_KINDS:
             raise NuisanceError(f"unknown nuisance label kind {kind!r}; choose from {list(LABEL_KINDS)}")
+        if kind in ("camera", "camera_x_time") and len(self.cameras) < 2:
+            raise NuisanceError(f"nuisance label {kind!r} needs at least two cameras; {dataset} has "
+                                f"{len(self.cameras)} (VehicleID carries no camera ids)")
         if kind in ("time", "camera_x_time") and not self.has_time:
             raise NuisanceError(
                 f"nuisance label {kind!r} needs time of day, which {dataset} does not carry "

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from adin_core.config import TrainConfig
-from adin_core.data.memory import Batch, TrainingData
+from adin_core.data.memory import Batch, TrainingData, prefetch
 from adin_core.losses import adversarial_loss, grad_reverse, identity_loss
 from adin_core.models import ADINModel
 from adin_core.schedule import Phase, Schedule, ScheduleConfig, Transition
@@ -306,7 +306,7 @@ class ADINTrainer:
 
     def run(self) -> FitResult:
         sched = self.schedule
-        batches = self._batches_from(sched.step)
+        batches = prefetch(self._batches_from(sched.step))
         self.model.train()
         t0 = time.perf_counter()
         while not sched.done:

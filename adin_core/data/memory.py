@@ -7,20 +7,124 @@ their priors, and deals each worker a disjoint, per-epoch reshuffled part of the
 
 from __future__ import annotations
 
+import io
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from adin_core.nuisance import NuisanceLabeler, heads_for
+
+T = TypeVar("T")
+_DECODE_POOL: ThreadPoolExecutor | None = None
+
+
+def _decode_pool() -> ThreadPoolExecutor:
+    global _DECODE_POOL
+    if _DECODE_POOL is None:
+        _DECODE_POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="decode")
+    return _DECODE_POOL
+
+
+class ImageDecodeError(ValueError):
+    """An image that cannot be decoded; the message names its source."""
+
+
+def decode_image(blob: bytes, size: tuple[int, int] | None, name: str = "image") -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8, resized (bilinear) to size=(H, W) when given."""
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            if size is not None and im.format == "JPEG":
+                im.draft("RGB", (size[1], size[0]))  # let libjpeg downscale while decoding when it can
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode {name}: {exc}") from None
+
+
+class EncodedImages:
+    """Compressed images decoded on demand to one size: a worker holds the split's JPEG bytes, not its pixels.
+
+    Indexing with an array of positions decodes those images on a thread pool (PIL releases the GIL while
+    decoding) and returns an (N, H, W, 3) uint8 array, so it stands in for a decoded array wherever one is read.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, blobs: Sequence[bytes], size: tuple[int, int], names: Sequence[str] | None = None) -> None:
+        self.blobs = list(blobs)
+        self.size = (int(size[0]), int(size[1]))
+        self.names = list(names) if names is not None else [f"image #{i}" for i in range(len(self.blobs))]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.blobs), self.size[0], self.size[1], 3)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def take(self, index: np.ndarray) -> "EncodedImages":
+        return EncodedImages([self.blobs[i] for i in index], self.size, [self.names[i] for i in index])
+
+    def __getitem__(self, index) -> np.ndarray:
+        idx = np.arange(len(self))[index]
+        if np.ndim(idx) == 0:
+            return decode_image(self.blobs[int(idx)], self.size, self.names[int(idx)])
+        out = np.empty((len(idx), *self.size, 3), dtype=np.uint8)
+
+        def one(j: int) -> None:
+            i = int(idx[j])
+            out[j] = decode_image(self.blobs[i], self.size, self.names[i])
+
+        list(_decode_pool().map(one, range(len(idx))))
+        return out
+
+
+def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run `iterator` on a background thread, `depth` items ahead, so decoding overlaps training."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass
 class ReIDArrays:
-    """One split: images (N, H, W, 3) uint8, pids, camids, time periods (-1 where unknown)."""
+    """One split: images (N, H, W, 3) uint8 (decoded, or EncodedImages), pids, camids, time periods (-1: unknown)."""
 
-    images: np.ndarray
+    images: np.ndarray | EncodedImages
     pids: np.ndarray
     camids: np.ndarray
     timeperiods: np.ndarray
@@ -39,7 +143,8 @@ class ReIDArrays:
         return len(self.images)
 
     def subset(self, index: np.ndarray) -> "ReIDArrays":
-        return ReIDArrays(self.images[index], self.pids[index], self.camids[index], self.timeperiods[index])
+        images = self.images.take(index) if isinstance(self.images, EncodedImages) else self.images[index]
+        return ReIDArrays(images, self.pids[index], self.camids[index], self.timeperiods[index])
 
     @property
     def has_time(self) -> bool:
@@ -81,7 +186,10 @@ class TrainingData:
         self.train = train
         self.val = val
         self.kinds = tuple(heads_for(nuisance))
-        self.labeler = NuisanceLabeler.from_arrays(train.camids, train.timeperiods if train.has_time else None)
+        # classes: every camera of train and val (a camera only val shows gets prior 0, but can be scored)
+        has_time = train.has_time and (val.has_time or len(val) == 0)
+        self.labeler = NuisanceLabeler.from_arrays(np.concatenate([train.camids, val.camids]),
+                                                   np.zeros(1) if has_time else None)
         for kind in self.kinds:
             self.labeler.check(kind, dataset=name)
         pids = np.unique(train.pids)

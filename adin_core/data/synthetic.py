@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+import io
+import os
+
+from PIL import Image
+
 from adin_core.data.memory import ReIDArrays
 
 PERIOD_LIGHT = np.array([[0.85, 0.9, 1.05], [1.15, 1.12, 1.05], [1.0, 0.85, 0.7]], dtype=np.float32)  # morning/noon/afternoon
@@ -199,7 +204,8 @@ class SynthBenchmark:
     targets: dict[str, SynthDomain]  # "select" (choose hyper-parameters on) and "report" (report on)
 
 
-def generate_benchmark(preset: str | SynthConfig = "hard", *, seed: int = 0, **overrides) -> SynthBenchmark:
+def generate_benchmark(preset: str | SynthConfig = "hard", *, seed: int = 0, with_target_train: bool = False,
+                       **overrides) -> SynthBenchmark:
     """Source domain plus `select` and `report` targets: disjoint identities, disjoint cameras (own styles)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -213,10 +219,75 @@ def generate_benchmark(preset: str | SynthConfig = "hard", *, seed: int = 0, **o
     source = generate_domain(cfg, name="source", seed=seed * 1000 + 1, pid_offset=0, cam_offset=0)
     targets = {
         name: generate_domain(cfg, name=name, seed=seed * 1000 + 2 + i, pid_offset=(i + 1) * stride,
-                              cam_offset=(i + 1) * cfg.num_cameras, with_train=False)
+                              cam_offset=(i + 1) * cfg.num_cameras, with_train=with_target_train)
         for i, name in enumerate(("select", "report"))
     }
     return SynthBenchmark(cfg, source, targets)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# writing the real on-disk layouts
+# ------------------------------------------------------------------------------------------------------------
+LAYOUTS = ("market1501", "msmt17")
+_PERIOD_NAMES = ("morning", "noon", "afternoon")
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_layout(domain: SynthDomain, out_dir: str, layout: str) -> str:
+    """Write a domain as a dataset tree in a real layout, with real names, list files and JPEG files.
+
+    Cameras and identities are numbered within the written dataset as the real one numbers them (cameras from 1;
+    Market-1501 names hold one camera digit, so at most 6 cameras; MSMT17 up to 15). Returns the dataset folder.
+    """
+    cams = sorted(set(domain.train.camids.tolist()) | set(domain.query.camids.tolist())
+                  | set(domain.gallery.camids.tolist()))
+    cam_no = {c: i + 1 for i, c in enumerate(cams)}
+    pid_base = int(min(domain.query.pids.min(), domain.train.pids.min() if len(domain.train) else 10**9))
+    if layout == "market1501":
+        if len(cams) > 6:
+            raise ValueError(f"the Market-1501 layout names at most 6 cameras (one digit); this domain has {len(cams)}:"
+                             " write it with layout='msmt17'")
+        root = os.path.join(out_dir, "Market-1501-v15.09.15")
+        folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+        for split, folder in folders.items():
+            arr = getattr(domain, split)
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            for i in range(len(arr)):
+                name = (f"{int(arr.pids[i]) - pid_base + 1:04d}_c{cam_no[int(arr.camids[i])]}s1_{i:06d}_00.jpg")
+                with open(os.path.join(root, folder, name), "wb") as fh:
+                    fh.write(_jpeg(arr.images[i]))
+        return root
+    if layout == "msmt17":
+        if len(cams) > 15:
+            raise ValueError(f"the MSMT17 layout names cameras 01..15; this domain has {len(cams)}")
+        root = os.path.join(out_dir, "MSMT17_V1")
+        rng = np.random.default_rng(0)
+        val = set()
+        for pid in np.unique(domain.train.pids):  # list_val: one image of each training identity
+            idx = np.flatnonzero(domain.train.pids == pid)
+            if len(idx) >= 2:
+                val.add(int(rng.choice(idx)))
+        lists = {"train": [], "val": [], "query": [], "gallery": []}
+        for split, folder in (("train", "train"), ("query", "test"), ("gallery", "test")):
+            arr = getattr(domain, split)
+            for i in range(len(arr)):
+                pid = int(arr.pids[i]) - pid_base
+                period = _PERIOD_NAMES[int(arr.timeperiods[i])] if arr.timeperiods[i] >= 0 else "morning"
+                rel = f"{pid:04d}/{pid:04d}_{i:03d}_{cam_no[int(arr.camids[i])]:02d}_0303{period}_{i:04d}_0.jpg"
+                os.makedirs(os.path.join(root, folder, f"{pid:04d}"), exist_ok=True)
+                with open(os.path.join(root, folder, rel), "wb") as fh:
+                    fh.write(_jpeg(arr.images[i]))
+                lists["val" if split == "train" and i in val else split].append(f"{rel} {pid}")
+        for split, lines in lists.items():
+            with open(os.path.join(root, f"list_{split}.txt"), "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+        return root
+    raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
 
 
 def config_dict(cfg: SynthConfig) -> dict:

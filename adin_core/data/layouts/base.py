@@ -1,0 +1,86 @@
+"""Records read from a dataset's real on-disk layout, and the errors a broken copy produces."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+SPLITS = ("train", "val", "query", "gallery")
+PERIODS = {"morning": 0, "noon": 1, "afternoon": 2}
+
+
+class LayoutError(ValueError):
+    """A dataset folder that does not match its layout; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str  # absolute path of the image file
+    pid: int
+    camid: int  # 0-based, as torchreid / fast-reid number cameras
+    split: str
+    timeperiod: int | None = None  # 0 morning, 1 noon, 2 afternoon (MSMT17 only)
+    frame: int | None = None
+
+    @property
+    def source_path(self) -> str:
+        return self.path
+
+
+def require_dir(root: str, *parts: str) -> str:
+    path = os.path.join(root, *parts)
+    if not os.path.isdir(path):
+        raise LayoutError(f"missing folder {path}")
+    return path
+
+
+def require_file(root: str, *parts: str) -> str:
+    path = os.path.join(root, *parts)
+    if not os.path.isfile(path):
+        raise LayoutError(f"missing list file {path}")
+    return path
+
+
+def find_dataset_dir(src: str, candidates: Iterable[str], marker: str) -> str:
+    """The folder holding `marker`: src itself or one of its known sub-folder names (as the archives unpack)."""
+    for cand in ("", *candidates):
+        path = os.path.join(src, cand)
+        if os.path.isdir(os.path.join(path, marker)):
+            return path
+    names = ", ".join(os.path.join(src, c, marker) for c in ("", *candidates))
+    raise LayoutError(f"no dataset found under {src}: looked for {names}")
+
+
+def scan_images(folder: str, split: str, parse: Callable[[str], ImageRecord | None]) -> list[ImageRecord]:
+    """Every .jpg in `folder`, sorted by name, parsed by `parse(path)` (None: a junk image to skip)."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith((".jpg", ".jpeg", ".png")):
+            rec = parse(os.path.join(folder, name))
+            if rec is not None:
+                out.append(rec)
+    if not out:
+        raise LayoutError(f"no images in {folder} ({split} split)")
+    return out
+
+
+def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int, frame: re.Pattern[str] | None = None,
+                        dataset: str) -> Callable[[str], ImageRecord | None]:
+    """Parse `<pid>_c<cam>...` names; pid -1 marks junk (skipped, as torchreid does); cameras become 0-based."""
+
+    def parse(path: str) -> ImageRecord | None:
+        name = os.path.basename(path)
+        m = pattern.match(name)
+        if m is None:
+            raise LayoutError(f"{path}: file name does not follow the {dataset} pattern {pattern.pattern!r}")
+        pid, cam = int(m.group(1)), int(m.group(2))
+        if pid == -1:
+            return None
+        if not 1 <= cam <= max_cam:
+            raise LayoutError(f"{path}: camera {cam} outside 1..{max_cam} for {dataset}")
+        f = frame.search(name) if frame is not None else None
+        return ImageRecord(path, pid, cam - 1, split, None, int(f.group(1)) if f else None)
+
+    return parse

@@ -1,0 +1,23 @@
+"""Market-1501: `bounding_box_train/`, `query/`, `bounding_box_test/` of names like `0002_c1s1_000451_03.jpg`
+(pid, camera c1..c6, sequence s1, frame 000451). pid -1 is junk and skipped; pid 0 (distractors) stays in the
+gallery, as in torchreid and fast-reid."""
+
+from __future__ import annotations
+
+import re
+
+from adin_core.data.layouts.base import (ImageRecord, find_dataset_dir, name_pattern_parser, require_dir,
+                                         scan_images)
+
+PATTERN = re.compile(r"^([-\d]+)_c(\d)")
+FRAME = re.compile(r"^[-\d]+_c\d+s\d+_(\d+)")
+FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+
+def read(src: str) -> list[ImageRecord]:
+    root = find_dataset_dir(src, ("Market-1501-v15.09.15", "market1501", "Market-1501"), "bounding_box_train")
+    out: list[ImageRecord] = []
+    for split, folder in FOLDERS.items():
+        parse = name_pattern_parser(PATTERN, split, max_cam=6, frame=FRAME, dataset="Market-1501")
+        out += scan_images(require_dir(root, folder), split, parse)
+    return out

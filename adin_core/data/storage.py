@@ -1,0 +1,112 @@
+"""URIs to pyarrow filesystems: a local path, or `s3://bucket/prefix` on any S3-API endpoint.
+
+S3 settings come from the standard AWS variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`). Missing credentials and an unreachable
+endpoint are reported at once, naming the setting, instead of after minutes of retries or a lookup of cloud
+instance metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A store that cannot be used; the message names the URI or setting."""
+
+
+@dataclass(frozen=True)
+class Location:
+    fs: pafs.FileSystem
+    path: str  # path inside fs (bucket/prefix for S3, absolute for local)
+    uri: str
+
+    def join(self, *parts: str) -> "Location":
+        path = "/".join([self.path.rstrip("/"), *[p.strip("/") for p in parts]])
+        uri = "/".join([self.uri.rstrip("/"), *[p.strip("/") for p in parts]])
+        return Location(self.fs, path, uri)
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as fh:
+            return fh.read()
+
+    def write_bytes_atomic(self, data: bytes) -> None:
+        """Whole-object write that never leaves a half-written file under the final name: a temporary name and
+        a rename on local disks; S3 PUTs are atomic by themselves."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            parent = os.path.dirname(self.path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        else:
+            with self.fs.open_output_stream(self.path) as fh:
+                fh.write(data)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def check_endpoint_reachable(endpoint: str, timeout: float = 3.0) -> None:
+    parsed = urllib.parse.urlparse(endpoint)
+    host = parsed.hostname
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not host:
+        raise StorageError(f"AWS_ENDPOINT_URL={endpoint!r} is not a URL like http://127.0.0.1:9000")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise StorageError(f"S3 endpoint {endpoint} (AWS_ENDPOINT_URL) is unreachable: {exc}") from None
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        raise StorageError("s3:// storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                           "(and AWS_ENDPOINT_URL for a non-AWS endpoint)")
+    endpoint = s3_endpoint()
+    kwargs: dict = dict(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"),
+                        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), connect_timeout=5,
+                        request_timeout=30, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+    if endpoint:
+        check_endpoint_reachable(endpoint)
+        parsed = urllib.parse.urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> Location:
+    """A URI (local path, file://, s3://bucket/prefix) as a filesystem and a path inside it."""
+    if is_s3(uri):
+        rest = uri[len("s3://"):].strip("/")
+        if not rest:
+            raise StorageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
+        fs = s3_filesystem()
+        bucket = rest.split("/")[0]
+        try:
+            info = fs.get_file_info(bucket)
+        except OSError as exc:
+            raise StorageError(f"cannot reach bucket {bucket!r} of {uri}: {exc}") from None
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"bucket {bucket!r} of {uri} does not exist")
+        return Location(fs, rest, "s3://" + rest)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    path = os.path.abspath(os.path.expanduser(uri))
+    return Location(pafs.LocalFileSystem(), path, path)

@@ -1,0 +1,168 @@
+"""Shared fixtures: small dataset trees in the exact real layouts, and a local S3-API server."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def jpeg_bytes(seed: int, size=(32, 16)) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_jpeg(path: str, seed: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(jpeg_bytes(seed))
+
+
+# --- real layouts ---------------------------------------------------------------------------------------------
+def make_market(root: str) -> str:
+    base = os.path.join(root, "Market-1501-v15.09.15")
+    names = {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0002_c3s1_000601_02.jpg",
+                               "0007_c2s3_070952_01.jpg", "0007_c6s1_013521_03.jpg", "0010_c1s1_002301_02.jpg",
+                               "0010_c4s1_003276_01.jpg"],
+        "query": ["0001_c1s1_001051_00.jpg", "0003_c3s3_075694_00.jpg"],
+        "bounding_box_test": ["-1_c1s1_000401_03.jpg", "0000_c1s1_000151_01.jpg", "0001_c2s1_000301_01.jpg",
+                              "0001_c1s1_001251_02.jpg", "0003_c1s2_037821_01.jpg"],
+    }
+    for folder, files in names.items():
+        for i, n in enumerate(files):
+            write_jpeg(os.path.join(base, folder, n), hash(n) % 1000 + i)
+    os.makedirs(os.path.join(base, "gt_bbox"), exist_ok=True)  # other folders of the archive are ignored
+    return root
+
+
+def make_duke(root: str) -> str:
+    base = os.path.join(root, "DukeMTMC-reID")
+    names = {
+        "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg", "0003_c1_f0044158.jpg",
+                               "0003_c8_f0040436.jpg"],
+        "query": ["0005_c2_f0046985.jpg"],
+        "bounding_box_test": ["0005_c5_f0051781.jpg", "0019_c1_f0056049.jpg"],
+    }
+    for folder, files in names.items():
+        for i, n in enumerate(files):
+            write_jpeg(os.path.join(base, folder, n), i)
+    return root
+
+
+def make_msmt(root: str, version: str = "MSMT17_V1") -> str:
+    train_dir, test_dir = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}[version]
+    base = os.path.join(root, version)
+    lists = {
+        "train": [("0000/0000_000_01_0303morning_0015_0.jpg", 0), ("0000/0000_001_05_0303noon_0036_1.jpg", 0),
+                  ("0001/0001_000_12_0113afternoon_0790_0.jpg", 1), ("0001/0001_003_12_0113morning_0811_0.jpg", 1)],
+        "val": [("0000/0000_004_05_0303noon_0100_0.jpg", 0), ("0001/0001_005_03_0113afternoon_0900_1.jpg", 1)],
+        "query": [("0000/0000_000_15_0302afternoon_1020_0.jpg", 0)],
+        "gallery": [("0000/0000_003_02_0302noon_0911_1.jpg", 0), ("0001/0001_000_07_0302morning_0001_0.jpg", 1)],
+    }
+    for split, rows in lists.items():
+        folder = train_dir if split in ("train", "val") else test_dir
+        for i, (rel, _) in enumerate(rows):
+            write_jpeg(os.path.join(base, folder, rel), i)
+        with open(os.path.join(base, f"list_{split}.txt"), "w") as fh:
+            fh.write("".join(f"{rel} {pid}\n" for rel, pid in rows))
+    return root
+
+
+def make_veri(root: str) -> str:
+    base = os.path.join(root, "VeRi")
+    names = {
+        "image_train": ["0001_c001_00016450_0.jpg", "0001_c002_00018375_1.jpg", "0002_c002_00030600_0.jpg",
+                        "0002_c020_00081265_1.jpg"],
+        "image_query": ["0005_c003_00077810_0.jpg"],
+        "image_test": ["0005_c010_00085190_1.jpg", "0006_c004_00011070_0.jpg"],
+    }
+    for folder, files in names.items():
+        for i, n in enumerate(files):
+            write_jpeg(os.path.join(base, folder, n), i)
+    return root
+
+
+def make_vehicleid(root: str) -> str:
+    base = os.path.join(root, "VehicleID_V1.0")
+    train = [("0001789", 2), ("0001790", 2), ("0001791", 3), ("0001792", 3)]
+    test = [("0000006", 11), ("0000007", 11), ("0000010", 12), ("0000011", 12)]
+    for i, (img, _) in enumerate(train + test):
+        write_jpeg(os.path.join(base, "image", img + ".jpg"), i)
+    os.makedirs(os.path.join(base, "train_test_split"), exist_ok=True)
+    with open(os.path.join(base, "train_test_split", "train_list.txt"), "w") as fh:
+        fh.write("".join(f"{a} {b}\n" for a, b in train))
+    for size in (800, 1600, 2400, 3200):
+        with open(os.path.join(base, "train_test_split", f"test_list_{size}.txt"), "w") as fh:
+            fh.write("".join(f"{a} {b}\n" for a, b in test))
+    return root
+
+
+LAYOUT_BUILDERS = {"market1501": make_market, "dukemtmc": make_duke, "msmt17": make_msmt, "veri776": make_veri,
+                   "vehicleid": make_vehicleid}
+
+
+# --- local S3-API server ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto_server on 127.0.0.1, stopped by the process id recorded here."""
+    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS variables pointing at the local server, and a fresh bucket; yields the bucket name."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"adin-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return bucket
