@@ -175,7 +175,8 @@ class ADINModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return (images_uint8.float() / 255.0 - self.mean) / self.std
+        """uint8 (B, 3, H, W) -> ImageNet-normalised float, in one pass after the conversion."""
+        return images_uint8.float().sub_(self.mean * 255.0).mul_(1.0 / (self.std * 255.0))
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.backbone(x)

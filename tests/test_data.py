@@ -289,3 +289,34 @@ def test_s3_unreachable_endpoint_fails_fast(monkeypatch):
 def test_s3_missing_bucket(s3_env):
     with pytest.raises(StorageError, match="bucket 'no-such-bucket' .* does not exist"):
         ShardSet.open("s3://no-such-bucket/ds/v1")
+
+
+# --- decoding ------------------------------------------------------------------------------------------------------
+def test_batch_decoding_matches_pil_and_handles_png(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from adin_core.data.memory import EncodedImages, decode_image
+    from tests.conftest import jpeg_bytes
+
+    blobs = [jpeg_bytes(i, size=(32, 16)) for i in range(5)] + [jpeg_bytes(9, size=(40, 20))]
+    png = io.BytesIO()
+    Image.fromarray(np.full((32, 16, 3), 200, np.uint8)).save(png, format="PNG")
+    blobs.append(png.getvalue())
+    enc = EncodedImages(blobs, (32, 16))
+    batch = enc[np.arange(len(blobs))]
+    assert batch.shape == (7, 32, 16, 3) and batch.dtype == np.uint8
+    for i in range(5):  # same native size: bit-exact or within JPEG decoder rounding of PIL's decode
+        assert np.abs(batch[i].astype(int) - decode_image(blobs[i], None).astype(int)).max() <= 2
+    assert np.all(batch[6] == 200)  # PNG through the fallback
+    resized = decode_image(blobs[5], (32, 16)).astype(int)  # a different native size is resized
+    assert np.abs(batch[5].astype(int) - resized).mean() < 12
+
+
+def test_undecodable_image_at_load_time_is_named():
+    from adin_core.data.memory import EncodedImages
+
+    enc = EncodedImages([b"\xff\xd8 broken"], (8, 4), names=["market1501/v1:query/0001_c1s1_000001_00.jpg"])
+    with pytest.raises(ImageDecodeError, match="0001_c1s1_000001_00.jpg"):
+        enc[np.arange(1)]

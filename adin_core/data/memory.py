@@ -11,17 +11,25 @@ import io
 import os
 import queue
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from adin_core.nuisance import NuisanceLabeler, heads_for
 
 T = TypeVar("T")
+# torch.frombuffer over immutable bytes: the decoder only reads them. torchvision 0.29 deprecates its image
+# decoders in favour of TorchCodec; until a pinned TorchCodec is adopted, PIL is the fallback (see decode_image).
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 _DECODE_POOL: ThreadPoolExecutor | None = None
 
 
@@ -45,7 +53,7 @@ def decode_image(blob: bytes, size: tuple[int, int] | None, name: str = "image")
             im = im.convert("RGB")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode {name}: {exc}") from None
 
@@ -79,14 +87,29 @@ class EncodedImages:
         idx = np.arange(len(self))[index]
         if np.ndim(idx) == 0:
             return decode_image(self.blobs[int(idx)], self.size, self.names[int(idx)])
-        out = np.empty((len(idx), *self.size, 3), dtype=np.uint8)
+        chunks = np.array_split(idx, min(len(idx), _decode_pool()._max_workers)) if len(idx) else [idx]
+        parts = list(_decode_pool().map(self._decode_chunk, chunks))
+        return np.concatenate(parts) if parts else np.empty((0, *self.size, 3), np.uint8)
 
-        def one(j: int) -> None:
-            i = int(idx[j])
-            out[j] = decode_image(self.blobs[i], self.size, self.names[i])
-
-        list(_decode_pool().map(one, range(len(idx))))
-        return out
+    def _decode_chunk(self, idx: np.ndarray) -> np.ndarray:
+        """libjpeg-turbo batch decode (torchvision), then one uint8 antialiased bilinear resize per group of equal
+        native size; PIL for anything else (PNG), which also names the file when one cannot be decoded."""
+        blobs = [self.blobs[int(i)] for i in idx]
+        try:
+            images = decode_jpeg([torch.frombuffer(b, dtype=torch.uint8) for b in blobs], mode=ImageReadMode.RGB)
+        except RuntimeError:
+            images = [torch.from_numpy(decode_image(self.blobs[int(i)], None, self.names[int(i)])).permute(2, 0, 1)
+                      for i in idx]
+        out = torch.empty((len(idx), 3, *self.size), dtype=torch.uint8)
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for j, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape[-2:]), []).append(j)
+        for shape, members in by_shape.items():
+            group = torch.stack([images[j] for j in members])
+            if shape != self.size:
+                group = F.interpolate(group, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+            out[members] = group
+        return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
