@@ -353,6 +353,8 @@ class ADINTrainer:
         return {
             "format": 1,
             "config": self.config.to_dict(),
+            "model_meta": {"num_identities": self.data.num_identities,
+                           "nuisance_classes": self.data.num_nuisance_classes()},
             "model": self.model.state_dict(),
             "opt_main": self.opt_main.state_dict(),
             "opt_nuisance": self.opt_nuisance.state_dict(),
@@ -384,6 +386,16 @@ def _report_from_dict(d: dict[str, Any]) -> CheckReport:
     d = dict(d)
     d["transition"] = None if d["transition"] is None else Transition(**d["transition"])
     return CheckReport(**d)
+
+
+def model_from_state(state: dict[str, Any]) -> tuple[ADINModel, TrainConfig]:
+    """Rebuild the trained model from a checkpoint's state (weights and plain values only, no pickled code)."""
+    config = TrainConfig.from_dict({**state["config"], "pretrained": False, "weights_path": None})
+    meta = state["model_meta"]
+    model = ADINModel(config, meta["num_identities"], meta["nuisance_classes"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config
 
 
 def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),

@@ -47,6 +47,36 @@ def write_synthetic(preset: str, out: str, *, seed: int = 0, layout: str = "auto
     return info
 
 
+SYNTHETIC_SCHEME = "synthetic:"
+
+
+def resolve_dataset(uri: str, data_root: str) -> str:
+    """A shard-set URI; `synthetic:<preset>/<domain>` is generated and sharded under data_root on first use."""
+    if not uri.startswith(SYNTHETIC_SCHEME):
+        return uri
+    preset, _, domain = uri[len(SYNTHETIC_SCHEME):].partition("/")
+    if preset not in PRESETS or domain not in ("source", "select", "report"):
+        raise LayoutError(f"{uri!r}: expected synthetic:<preset>/<source|select|report> with preset in "
+                          f"{sorted(PRESETS)}")
+    root = resolve(data_root)
+    target = root.join(f"synthetic-{preset}-{domain}", "v1")
+    if not target.join("manifest.json").exists():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = write_synthetic(preset, tmp)
+            for name, d in info["domains"].items():
+                if root.join(f"synthetic-{preset}-{name}", "v1", "manifest.json").exists():
+                    continue  # another sweep made it meanwhile
+                try:
+                    shard_dataset(info["layout"], os.path.join(tmp, os.path.dirname(d["path"])), data_root,
+                                  name=f"synthetic-{preset}-{name}", show_progress=False)
+                except ShardError:
+                    if not root.join(f"synthetic-{preset}-{name}", "v1", "manifest.json").exists():
+                        raise
+    return target.uri
+
+
 def shard_dataset(fmt: str, src: str, dest: str, *, name: str | None = None, version: str = "v1",
                   overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Read a layout and write it as shards; the manifest is written last."""

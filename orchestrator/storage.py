@@ -1,0 +1,38 @@
+"""Where a sweep keeps its state: Tune's experiment folder and each trial's Train run, on a local folder or S3.
+
+    <root>/<sweep>/                 Tune experiment state, searcher state (with the Optuna study)
+    <root>/<sweep>/train/trial-<id>/ the trial's Ray Train run and its checkpoints
+"""
+
+from __future__ import annotations
+
+import pyarrow.fs as pafs
+
+from adin_core.data.storage import Location, StorageError, resolve
+
+__all__ = ["StorageError", "sweep_location", "tune_storage", "train_storage", "resolve"]
+
+
+def _fs_and_path(loc: Location) -> tuple[str, pafs.FileSystem | None]:
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        return loc.path, None
+    return loc.path, loc.fs
+
+
+def sweep_location(root: str, sweep: str) -> Location:
+    return resolve(root).join(sweep)
+
+
+def tune_storage(root: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for tune.RunConfig; the experiment name is the sweep name."""
+    loc = resolve(root)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        import os
+
+        os.makedirs(loc.path, exist_ok=True)
+    return _fs_and_path(loc)
+
+
+def train_storage(root: str, sweep: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for the trials' ray.train.RunConfig."""
+    return _fs_and_path(sweep_location(root, sweep).join("train"))
