@@ -180,16 +180,26 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
 
 
 def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str) -> None:
+    """Log the export to the sweep's parent run and register that folder as a model version (alias `champion`).
+
+    The export holds weights, not an MLflow flavour (no pickled model), so the version is created from the
+    artifact location directly rather than through mlflow.register_model, which wants a logged model.
+    """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     client.log_artifacts(winner.parent_run_id, out_dir, "export")
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mv = mlflow.register_model(f"runs:/{winner.parent_run_id}/export", name)
+    source = client.get_run(winner.parent_run_id).info.artifact_uri.rstrip("/") + "/export"
+    try:
+        client.create_registered_model(name, tags={"adin.sweep": winner.sweep})
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    mv = client.create_model_version(name, source=source, run_id=winner.parent_run_id,
+                                     tags={"adin.trial_id": winner.trial_id, "objective": f"{winner.objective:.6f}"})
     client.set_registered_model_alias(name, "champion", mv.version)
-    print(f"registered {name} version {mv.version} (alias 'champion')")
+    print(f"registered {name} version {mv.version} (alias 'champion') from {source}")
 
 
 def main(argv: list[str] | None = None) -> int:

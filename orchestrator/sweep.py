@@ -30,6 +30,8 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local cluster on loopback (DESIGN 3)
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Starting a trial's workers on a busy 2-core machine can take longer than Train's default 60 s.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 
 from adin_core.data.layouts import LayoutError  # noqa: E402
 from adin_core.data.shards import ShardError, ShardSet  # noqa: E402
@@ -42,7 +44,8 @@ DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_DATA_ROOT = "runs/data"
 DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

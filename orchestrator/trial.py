@@ -95,6 +95,7 @@ class RayReportHook:
                 metrics["phase_index"] = float(PHASES.index(report.next_phase))
                 metrics["adversarial_rounds"] = float(trainer.schedule.rounds)
                 metrics["final"] = float(final)
+                metrics["world_size"] = float(trainer.world_size)
                 torch.save(trainer.state_dict(), os.path.join(tmp, STATE_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)

@@ -320,3 +320,30 @@ def test_undecodable_image_at_load_time_is_named():
     enc = EncodedImages([b"\xff\xd8 broken"], (8, 4), names=["market1501/v1:query/0001_c1s1_000001_00.jpg"])
     with pytest.raises(ImageDecodeError, match="0001_c1s1_000001_00.jpg"):
         enc[np.arange(1)]
+
+
+def test_worker_parts_are_disjoint_reshuffled_and_deterministic():
+    from adin_core.data.memory import TrainingData, held_out_val
+
+    bench = generate_benchmark("tiny", seed=2)
+    train, val = held_out_val(bench.source.train)
+    data = TrainingData(train, val, "camera")
+    pid_of = {}  # identify images by their pixels' hash
+    for i in range(len(train)):
+        pid_of.setdefault(train.images[i].tobytes(), i)
+
+    def epoch_images(epoch, rank, world, seed=0):
+        out = []
+        for b in data.batches(epoch, 8, rank=rank, world_size=world, seed=seed):
+            out += [pid_of[img.permute(1, 2, 0).numpy().tobytes()] for img in b.images]
+        return out
+
+    r0, r1 = epoch_images(0, 0, 2), epoch_images(0, 1, 2)
+    assert set(r0).isdisjoint(r1) and len(r0) == len(r1)  # equal length keeps workers in lock-step
+    assert epoch_images(0, 0, 2) == r0  # deterministic given (seed, epoch)
+    assert epoch_images(1, 0, 2) != r0  # reshuffled per epoch
+    assert epoch_images(0, 0, 2, seed=1) != r0
+    resumed = []
+    for b in data.batches(0, 8, rank=0, world_size=2, start=2):
+        resumed += [pid_of[img.permute(1, 2, 0).numpy().tobytes()] for img in b.images]
+    assert resumed == r0[16:]  # `start` skips whole batches: a resumed run sees what it would have seen

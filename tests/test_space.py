@@ -1,0 +1,130 @@
+import copy
+import glob
+import pickle
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator.space import SpaceError, load_space, parse_space
+
+BASE = {
+    "name": "t",
+    "source": "synthetic:tiny/source",
+    "targets": {"select": ["synthetic:tiny/select"], "report": ["synthetic:tiny/report"]},
+    "parameters": {
+        "adv_loss": {"type": "categorical", "choices": ["cane", "ne"]},
+        "prior_temperature": {"type": "float", "low": 0.0, "high": 2.0, "when": {"adv_loss": "cane"}},
+        "beta": {"type": "float", "low": 0.1, "high": 10, "log": True},
+    },
+    "fixed": {"backbone": "small_cnn", "image_height": 32, "image_width": 16},
+}
+
+
+def with_(path: str, value):
+    raw = copy.deepcopy(BASE)
+    keys = path.split(".")
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    if value is None:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("search_spaces/*.yaml")))
+def test_shipped_spaces_are_valid(path):
+    space = load_space(path)
+    assert space.params and space.select
+    assert set(space.select).isdisjoint(space.report)
+
+
+def test_required_spaces_exist():
+    names = {load_space(p).name for p in glob.glob("search_spaces/*.yaml")}
+    assert {"smoke", "thresholds", "adin"} <= names
+
+
+@pytest.mark.parametrize("path,value,match", [
+    ("colour", "red", r"colour: unknown key; allowed"),
+    ("search.sampler", "hyperopt", r"search.sampler: 'hyperopt' is not allowed; choose one of \['tpe'"),
+    ("search.num_samples", 0, r"search.num_samples: must be >= 1"),
+    ("scheduler.type", "pbt", r"scheduler.type: 'pbt' is not allowed"),
+    ("resources.cpus_per_worker", 0, r"resources.cpus_per_worker: must be > 0"),
+    ("parameters.beta.log", "yes", r"parameters.beta.log: must be true or false"),
+    ("parameters.beta.low", -1, r"parameters.beta.log: log scale needs low > 0"),
+    ("parameters.beta.high", 0.01, r"parameters.beta: low \(0.1\) must be < high"),
+    ("parameters.beta.type", "normal", r"parameters.beta.type: 'normal' is not allowed"),
+    ("parameters.gamma", {"type": "float", "low": 0, "high": 1}, r"parameters.gamma: is not a searchable"),
+    ("parameters.prior_temperature.when", {"adv_loss": "rg"}, r"when.adv_loss: 'rg' is not one of its choices"),
+    ("parameters.prior_temperature.when", {"beta": 1}, r"when.beta: must name a categorical parameter defined above"),
+    ("fixed.beta", 2.0, r"fixed.beta: is also a searched parameter"),
+    ("fixed.epochs", 2, r"fixed.epochs: is set by training.epochs"),
+    ("targets.report", ["synthetic:tiny/select"], r"targets.report: .* is also a select target"),
+    ("targets", None, r"targets: is required"),
+    ("fixed.backbone", "vgg", r"a corner of the space is not a valid config \(backbone='vgg'"),
+])
+def test_malformed_space_names_the_key(path, value, match):
+    with pytest.raises(SpaceError, match=match):
+        parse_space(with_(path, value), "space.yaml")
+
+
+def test_overlapping_threshold_ranges_are_caught_before_ray():
+    raw = with_("parameters.i_target", {"type": "float", "low": 0.9, "high": 1.0})
+    raw["parameters"]["i_trigger"] = {"type": "float", "low": 0.85, "high": 0.95}
+    with pytest.raises(SpaceError, match="i_trigger must be < i_target"):
+        parse_space(raw, "space.yaml")
+
+
+def test_define_by_run_conditions_and_pickles(tmp_path):
+    space = parse_space(BASE, "space.yaml")
+    define = pickle.loads(pickle.dumps(space.define_by_run()))  # Tune pickles the searcher
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(30):
+        trial = study.ask()
+        fixed = define(trial)
+        seen.append(dict(trial.params))
+        study.tell(trial, 0.0)
+        assert fixed == BASE["fixed"]
+    assert any(p["adv_loss"] == "ne" for p in seen) and any(p["adv_loss"] == "cane" for p in seen)
+    for p in seen:
+        assert ("prior_temperature" in p) == (p["adv_loss"] == "cane")
+        assert 0.1 <= p["beta"] <= 10
+    cfg = space.train_config(seen[0])
+    assert cfg.backbone == "small_cnn" and cfg.epochs == space.epochs
+
+
+def test_command_line_overrides_are_validated():
+    space = parse_space(BASE, "space.yaml")
+    moved = space.with_overrides(**{"source": "s3://b/msmt17/v1", "resources.workers": 4,
+                                    "resources.gpus_per_worker": 1.0, "targets.select": ["s3://b/duke/v1"]})
+    assert moved.source == "s3://b/msmt17/v1" and moved.workers == 4 and moved.select == ["s3://b/duke/v1"]
+    with pytest.raises(SpaceError, match="resources.workers: must be >= 1"):
+        space.with_overrides(**{"resources.workers": 0})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(SpaceError, match="does not exist"):
+        load_space(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(str(bad))
+    bad.write_text(yaml.safe_dump(["a", "list"]))
+    with pytest.raises(SpaceError, match="must hold a mapping"):
+        load_space(str(bad))
+
+
+def test_sweep_cli_rejects_bad_space_before_ray(tmp_path, capsys):
+    from orchestrator.sweep import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_("search.sampler", "grid")))
+    assert main(["--space", str(bad), "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "search.sampler: 'grid' is not allowed" in capsys.readouterr().err
+    import ray
+
+    assert not ray.is_initialized()

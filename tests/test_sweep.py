@@ -1,0 +1,231 @@
+"""End-to-end sweeps through the real command lines, each with its own local Ray on 127.0.0.1."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "search_spaces", "smoke.yaml")
+
+
+def _env(**extra) -> dict[str, str]:
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def run_cli(module: str, *args: str, env=None, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or _env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def sweep_args(root, *extra: str) -> list[str]:
+    return ["--space", SMOKE, "--storage", str(root / "sweeps"), "--data-root", str(root / "data"),
+            "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--quiet", *extra]
+
+
+def mlflow_runs(tracking_uri: str, experiment: str = "smoke"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("adin.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("adin.role") == "trial"]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    t0 = time.perf_counter()
+    proc = run_cli("orchestrator.sweep", *sweep_args(root, "--name", "smoke-local"))
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc, seconds
+
+
+def test_smoke_sweep_runs_trials_of_two_workers_and_asha_stops_some(local_sweep):
+    root, proc, seconds = local_sweep
+    assert "leaderboard" in proc.stdout and "winner: trial" in proc.stdout
+    assert "mlflow ui --backend-store-uri" in proc.stdout and "orchestrator.best --export" in proc.stdout
+    client, parents, children = mlflow_runs(f"sqlite:///{root}/mlflow.db")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and len({c.data.tags["adin.trial_id"] for c in children}) == 4
+    evals = []
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert c.data.metrics["world_size"] == 2.0
+        assert {"beta", "adv_loss", "lr_heads", "backbone", "epochs"} <= set(c.data.params)
+        history = client.get_metric_history(c.info.run_id, "transfer_mAP")
+        evals.append(len(history))
+        assert "select/synthetic-tiny-select/rank1" in c.data.metrics and "id_acc" in c.data.metrics
+        assert c.data.tags["checkpoint_uri"].startswith(str(root))
+    assert max(evals) == 4 and min(evals) < 4, f"ASHA stopped no trial: evaluations per trial {evals}"
+    print(f"\nsmoke sweep wall time {seconds:.1f} s; {proc.stdout[proc.stdout.find('times:'):].splitlines()[0]}")
+
+
+def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
+    root, _, _ = local_sweep
+    client, (parent,), _ = mlflow_runs(f"sqlite:///{root}/mlflow.db")
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags["adin.best_trial"] and "adin.code_version" in tags
+    assert "synthetic-tiny-source/v1" in tags["adin.data_versions"]
+    assert any(k.startswith("best/report/synthetic-tiny-report/") for k in metrics)
+    artifacts = {a.path for d in ("space", "winner", "plots") for a in client.list_artifacts(parent.info.run_id, d)}
+    assert {"space/smoke.yaml", "space/data_versions.json", "winner/model.pt", "winner/config.json",
+            "plots/optimization_history.png"} <= artifacts
+    assert not any("secret" in k.lower() for k in parent.data.params)
+
+
+def test_export_reload_and_score(local_sweep, tmp_path):
+    root, _, _ = local_sweep
+    uri = f"sqlite:///{root}/mlflow.db"
+    out = tmp_path / "winner"
+    proc = run_cli("orchestrator.best", "--export", str(out), "--sweep", "smoke-local", "--tracking-uri", uri,
+                   "--register", "adin-smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["config.json", "model.pt", "model_card.json", "model_card.md"]
+    card = json.load(open(out / "model_card.json"))
+    assert set(card["report_targets"]) == {"synthetic-tiny-report"}
+    # reload from weights + config only and score the select target: the card's figure comes back
+    from adin_core.data.shards import ShardSet
+    from adin_core.features import evaluate_transfer
+    from orchestrator.best import load_export
+
+    model, config = load_export(str(out))
+    target = ShardSet.open(str(root / "data" / "synthetic-tiny-select" / "v1")).eval_target(
+        (config.image_height, config.image_width))
+    scored = evaluate_transfer(model, target, image_size=(config.image_height, config.image_width))
+    assert scored.mAP == pytest.approx(card["select_targets"]["synthetic-tiny-select"]["mAP"], abs=1e-6)
+    # registered with an alias; and an export never overwrites
+    from mlflow.tracking import MlflowClient
+
+    mv = MlflowClient(uri).get_model_version_by_alias("adin-smoke", "champion")
+    assert int(mv.version) == 1
+    again = run_cli("orchestrator.best", "--export", str(out), "--tracking-uri", uri)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_export_errors(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "nope", "--tracking-uri", uri)
+    assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
+    from orchestrator.tracking import SweepTracker
+
+    SweepTracker(uri, "smoke", "smoke-empty")  # a sweep whose trials never finished
+    proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "smoke-empty",
+                   "--tracking-uri", uri)
+    assert proc.returncode == 2 and "has no finished trial" in proc.stderr
+    port = free_port()
+    proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--tracking-uri", f"http://127.0.0.1:{port}")
+    assert proc.returncode == 2 and "unreachable" in proc.stderr
+
+
+def test_sweep_on_s3_api_server(tmp_path, s3_env):
+    env = _env(**{k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--space", SMOKE, "--storage", f"s3://{s3_env}/sweeps", "--data-root", f"s3://{s3_env}/data",
+            "--tracking-uri", uri, "--quiet", "--name", "smoke-s3", "--num-samples", "2"]
+    proc = run_cli("orchestrator.sweep", *args, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, _, children = mlflow_runs(uri)
+    assert len(children) == 2 and all(c.data.tags["checkpoint_uri"].startswith(f"s3://{s3_env}/sweeps/")
+                                      for c in children)
+    out = tmp_path / "winner"
+    proc = run_cli("orchestrator.best", "--export", str(out), "--tracking-uri", uri, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.pt").exists()
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).list_objects_v2(
+        Bucket=s3_env, Prefix="sweeps/smoke-s3/train/").get("Contents", [])]
+    assert any(k.endswith("state.pt") for k in keys)
+
+
+def test_ray_job_submit_against_a_head_the_test_starts(tmp_path):
+    import shutil
+    import tempfile
+
+    import secrets
+
+    port, dash = free_port(), free_port()
+    # Ray >= 2.59 protects clusters with a token: the head and every client share this one
+    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    ray_tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay under ~107 chars
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--temp-dir", ray_tmp, "--include-dashboard", "true"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(dash, timeout=90)
+        runtime_env = {"env_vars": {"ADIN_STORAGE": str(tmp_path / "sweeps"), "ADIN_DATA_ROOT": str(tmp_path / "data"),
+                                    "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}}
+        proc = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--runtime-env-json",
+             json.dumps(runtime_env), "--", "python", "-m", "orchestrator.sweep", "--space",
+             "search_spaces/smoke.yaml", "--num-samples", "2", "--quiet"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        assert "succeeded" in proc.stdout and "leaderboard" in proc.stdout
+        _, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+        assert len(parents) == 1 and len(children) == 2
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # the head this test started, and only it
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_resume_after_killing_the_driver(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1")
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=REPO, env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp_dir = tmp_path / "sweeps" / "smoke-resume"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:  # wait until one trial finished and a second one started
+            done = [p for p in glob.glob(str(exp_dir / "run_trial_*" / "result.json"))
+                    if any(json.loads(line).get("final") for line in open(p))]
+            started = glob.glob(str(exp_dir / "run_trial_*"))
+            if done and len(started) >= 2:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(1)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver (and the local Ray it started) dies at once
+        driver.wait()
+    proc = run_cli("orchestrator.sweep", *sweep_args(tmp_path, "--resume", "smoke-resume"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trial_dirs = glob.glob(str(exp_dir / "run_trial_*"))
+    assert len(trial_dirs) == 4  # exactly the requested number of trials
+    _, parents, children = mlflow_runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [c.data.tags["adin.trial_id"] for c in children]
+    assert len(ids) == 4 and len(set(ids)) == 4  # no duplicate child run for the restarted trial
+    # the Optuna study came back with the sweep: it knows every trial
+    from ray.tune.search.optuna import OptunaSearch
+
+    state = sorted(glob.glob(str(exp_dir / "searcher-state-*.pkl")))[-1]
+    searcher = OptunaSearch()
+    searcher.restore(state)
+    assert len(searcher._ot_study.trials) == 4
+    assert sum(t.state.name == "COMPLETE" for t in searcher._ot_study.trials) >= 3
