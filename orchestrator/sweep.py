@@ -219,6 +219,7 @@ def study_from_results(space: SearchSpace, rows: list[dict[str, Any]]):
                                                                  step=int(p.step or 1))
         else:
             dists[p.name] = optuna.distributions.CategoricalDistribution(list(p.choices))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize")
     for row in rows:
         if row["objective"] is None:

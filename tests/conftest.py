@@ -33,6 +33,13 @@ def write_jpeg(path: str, seed: int) -> None:
 
 
 # --- real layouts ---------------------------------------------------------------------------------------------
+def write_tree(base: str, names: dict[str, list[str]]) -> None:
+    """One JPEG per name, in its split folder."""
+    for folder, files in names.items():
+        for i, name in enumerate(files):
+            write_jpeg(os.path.join(base, folder, name), i)
+
+
 def make_market(root: str) -> str:
     base = os.path.join(root, "Market-1501-v15.09.15")
     names = {
@@ -43,9 +50,7 @@ def make_market(root: str) -> str:
         "bounding_box_test": ["-1_c1s1_000401_03.jpg", "0000_c1s1_000151_01.jpg", "0001_c2s1_000301_01.jpg",
                               "0001_c1s1_001251_02.jpg", "0003_c1s2_037821_01.jpg"],
     }
-    for folder, files in names.items():
-        for i, n in enumerate(files):
-            write_jpeg(os.path.join(base, folder, n), hash(n) % 1000 + i)
+    write_tree(base, names)
     os.makedirs(os.path.join(base, "gt_bbox"), exist_ok=True)  # other folders of the archive are ignored
     return root
 
@@ -58,9 +63,7 @@ def make_duke(root: str) -> str:
         "query": ["0005_c2_f0046985.jpg"],
         "bounding_box_test": ["0005_c5_f0051781.jpg", "0019_c1_f0056049.jpg"],
     }
-    for folder, files in names.items():
-        for i, n in enumerate(files):
-            write_jpeg(os.path.join(base, folder, n), i)
+    write_tree(base, names)
     return root
 
 
@@ -91,9 +94,7 @@ def make_veri(root: str) -> str:
         "image_query": ["0005_c003_00077810_0.jpg"],
         "image_test": ["0005_c010_00085190_1.jpg", "0006_c004_00011070_0.jpg"],
     }
-    for folder, files in names.items():
-        for i, n in enumerate(files):
-            write_jpeg(os.path.join(base, folder, n), i)
+    write_tree(base, names)
     return root
 
 

@@ -84,3 +84,15 @@ def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int, f
         return ImageRecord(path, pid, cam - 1, split, None, int(f.group(1)) if f else None)
 
     return parse
+
+
+def read_pattern_layout(src: str, *, candidates: Iterable[str], folders: dict[str, str], pattern: re.Pattern[str],
+                        frame: re.Pattern[str] | None, max_cam: int, dataset: str) -> list[ImageRecord]:
+    """The layouts that keep one folder per split and encode labels in file names (Market-1501, DukeMTMC-reID,
+    VeRi-776): find the dataset folder, then parse every image name of every split folder."""
+    root = find_dataset_dir(src, candidates, next(iter(folders.values())))
+    out: list[ImageRecord] = []
+    for split, folder in folders.items():
+        parse = name_pattern_parser(pattern, split, max_cam=max_cam, frame=frame, dataset=dataset)
+        out += scan_images(require_dir(root, folder), split, parse)
+    return out

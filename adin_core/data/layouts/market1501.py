@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 
-from adin_core.data.layouts.base import (ImageRecord, find_dataset_dir, name_pattern_parser, require_dir,
-                                         scan_images)
+from adin_core.data.layouts.base import ImageRecord, read_pattern_layout
 
 PATTERN = re.compile(r"^([-\d]+)_c(\d)")
 FRAME = re.compile(r"^[-\d]+_c\d+s\d+_(\d+)")
@@ -15,9 +14,5 @@ FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding
 
 
 def read(src: str) -> list[ImageRecord]:
-    root = find_dataset_dir(src, ("Market-1501-v15.09.15", "market1501", "Market-1501"), "bounding_box_train")
-    out: list[ImageRecord] = []
-    for split, folder in FOLDERS.items():
-        parse = name_pattern_parser(PATTERN, split, max_cam=6, frame=FRAME, dataset="Market-1501")
-        out += scan_images(require_dir(root, folder), split, parse)
-    return out
+    return read_pattern_layout(src, candidates=("Market-1501-v15.09.15", "market1501", "Market-1501"),
+                               folders=FOLDERS, pattern=PATTERN, frame=FRAME, max_cam=6, dataset="Market-1501")

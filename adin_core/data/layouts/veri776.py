@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 
-from adin_core.data.layouts.base import (ImageRecord, find_dataset_dir, name_pattern_parser, require_dir,
-                                         scan_images)
+from adin_core.data.layouts.base import ImageRecord, read_pattern_layout
 
 PATTERN = re.compile(r"^([-\d]+)_c(\d\d\d)")
 FRAME = re.compile(r"^[-\d]+_c\d{3}_(\d+)")
@@ -14,9 +13,5 @@ FOLDERS = {"train": "image_train", "query": "image_query", "gallery": "image_tes
 
 
 def read(src: str) -> list[ImageRecord]:
-    root = find_dataset_dir(src, ("VeRi", "veri", "VeRi-776"), "image_train")
-    out: list[ImageRecord] = []
-    for split, folder in FOLDERS.items():
-        parse = name_pattern_parser(PATTERN, split, max_cam=20, frame=FRAME, dataset="VeRi-776")
-        out += scan_images(require_dir(root, folder), split, parse)
-    return out
+    return read_pattern_layout(src, candidates=("VeRi", "veri", "VeRi-776"), folders=FOLDERS, pattern=PATTERN,
+                               frame=FRAME, max_cam=20, dataset="VeRi-776")
