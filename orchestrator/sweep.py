@@ -21,6 +21,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -242,6 +243,7 @@ def save_plots(study, out_dir: str) -> list[str]:
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
     paths = []
     for name, fn in (("optimization_history", vis.plot_optimization_history),
                      ("param_importances", vis.plot_param_importances),
@@ -274,7 +276,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             sweep = args.resume or latest_sweep(args.storage, space.name)
         else:
-            sweep = args.name or f"{space.name}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+            # the random part keeps two sweeps started in the same second (same storage) apart
+            sweep = args.name or (f"{space.name}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-"
+                                  f"{secrets.token_hex(2)}")
+            from orchestrator.storage import sweep_location
+
+            if sweep_location(args.storage, sweep).exists():
+                raise SpaceError(f"--name: sweep {sweep!r} already exists under {args.storage}; use --resume "
+                                 f"{sweep} to continue it, or another name")
         from orchestrator.data import resolve_dataset
 
         source = resolve_dataset(space.source, args.data_root)
@@ -294,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.tracking import MLflowTrialCallback, SweepTracker, code_version
     from orchestrator.trial import TrialSettings
 
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    # endpoints and credentials reach the workers through the runtime env; inside `ray job submit`, the ones the
+    # job's own runtime env already sets must not be restated (Ray refuses conflicting keys)
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env", {}) or {}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})}
     if args.ray_address:
         ray.init(address=args.ray_address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
     else:
@@ -356,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_metrics(timing)
         print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s,"
               f" trials {timing['timing/trials_s']:.1f} s, wrap-up {timing['timing/wrap_up_s']:.1f} s")
-        print(f"\nopen the MLflow UI:   mlflow ui --backend-store-uri {args.tracking_uri}")
+        ui = (f"open {args.tracking_uri} in a browser" if args.tracking_uri.startswith(("http://", "https://"))
+              else f"mlflow ui --backend-store-uri {args.tracking_uri}")
+        print(f"\nopen the MLflow UI:   {ui}")
         print(f"export the winner:    python -m orchestrator.best --export runs/export-{sweep} --sweep {sweep}"
               + ("" if args.tracking_uri == DEFAULT_TRACKING else f" --tracking-uri {args.tracking_uri}"))
         return 0

@@ -128,3 +128,12 @@ def test_sweep_cli_rejects_bad_space_before_ray(tmp_path, capsys):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_sweep_refuses_an_existing_name_before_ray(tmp_path, capsys):
+    from orchestrator.sweep import main
+
+    (tmp_path / "s" / "smoke-x").mkdir(parents=True)
+    assert main(["--space", "search_spaces/smoke.yaml", "--name", "smoke-x", "--storage", str(tmp_path / "s"),
+                 "--data-root", str(tmp_path / "d"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "sweep 'smoke-x' already exists" in capsys.readouterr().err

@@ -1,0 +1,205 @@
+"""A real, small cluster on this machine, on 127.0.0.1 only: `bash cluster/local/up.sh`, `bash cluster/local/down.sh`.
+
+up starts
+  * a Ray head and a second Ray worker node (two raylets: a real multi-node cluster), token-authenticated;
+  * an S3-API endpoint (moto_server) with the buckets `adin-data` and `adin-sweeps` (+ `adin-mlflow`);
+  * an MLflow tracking server (SQLite backend, artifacts proxied into the bucket `adin-mlflow`);
+records each process id in <state>/pids.json and writes <state>/env.sh (endpoints, token; source it) and
+<state>/runtime_env.json (what a job needs: endpoints, credentials, storage roots) for `ray job submit`.
+down stops exactly the processes up recorded (by process id), the worker node first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+# Two loopback addresses, one per node. In multi-node mode Ray replaces 127.0.0.1/localhost with the machine's
+# routed interface address; other addresses of 127.0.0.0/8 are left alone, so all traffic stays on loopback.
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+STATE = os.environ.get("ADIN_CLUSTER_STATE", os.path.join("runs", "cluster"))
+BUCKETS = ("adin-data", "adin-sweeps", "adin-mlflow")
+ACCESS_KEY, SECRET_KEY = "adin-local", "adin-local-secret"  # moto accepts any; local cluster only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _start(cmd: list[str], log: str, env: dict[str, str]) -> int:
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc.pid
+
+
+def _exe(name: str) -> str:
+    return shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+
+
+def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
+    if os.path.exists(os.path.join(state, "pids.json")):
+        raise SystemExit(f"{state}/pids.json exists: a cluster is up (run down.sh first)")
+    os.makedirs(state, exist_ok=True)
+    state = os.path.abspath(state)
+    ports = {"s3": free_port(), "mlflow": free_port(), "gcs": free_port(), "dashboard": free_port()}
+    token = secrets.token_hex(32)
+    ray_tmp = tempfile.mkdtemp(prefix="adinray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    # =1: Ray's single-machine mode (=0) refuses a second raylet; every process is pinned to 127.0.0.1 instead
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+               AWS_EC2_METADATA_DISABLED="true")
+    s3 = f"http://127.0.0.1:{ports['s3']}"
+    aws = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    pids: dict[str, int] = {}
+    info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids}
+    try:
+        pids["s3"] = _start([_exe("moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])],
+                            os.path.join(state, "s3.log"), env)
+        wait_until(lambda: port_open(ports["s3"]), "moto_server", 60)
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=s3, aws_access_key_id=ACCESS_KEY,
+                              aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        for b in BUCKETS:
+            client.create_bucket(Bucket=b)
+        mlflow_env = dict(env, **aws, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        pids["mlflow"] = _start([_exe("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
+                                 "--backend-store-uri", f"sqlite:///{state}/mlflow.db",
+                                 "--artifacts-destination", "s3://adin-mlflow/artifacts", "--workers", "1"],
+                                os.path.join(state, "mlflow.log"), mlflow_env)
+        pids["ray_head"] = _start(
+            [_exe("ray"), "start", "--head", "--block", "--node-ip-address", HEAD_IP, "--port", str(ports["gcs"]),
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard",
+             "true", "--num-cpus", str(head_cpus), "--temp-dir", ray_tmp], os.path.join(state, "ray_head.log"), env)
+        wait_until(lambda: port_open(ports["dashboard"]), "the Ray head", 180)
+        pids["ray_worker"] = _start(
+            [_exe("ray"), "start", "--block", "--address", f"{HEAD_IP}:{ports['gcs']}", "--node-ip-address",
+             WORKER_IP, "--num-cpus", str(worker_cpus)], os.path.join(state, "ray_worker.log"), env)
+        wait_until(lambda: _nodes(ports["gcs"], env) >= 2, "the second Ray node", 180)
+        wait_until(lambda: _mlflow_ok(ports["mlflow"]), "the MLflow server", 120)
+    except BaseException:
+        _write(state, info)
+        down(state)
+        raise
+    exports = {"RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}", "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN": token, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}", **aws}
+    with open(os.path.join(state, "env.sh"), "w") as fh:
+        os.chmod(fh.name, 0o600)
+        fh.write("".join(f"export {k}={v}\n" for k, v in exports.items()))
+    runtime_env = {"env_vars": {**aws, "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
+                                "ADIN_STORAGE": "s3://adin-sweeps/sweeps", "ADIN_DATA_ROOT": "s3://adin-data/datasets",
+                                "AWS_EC2_METADATA_DISABLED": "true"}}
+    with open(os.path.join(state, "runtime_env.json"), "w") as fh:
+        os.chmod(fh.name, 0o600)
+        json.dump(runtime_env, fh)
+    _write(state, info)
+    return info
+
+
+def _write(state: str, info: dict) -> None:
+    with open(os.path.join(state, "pids.json"), "w") as fh:
+        json.dump(info, fh, indent=1)
+
+
+def _nodes(gcs_port: int, env: dict[str, str]) -> int:
+    out = subprocess.run([_exe("ray"), "status", "--address", f"{HEAD_IP}:{gcs_port}"], env=env,
+                         capture_output=True, text=True, timeout=60).stdout
+    section = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
+    return sum(1 for line in section.splitlines() if line.strip().startswith("1 node_"))
+
+
+def _mlflow_ok(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+        return r.status == 200
+
+
+def _stop(pid: int, grace: float) -> None:
+    """SIGTERM to the process we started (`ray start --block` then stops its own children), then whatever is left
+    of its process group (it leads its own session) is killed."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def down(state: str) -> None:
+    path = os.path.join(state, "pids.json")
+    if not os.path.exists(path):
+        print(f"no cluster recorded in {state}")
+        return
+    info = json.load(open(path))
+    for name in ("ray_worker", "ray_head", "mlflow", "s3"):
+        if name in info["pids"]:
+            _stop(info["pids"][name], grace=45 if name.startswith("ray") else 10)
+    shutil.rmtree(info.get("ray_tmp", ""), ignore_errors=True)
+    os.remove(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["up", "down"])
+    ap.add_argument("--state", default=STATE)
+    ap.add_argument("--head-cpus", type=float, default=1)
+    ap.add_argument("--worker-cpus", type=float, default=1)
+    args = ap.parse_args()
+    if args.command == "up":
+        info = up(args.state, args.head_cpus, args.worker_cpus)
+        print(f"cluster up: Ray dashboard http://127.0.0.1:{info['ports']['dashboard']} (2 nodes), "
+              f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}")
+        print(f"use it:  source {args.state}/env.sh && ray job submit --runtime-env-json "
+              f"\"$(cat {args.state}/runtime_env.json)\" -- python -m orchestrator.sweep --space search_spaces/smoke.yaml")
+    else:
+        down(args.state)
+        print("cluster down")
+
+
+if __name__ == "__main__":
+    main()
