@@ -114,12 +114,14 @@ def test_mlflow_down_at_start_fails_fast(tmp_path):
 
 
 # --- the real thing --------------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_two_node_cluster_end_to_end():
+@pytest.fixture(scope="module")
+def local_cluster():
+    """cluster/local up.sh ... down.sh; yields (state dir, environment for clients, recorded process ids)."""
     state = tempfile.mkdtemp(prefix="adincl", dir="/tmp")
     cluster = os.path.join(REPO, "cluster", "local")
     up = subprocess.run(["bash", os.path.join(cluster, "up.sh"), "--state", state], cwd=REPO, capture_output=True,
                         text=True, timeout=400)
+    info = {"pids": {}}
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
         info = json.load(open(os.path.join(state, "pids.json")))
@@ -127,39 +129,103 @@ def test_two_node_cluster_end_to_end():
         for line in open(os.path.join(state, "env.sh")):
             k, _, v = line.strip().removeprefix("export ").partition("=")
             env[k] = v
-        runtime_env = open(os.path.join(state, "runtime_env.json")).read()
-        job = subprocess.run(["ray", "job", "submit", "--runtime-env-json", runtime_env, "--", "python", "-m",
-                              "orchestrator.sweep", "--space", "search_spaces/smoke.yaml", "--quiet"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
-        assert "succeeded" in job.stdout and "winner: trial" in job.stdout
-        # nested runs on the MLflow server
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-        exp = client.get_experiment_by_name("smoke")
-        runs = client.search_runs([exp.experiment_id])
-        parents = [r for r in runs if r.data.tags.get("adin.role") == "sweep"]
-        children = [r for r in runs if r.data.tags.get("adin.role") == "trial"]
-        assert len(parents) == 1 and len(children) == 4
-        assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-        assert all(c.data.tags["checkpoint_uri"].startswith("s3://adin-sweeps/sweeps/") for c in children)
-        # the exported winner (checkpoint fetched from the S3 endpoint)
-        out = os.path.join(state, "export")
-        best = subprocess.run([sys.executable, "-m", "orchestrator.best", "--export", out], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert best.returncode == 0, best.stderr[-3000:]
-        assert {"model.pt", "config.json", "model_card.md", "model_card.json"} <= set(os.listdir(out))
-        # no secret in MLflow params/tags, the job's log or the model card
-        secret = env["AWS_SECRET_ACCESS_KEY"]
-        for r in runs:
-            assert secret not in json.dumps(r.data.params) + json.dumps(r.data.tags)
-        assert secret not in job.stdout + job.stderr
-        assert all(secret not in open(os.path.join(out, f), errors="ignore").read()
-                   for f in ("model_card.md", "model_card.json", "config.json"))
+        yield state, env
     finally:
         subprocess.run(["bash", os.path.join(cluster, "down.sh"), "--state", state], cwd=REPO, timeout=300)
     for pid in info["pids"].values():  # down stopped exactly what up started
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     shutil.rmtree(state, ignore_errors=True)
+
+
+def _submit(state: str, env: dict, *sweep_args: str, wait: bool = True) -> subprocess.CompletedProcess:
+    runtime_env = open(os.path.join(state, "runtime_env.json")).read()
+    return subprocess.run(["ray", "job", "submit", *([] if wait else ["--no-wait"]), "--runtime-env-json",
+                           runtime_env, "--", "python", "-m", "orchestrator.sweep", "--space",
+                           "search_spaces/smoke.yaml", "--quiet", *sweep_args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _ray_list(env: dict, what: str, *filters: str) -> list[dict]:
+    args = ["ray", "list", what, "--detail", "--format", "json", "--limit", "1000"]
+    for f in filters:
+        args += ["--filter", f]
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout.strip()
+    return json.loads(text) if text.startswith("[") else []  # "No resource in the cluster" when empty
+
+
+@pytest.mark.slow
+def test_two_node_cluster_end_to_end(local_cluster):
+    state, env = local_cluster
+    job = _submit(state, env)
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
+    assert "succeeded" in job.stdout and "winner: trial" in job.stdout
+    # nested runs on the MLflow server
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("adin.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("adin.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert all(c.data.tags["checkpoint_uri"].startswith("s3://adin-sweeps/sweeps/") for c in children)
+    # the exported winner (checkpoint fetched from the S3 endpoint)
+    out = os.path.join(state, "export")
+    best = subprocess.run([sys.executable, "-m", "orchestrator.best", "--export", out], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0, best.stderr[-3000:]
+    assert {"model.pt", "config.json", "model_card.md", "model_card.json"} <= set(os.listdir(out))
+    # no secret in MLflow params/tags, the job's log or the model card
+    secret = env["AWS_SECRET_ACCESS_KEY"]
+    for r in runs:
+        assert secret not in json.dumps(r.data.params) + json.dumps(r.data.tags)
+    assert secret not in job.stdout + job.stderr
+    assert all(secret not in open(os.path.join(out, f), errors="ignore").read()
+               for f in ("model_card.md", "model_card.json", "config.json"))
+
+
+@pytest.mark.slow
+def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster):
+    state, env = local_cluster
+
+    def wait_for(pred, timeout: float) -> float:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if pred():
+                return time.perf_counter() - t0
+            time.sleep(1)
+        pytest.fail(f"condition not met within {timeout} s")
+
+    def train_workers() -> int:
+        return len(_ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE"))
+
+    sub = _submit(state, env, "--name", "smoke-cancelled", wait=False)
+    job_id = sub.stdout[sub.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+    wait_for(lambda: train_workers() >= 2, 240)  # a trial is training
+    t0 = time.perf_counter()
+    stop = subprocess.run(["ray", "job", "stop", job_id], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    stop_s = time.perf_counter() - t0
+
+    def nothing_left() -> bool:
+        pgs = [p for p in _ray_list(env, "placement-groups") if p["state"] in ("CREATED", "PENDING",
+                                                                               "RESCHEDULING")]
+        actors = [a for a in _ray_list(env, "actors", "state=ALIVE") if not a.get("is_detached")]
+        return not pgs and not actors
+
+    cleaned_s = wait_for(nothing_left, 60)
+    t1 = time.perf_counter()
+    nxt = _submit(state, env, "--name", "smoke-after-cancel", "--num-samples", "1", wait=False)
+    next_job = nxt.stdout[nxt.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+    try:
+        started_s = wait_for(lambda: train_workers() >= 2, 120)
+    finally:
+        subprocess.run(["ray", "job", "stop", next_job], cwd=REPO, env=env, capture_output=True, timeout=120)
+    print(f"\njob stop {stop_s:.1f} s; no placement group or job actor left {cleaned_s:.1f} s later; "
+          f"the next sweep's workers ran {started_s:.1f} s after its submission (submitted {t1 - t0:.1f} s "
+          "after the stop)")
