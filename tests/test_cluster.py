@@ -212,13 +212,21 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
     assert stop.returncode == 0, stop.stderr
     stop_s = time.perf_counter() - t0
 
-    def nothing_left() -> bool:
-        pgs = [p for p in _ray_list(env, "placement-groups") if p["state"] in ("CREATED", "PENDING",
-                                                                               "RESCHEDULING")]
-        actors = [a for a in _ray_list(env, "actors", "state=ALIVE") if not a.get("is_detached")]
-        return not pgs and not actors
+    ray_job = next(j["job_id"] for j in _ray_list(env, "jobs") if j.get("submission_id") == job_id)
+    left: dict[str, list] = {}
 
-    cleaned_s = wait_for(nothing_left, 60)
+    def nothing_left() -> bool:  # of the cancelled job (other jobs may share the cluster)
+        left["pgs"] = [p for p in _ray_list(env, "placement-groups") if p.get("creator_job_id") == ray_job
+                       and p["state"] in ("CREATED", "PENDING", "RESCHEDULING")]
+        left["actors"] = [a["class_name"] for a in _ray_list(env, "actors", "state=ALIVE")
+                          if a.get("job_id") == ray_job and not a.get("is_detached")]
+        return not left["pgs"] and not left["actors"]
+
+    try:
+        cleaned_s = wait_for(nothing_left, 60)
+    except BaseException:
+        print(f"left of job {ray_job}: {left}")
+        raise
     t1 = time.perf_counter()
     nxt = _submit(state, env, "--name", "smoke-after-cancel", "--num-samples", "1", wait=False)
     next_job = nxt.stdout[nxt.stdout.find("raysubmit_"):].split()[0].strip("'\"")
