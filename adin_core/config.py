@@ -95,11 +95,6 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     @property
-    def nuisance_kinds(self) -> tuple[str, ...]:
-        """Label kinds, one nuisance head each ('camera+time' is two heads; 'camera_x_time' one joint head)."""
-        return tuple(self.nuisance.split("+"))
-
-    @property
     def adversarial(self) -> bool:
         return self.adv_loss != "none"
 

@@ -226,7 +226,7 @@ def evaluate_vehicleid(features: torch.Tensor | np.ndarray, pids, *, num_draws: 
     if feats.shape[0] != pids.shape[0]:
         raise ValueError(f"features ({feats.shape[0]}) and pids ({pids.shape[0]}) differ in length")
     rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(pids, return_inverse=True)
+    _, inverse = np.unique(pids, return_inverse=True)
     results = []
     for _ in range(num_draws):
         # one random member per identity: shuffle, then take each identity's first occurrence
@@ -239,7 +239,6 @@ def evaluate_vehicleid(features: torch.Tensor | np.ndarray, pids, *, num_draws: 
         results.append(evaluate_features(
             feats[query], feats[gallery], pids[query], pids[gallery], np.zeros(len(query), np.int64),
             np.ones(len(gallery), np.int64), metric=metric, max_rank=max_rank))
-    del uniq
     return RankResult(cmc=np.mean([r.cmc for r in results], axis=0), mAP=float(np.mean([r.mAP for r in results])),
                       mINP=float(np.mean([r.mINP for r in results])),
                       num_valid_queries=int(np.mean([r.num_valid_queries for r in results])),

@@ -39,6 +39,7 @@ from adin_core.data.shards import ShardError, ShardSet  # noqa: E402
 from adin_core.data.storage import StorageError  # noqa: E402
 from orchestrator.space import SearchSpace, SpaceError, load_space  # noqa: E402
 from orchestrator.tracking import TrackingError, check_tracking_uri  # noqa: E402
+from orchestrator.progress import format_table  # noqa: E402
 from orchestrator.trial import OBJECTIVE  # noqa: E402
 
 DEFAULT_STORAGE = "runs/sweeps"
@@ -83,66 +84,6 @@ def apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpace
 
 
 # ------------------------------------------------------------------------------------------------------------
-class ProgressTable:
-    """A Tune callback printing a compact live table: state, key parameters, latest objective."""
-
-    def __new__(cls, *args, **kwargs):  # built lazily so importing this module does not import Ray
-        from ray.tune import Callback
-
-        class _Table(Callback):
-            def __init__(self, params: list[str], every_s: float = 15.0) -> None:
-                self.params, self.every_s, self.last, self.rows = params, every_s, 0.0, {}
-
-            def _row(self, trial, status=None, result=None) -> None:
-                row = self.rows.setdefault(trial.trial_id, {"status": "PENDING", "iter": 0, "obj": None,
-                                                            "config": trial.config})
-                if status:
-                    row["status"] = status
-                if result:
-                    row["iter"] = result.get("training_iteration", row["iter"])
-                    row["obj"] = result.get(OBJECTIVE, row["obj"])
-                    row["phase"] = result.get("phase", "")
-
-            def on_trial_start(self, iteration, trials, trial, **info):
-                self._row(trial, "RUNNING")
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                self._row(trial, "RUNNING", result)
-                self._maybe_print()
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._row(trial, "TERMINATED")
-                self._maybe_print(force=True)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._row(trial, "ERROR")
-                self._maybe_print(force=True)
-
-            def _maybe_print(self, force: bool = False) -> None:
-                if not force and time.time() - self.last < self.every_s:
-                    return
-                self.last = time.time()
-                print(format_table(self.rows, self.params), flush=True)
-
-        return _Table(*args, **kwargs)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def format_table(rows: dict[str, dict], params: list[str], limit: int = 30) -> str:
-    head = ["trial", "status", "evals", OBJECTIVE] + params
-    lines = [head]
-    for tid, r in list(rows.items())[:limit]:
-        obj = "-" if r["obj"] is None else f"{r['obj']:.4f}"
-        lines.append([tid, r["status"], str(r["iter"]), obj] + [_fmt(r["config"].get(p, "")) for p in params])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
-
-
 # ------------------------------------------------------------------------------------------------------------
 def latest_sweep(storage: str, space_name: str) -> str:
     from adin_core.data.storage import resolve
@@ -300,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from orchestrator.progress import ProgressTable
     from orchestrator.tracking import MLflowTrialCallback, SweepTracker, code_version
     from orchestrator.trial import TrialSettings
 
