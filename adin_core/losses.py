@@ -128,11 +128,13 @@ def js_to_uniform(logits: torch.Tensor) -> torch.Tensor:
 
 
 def adversarial_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor | None = None,
-                     *, weighting: str = "class_prior", temperature: float = 1.0) -> torch.Tensor:
+                     *, weighting: str = "class_prior") -> torch.Tensor:
     """L_adv for one nuisance head, minimised by f_E.
 
-    For `rg` the caller passes logits computed on grad_reverse(features): minimising the plain cross-entropy
-    then trains f_N to classify and pushes f_E the other way.
+    `prior` is CaNE's p, already tempered (`tempered_prior`): it is fixed for a run, so the trainer computes it
+    once, on the device, instead of at every step. For `rg` the caller passes logits computed on
+    grad_reverse(features): minimising the plain cross-entropy then trains f_N to classify and pushes f_E the
+    other way.
     """
     if kind == "rg":
         return F.cross_entropy(logits.float(), labels)
@@ -145,10 +147,9 @@ def adversarial_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor, prio
     if kind == "cane":
         if prior is None:
             raise ValueError("cane needs the nuisance class prior")
-        p = tempered_prior(prior, temperature)
         if weighting == "class_prior":
-            return cane_class_prior(logits, p)
+            return cane_class_prior(logits, prior)
         if weighting == "sample_prior":
-            return cane_sample_prior(logits, labels, p)
+            return cane_sample_prior(logits, labels, prior)
         raise ValueError(f"unknown cane weighting {weighting!r}")
     raise ValueError(f"unknown adversarial loss {kind!r}")

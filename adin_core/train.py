@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from adin_core.config import TrainConfig
 from adin_core.data.memory import Batch, TrainingData, prefetch
-from adin_core.losses import adversarial_loss, grad_reverse, identity_loss
+from adin_core.losses import adversarial_loss, grad_reverse, identity_loss, tempered_prior
 from adin_core.models import ADINModel
 from adin_core.schedule import Phase, Schedule, ScheduleConfig, Transition
 
@@ -97,7 +97,9 @@ class ADINTrainer:
         if self.device.type == "cuda" and config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.use_amp = config.amp and self.device.type == "cuda"
-        self.priors = {k: torch.as_tensor(p, dtype=torch.float32) for k, p in data.priors.items()}
+        # CaNE's tempered priors are fixed for the run: computed once, on the device
+        self.priors = {k: tempered_prior(torch.as_tensor(p), config.prior_temperature).to(self.device)
+                       for k, p in data.priors.items()}
         self.opt_main = self._make_main_optimizer()
         self.opt_nuisance = self._make_nuisance_optimizer()
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size, world_size)
@@ -232,8 +234,7 @@ class ADINTrainer:
                         l_adv = l_adv + adversarial_loss("rg", head(grad_reverse(f, c.beta)), labels[kind])
                     else:
                         l_adv = l_adv + adversarial_loss(c.adv_loss, head(f), labels[kind], self.priors[kind],
-                                                         weighting=c.cane_weighting,
-                                                         temperature=c.prior_temperature)
+                                                         weighting=c.cane_weighting)
             loss = l_id + (l_adv if c.adv_loss == "rg" else c.beta * l_adv)
         loss.backward()
         self._add_loss("identity", l_id)

@@ -108,11 +108,6 @@ class SweepTracker:
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
 
-    def child_runs(self) -> dict[str, Any]:
-        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-                                       max_results=10000)
-        return {r.data.tags.get(TRIAL_TAG): r for r in runs}
-
 
 class MLflowTrialCallback(Callback):
     """Tune callback: a child run per trial (params, per-report metrics, checkpoint path, status)."""

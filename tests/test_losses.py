@@ -31,7 +31,7 @@ def test_cane_with_uniform_prior_is_ne_over_k():
     assert cane_class_prior(logits, prior).item() == pytest.approx(negative_entropy(logits).item() / 6, rel=1e-5)
     # temperature 0 turns any prior into the uniform one
     skewed = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.05, 0.05])
-    via_temp = adversarial_loss("cane", logits, torch.zeros(8, dtype=torch.long), skewed, temperature=0.0)
+    via_temp = adversarial_loss("cane", logits, torch.zeros(8, dtype=torch.long), tempered_prior(skewed, 0.0))
     assert via_temp.item() == pytest.approx(negative_entropy(logits).item() / 6, rel=1e-5)
 
 

@@ -118,7 +118,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = _data(generate_benchmark("tiny", seed=0))
-        cfg = _config(epochs=4, pretrain_id_epochs=1, pretrain_nuisance_epochs=1, batch_size=16, seed=rank * 0)
+        cfg = _config(epochs=4, pretrain_id_epochs=1, pretrain_nuisance_epochs=1, batch_size=16, seed=0)  # one seed: ranks must start identical
         trainer = ADINTrainer(cfg, data, rank=rank, world_size=world)
         trainer.run()
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])

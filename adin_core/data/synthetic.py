@@ -11,7 +11,7 @@ identities and disjoint cameras: one target to select hyper-parameters on, one t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -288,7 +288,3 @@ def write_layout(domain: SynthDomain, out_dir: str, layout: str) -> str:
                 fh.write("\n".join(lines) + "\n")
         return root
     raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
-
-
-def config_dict(cfg: SynthConfig) -> dict:
-    return asdict(cfg)
