@@ -124,6 +124,13 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
     return card, "\n".join(lines) + "\n"
 
 
+def write_model_files(folder: str, state: dict[str, Any]) -> None:
+    """The exported model itself: `model.pt` (a plain state dict) and `config.json` (what rebuilds it)."""
+    torch.save(state["model"], os.path.join(folder, "model.pt"))
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump({"train_config": state["config"], "model_meta": state["model_meta"]}, fh, indent=1)
+
+
 def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) -> None:
     """All files into a temporary sibling folder, then one rename: no half-written export under `out_dir`."""
     if os.path.exists(out_dir):
@@ -132,9 +139,7 @@ def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        torch.save(state["model"], os.path.join(tmp, "model.pt"))
-        with open(os.path.join(tmp, "config.json"), "w") as fh:
-            json.dump({"train_config": state["config"], "model_meta": state["model_meta"]}, fh, indent=1)
+        write_model_files(tmp, state)
         with open(os.path.join(tmp, "model_card.json"), "w") as fh:
             json.dump(card, fh, indent=1)
         with open(os.path.join(tmp, "model_card.md"), "w") as fh:

@@ -85,6 +85,19 @@ def apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpace
 
 # ------------------------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------------------------
+def check_nuisance_labels(space: SearchSpace, source: ShardSet) -> None:
+    """Every `nuisance` value the space can produce must be a label kind the source provides; read from the
+    manifest, so no data is read before the sweep starts."""
+    searched = next((p for p in space.params if p.name == "nuisance"), None)
+    values = list(searched.choices) if searched else [space.train_config({}).nuisance]
+    available = set(source.manifest["priors"])
+    for value in values:
+        missing = [k for k in value.split("+") if k not in available]
+        if missing:
+            raise SpaceError(f"{space.path}: nuisance {value!r} needs label kind(s) {missing}, which source "
+                             f"{source.name} does not provide (it has {sorted(available) or 'none'})")
+
+
 def latest_sweep(storage: str, space_name: str) -> str:
     from adin_core.data.storage import resolve
     import pyarrow.fs as pafs
@@ -231,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         select = [resolve_dataset(u, args.data_root) for u in space.select]
         report = [resolve_dataset(u, args.data_root) for u in space.report]
         manifests = {u: ShardSet.open(u) for u in [source, *select, *report]}
-        for uri, shards in manifests.items():
-            if uri == source:
-                shards.training_data(space.train_config({}).nuisance, (8, 8))  # nuisance labels available?
+        check_nuisance_labels(space, manifests[source])
     except (SpaceError, StorageError, TrackingError, ShardError, LayoutError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -329,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], report: list[str], sweep: str) -> None:
     """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
-    from orchestrator.best import load_state, score_targets
+    from orchestrator.best import load_state, score_targets, write_model_files
     from adin_core.train import model_from_state
 
     best = next((r for r in rows if r["objective"] is not None and r["checkpoint"]), None)
@@ -346,12 +357,8 @@ def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], re
     tracker.set_tags({"adin.best_trial": best["trial"], "adin.best_checkpoint": uri})
     tracker.log_metrics({f"best/{space.metric}": best["objective"],
                          **{f"best/report/{n}/{k}": v for n, s in scores.items() for k, v in s.items()}})
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(state["model"], os.path.join(tmp, "model.pt"))
-        with open(os.path.join(tmp, "config.json"), "w") as fh:
-            json.dump({"train_config": state["config"], "model_meta": state["model_meta"]}, fh, indent=1)
+        write_model_files(tmp, state)
         tracker.log_artifact(os.path.join(tmp, "model.pt"), "winner")
         tracker.log_artifact(os.path.join(tmp, "config.json"), "winner")
         for path in save_plots(study_from_results(space, rows), tmp):

@@ -137,3 +137,15 @@ def test_sweep_refuses_an_existing_name_before_ray(tmp_path, capsys):
     assert main(["--space", "search_spaces/smoke.yaml", "--name", "smoke-x", "--storage", str(tmp_path / "s"),
                  "--data-root", str(tmp_path / "d"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "sweep 'smoke-x' already exists" in capsys.readouterr().err
+
+
+def test_sweep_checks_nuisance_labels_against_the_source_manifest(tmp_path):
+    from orchestrator.data import resolve_dataset
+    from orchestrator.sweep import check_nuisance_labels
+    from adin_core.data.shards import ShardSet
+
+    source = ShardSet.open(resolve_dataset("synthetic:tiny/source", str(tmp_path)))  # Market layout: no time
+    check_nuisance_labels(parse_space(BASE, "space.yaml"), source)  # camera (the default) is there
+    raw = with_("parameters.nuisance", {"type": "categorical", "choices": ["camera", "camera+time"]})
+    with pytest.raises(SpaceError, match=r"nuisance 'camera\+time' needs label kind\(s\) \['time'\]"):
+        check_nuisance_labels(parse_space(raw, "space.yaml"), source)
