@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 
 from adin_core.data.storage import Location, StorageError, resolve
 
-__all__ = ["StorageError", "sweep_location", "tune_storage", "train_storage", "resolve"]
+__all__ = ["StorageError", "checkpoint_uri", "sweep_location", "tune_storage", "train_storage", "resolve"]
 
 
 def _fs_and_path(loc: Location) -> tuple[str, pafs.FileSystem | None]:
@@ -36,3 +36,8 @@ def tune_storage(root: str) -> tuple[str, pafs.FileSystem | None]:
 def train_storage(root: str, sweep: str) -> tuple[str, pafs.FileSystem | None]:
     """(storage_path, storage_filesystem) for the trials' ray.train.RunConfig."""
     return _fs_and_path(sweep_location(root, sweep).join("train"))
+
+
+def checkpoint_uri(path: str, storage_root: str) -> str:
+    """A Train checkpoint's path (as Ray reports it: bucket/key for S3, absolute for local) as a full URI."""
+    return "s3://" + path if storage_root.startswith("s3://") and not path.startswith("s3://") else path

@@ -40,7 +40,6 @@ from adin_core.data.storage import StorageError  # noqa: E402
 from orchestrator.space import SearchSpace, SpaceError, load_space  # noqa: E402
 from orchestrator.tracking import TrackingError, check_tracking_uri  # noqa: E402
 from orchestrator.progress import format_table  # noqa: E402
-from orchestrator.trial import OBJECTIVE  # noqa: E402
 
 DEFAULT_STORAGE = "runs/sweeps"
 DEFAULT_DATA_ROOT = "runs/data"
@@ -298,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                              gpus_per_worker=space.gpus_per_worker, checkpoints_to_keep=space.checkpoints_to_keep)
     fixed_params = {**space.fixed, "epochs": space.epochs}
     callbacks: list = [MLflowTrialCallback(args.tracking_uri, tracker.experiment_id, tracker.parent_id, sweep,
-                                           fixed_params, storage_is_s3=args.storage.startswith("s3://"))]
+                                           fixed_params, storage_root=args.storage)]
     if not args.quiet:
         callbacks.append(ProgressTable([p.name for p in space.params]))
     print(f"sweep {sweep}: {space.num_samples} trials of {space.workers} worker(s), space {args.space}, "
@@ -312,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nleaderboard (objective: mean direct-transfer mAP on the select targets)")
         print(format_table({r["trial"]: {"status": r["status"], "iter": r["evals"], "obj": r["objective"],
                                          "config": r["config"]} for r in rows}, [p.name for p in space.params]))
-        summarise_winner(tracker, space, rows, report, sweep)
+        summarise_winner(tracker, space, rows, report, args.storage)
         status = "FINISHED"
         t_end = time.perf_counter()
         timing = {"timing/checks_s": t_checked - t_start, "timing/ray_start_s": t_ray - t_checked,
@@ -338,16 +337,18 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
 
 
-def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], report: list[str], sweep: str) -> None:
+def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], report: list[str],
+                     storage: str) -> None:
     """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
     from orchestrator.best import load_state, score_targets, write_model_files
+    from orchestrator.storage import checkpoint_uri
     from adin_core.train import model_from_state
 
     best = next((r for r in rows if r["objective"] is not None and r["checkpoint"]), None)
     if best is None:
         print("no trial reported an objective; nothing to export")
         return
-    uri = best["checkpoint"] if os.path.isabs(best["checkpoint"]) else "s3://" + best["checkpoint"]
+    uri = checkpoint_uri(best["checkpoint"], storage)
     state = load_state(uri)
     model, config = model_from_state(state)
     scores = score_targets(model, config, report)

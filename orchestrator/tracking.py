@@ -113,9 +113,9 @@ class MLflowTrialCallback(Callback):
     """Tune callback: a child run per trial (params, per-report metrics, checkpoint path, status)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, sweep: str,
-                 fixed_params: dict[str, Any], storage_is_s3: bool = False) -> None:
+                 fixed_params: dict[str, Any], storage_root: str) -> None:
         self.tracking_uri, self.experiment_id, self.parent_id = tracking_uri, experiment_id, parent_id
-        self.sweep, self.fixed_params, self.storage_is_s3 = sweep, fixed_params, storage_is_s3
+        self.sweep, self.fixed_params, self.storage_root = sweep, fixed_params, storage_root
         self._runs: dict[str, str] = {}
         self._client = None
 
@@ -169,8 +169,9 @@ class MLflowTrialCallback(Callback):
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
         if result.get("checkpoint_path"):
-            path = result["checkpoint_path"]
-            self.client.set_tag(run_id, "checkpoint_uri", "s3://" + path if self.storage_is_s3 else path)
+            from orchestrator.storage import checkpoint_uri
+
+            self.client.set_tag(run_id, "checkpoint_uri", checkpoint_uri(result["checkpoint_path"], self.storage_root))
         if "phase" in result:
             self.client.set_tag(run_id, "phase", result["phase"])
 
