@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -209,6 +210,46 @@ def test_interrupted_run_leaves_no_complete_looking_dataset(tmp_path):
     assert os.path.isdir(os.path.join(dest, "market1501", "v1"))  # some parts were written ...
     with pytest.raises(ShardError, match="no manifest.json .* interrupted shard run"):
         ShardSet.open(os.path.join(dest, "market1501", "v1"))  # ... but it is not a dataset
+
+
+def test_two_writers_of_one_version_never_damage_it(tmp_path):
+    """Two sweeps first using the same dataset both shard it: the one that commits second keeps the first's
+    version (without --overwrite), removes only its own parts, and says so."""
+    src = make_market(str(tmp_path / "src"))
+    records = read_layout("market1501", src)
+    dest = str(tmp_path / "store")
+    done = []
+
+    def other_writer_finishes_meanwhile(_n: int) -> None:
+        if not done:
+            done.append(write_shards(records, dest, "market1501", "v1", fmt="market1501", source=src))
+
+    with pytest.raises(ShardError, match="completed by another run"):
+        write_shards(records, dest, "market1501", "v1", fmt="market1501", source=src,
+                     progress=other_writer_finishes_meanwhile)
+    shards = ShardSet.open(os.path.join(dest, "market1501", "v1"))
+    assert shards.manifest["created_at"] == done[0]["created_at"]
+    for split in shards.splits:
+        shards.table(split)  # every listed part is there and verified
+    on_disk = {os.path.relpath(os.path.join(d, f), shards.location.path)
+               for d, _, fs in os.walk(shards.location.path) for f in fs}
+    assert on_disk == set(shards.file_hashes()) | {"manifest.json"}
+
+
+def test_overwrite_removes_the_replaced_parts_and_old_orphans_only(tmp_path):
+    src = make_market(str(tmp_path / "src"))
+    dest = str(tmp_path / "store")
+    first = shard_dataset("market1501", src, dest, show_progress=False)
+    root = os.path.join(dest, "market1501", "v1")
+    young = os.path.join(root, "train", "part-00000-inflight.parquet")  # another writer, still working
+    old = os.path.join(root, "train", "part-00000-crashed0.parquet")  # an interrupted run, hours ago
+    for path in (young, old):
+        open(path, "wb").write(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    shard_dataset("market1501", src, dest, overwrite=True, show_progress=False)
+    listed_before = {f["path"] for s in first["splits"].values() for f in s["files"]}
+    assert not any(os.path.exists(os.path.join(root, p)) for p in listed_before)
+    assert os.path.exists(young) and not os.path.exists(old)
 
 
 def test_sha256_mismatch_is_named(tmp_path):

@@ -121,8 +121,10 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
     """Write records as Parquet shards plus manifest under <dest>/<dataset>/<version>; returns the manifest.
 
     Commit protocol: part files carry this run's id, so they never replace files a manifest lists; the manifest
-    is written last and is the commit; only after it, files no manifest lists (an older version's, or an
-    interrupted run's) are deleted. A failure at any point leaves the stored version as it was.
+    is written last and is the commit. Only after it are files deleted: those the replaced manifest listed, and
+    unlisted parts older than `ORPHAN_AGE_S` (an interrupted run's; a younger one may be another writer's, still
+    working). Without `overwrite`, a version another run completed meanwhile is not replaced: this run's parts
+    are removed and ShardError says so. A failure at any point leaves the stored version as it was.
     """
     if not records:
         raise ShardError("no records to shard")
@@ -134,6 +136,42 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
     for r in records:
         by_split[r.split].append(r)
     files: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    try:
+        _write_parts(root, by_split, run_id, source, files, rows_per_file, progress)
+    except BaseException:
+        _delete_run_parts(root, run_id)
+        raise
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "version": version,
+        "format": fmt,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "validation": "list_val" if fmt == "msmt17" else "one held-out training image per identity (seed 0)",
+        "splits": {s: {**_split_summary(rs), "files": files[s]} for s, rs in sorted(by_split.items())},
+        "has_time": all(r.timeperiod is not None for r in by_split.get("train", [])),
+        "priors": nuisance_priors(records),
+    }
+    replaced = _listed_files(manifest_loc) if overwrite else set()
+    data = json.dumps(manifest, indent=1).encode()
+    if overwrite:
+        manifest_loc.write_bytes_atomic(data)
+    elif not manifest_loc.write_bytes_if_absent(data):
+        _delete_run_parts(root, run_id)
+        raise ShardError(f"{manifest_loc.uri} was completed by another run while this one was writing; it is kept "
+                         "as that run wrote it (pass --overwrite to replace it)")
+    keep = {f["path"] for fs in files.values() for f in fs}
+    _delete_stale(root, replaced, keep)
+    return manifest
+
+
+ORPHAN_AGE_S = 3600.0
+
+
+def _write_parts(root: Location, by_split: dict[str, list[ImageRecord]], run_id: str, source: str,
+                 files: dict[str, list[dict[str, Any]]], rows_per_file: int,
+                 progress: Callable[[int], None] | None) -> None:
     for split in sorted(by_split):
         recs = by_split[split]
         for part, start in enumerate(range(0, len(recs), rows_per_file)):
@@ -159,30 +197,37 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
             root.join(rel).write_bytes_atomic(data)
             files[split].append({"path": rel, "rows": len(chunk), "bytes": len(data),
                                  "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": dataset,
-        "version": version,
-        "format": fmt,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "validation": "list_val" if fmt == "msmt17" else "one held-out training image per identity (seed 0)",
-        "splits": {s: {**_split_summary(rs), "files": files[s]} for s, rs in sorted(by_split.items())},
-        "has_time": all(r.timeperiod is not None for r in by_split.get("train", [])),
-        "priors": nuisance_priors(records),
-    }
-    manifest_loc.write_bytes_atomic(json.dumps(manifest, indent=1).encode())
-    _delete_unlisted(root, {f["path"] for fs in files.values() for f in fs})
-    return manifest
 
 
-def _delete_unlisted(root: Location, keep: set[str]) -> None:
+def _listed_files(manifest_loc: Location) -> set[str]:
+    try:
+        old = json.loads(manifest_loc.read_bytes())
+        return {f["path"] for split in old["splits"].values() for f in split["files"]}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _part_files(root: Location) -> list[pafs.FileInfo]:
     selector = pafs.FileSelector(root.path, recursive=True, allow_not_found=True)
-    for info in root.fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
+    return [i for i in root.fs.get_file_info(selector) if i.type == pafs.FileType.File and i.base_name != MANIFEST]
+
+
+def _delete_run_parts(root: Location, run_id: str) -> None:
+    for info in _part_files(root):
+        if info.base_name.endswith(f"-{run_id}.parquet"):
+            root.fs.delete_file(info.path)
+
+
+def _delete_stale(root: Location, replaced: set[str], keep: set[str]) -> None:
+    """Delete the replaced version's parts and old orphans; never a part another writer may still commit."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    for info in _part_files(root):
         rel = info.path[len(root.path.rstrip("/")) + 1:]
-        if rel != MANIFEST and rel not in keep:
+        if rel in keep:
+            continue
+        mtime = info.mtime
+        old = mtime is not None and (now - mtime.astimezone(_dt.timezone.utc)).total_seconds() > ORPHAN_AGE_S
+        if rel in replaced or old:
             root.fs.delete_file(info.path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -44,7 +45,7 @@ class Location:
         if isinstance(self.fs, pafs.LocalFileSystem):
             parent = os.path.dirname(self.path)
             os.makedirs(parent, exist_ok=True)
-            tmp = f"{self.path}.tmp-{os.getpid()}"
+            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -53,6 +54,29 @@ class Location:
         else:
             with self.fs.open_output_stream(self.path) as fh:
                 fh.write(data)
+
+    def write_bytes_if_absent(self, data: bytes) -> bool:
+        """Like write_bytes_atomic, but never replaces an existing object; False when one was there. Atomic on
+        local disks (a hard link fails on an existing name); on S3 the check and the PUT are separate requests,
+        so two writers finishing within the same few milliseconds can still both succeed."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, self.path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.remove(tmp)
+        if self.exists():
+            return False
+        self.write_bytes_atomic(data)
+        return True
 
 
 def is_s3(uri: str) -> bool:
