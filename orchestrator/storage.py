@@ -23,9 +23,13 @@ def sweep_location(root: str, sweep: str) -> Location:
     return resolve(root).join(sweep)
 
 
-def tune_storage(root: str) -> tuple[str, pafs.FileSystem | None]:
-    """(storage_path, storage_filesystem) for tune.RunConfig; the experiment name is the sweep name."""
-    loc = resolve(root)
+def tune_storage(root: str, retry_budget_s: float | None = None) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for tune.RunConfig; the experiment name is the sweep name.
+
+    Ray writes its own state (experiment state, Train's checkpoint-manager snapshot) through this filesystem
+    and does not retry, so for S3 the filesystem itself retries for about `retry_budget_s`.
+    """
+    loc = resolve(root, retry_budget_s)
     if isinstance(loc.fs, pafs.LocalFileSystem):
         import os
 
@@ -33,9 +37,9 @@ def tune_storage(root: str) -> tuple[str, pafs.FileSystem | None]:
     return _fs_and_path(loc)
 
 
-def train_storage(root: str, sweep: str) -> tuple[str, pafs.FileSystem | None]:
-    """(storage_path, storage_filesystem) for the trials' ray.train.RunConfig."""
-    return _fs_and_path(sweep_location(root, sweep).join("train"))
+def train_storage(root: str, sweep: str, retry_budget_s: float | None = None) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for the trials' ray.train.RunConfig (retrying like tune_storage's)."""
+    return _fs_and_path(resolve(root, retry_budget_s).join(sweep, "train"))
 
 
 def checkpoint_uri(path: str, storage_root: str) -> str:

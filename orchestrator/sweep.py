@@ -33,6 +33,10 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # Starting a trial's workers on a busy 2-core machine can take longer than Train's default 60 s.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+# MLflow's own client retries for minutes per call; the sweep queues and retries tracking writes itself
+# (orchestrator.tracking), so each call should fail fast instead of stalling Tune's loop.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 from adin_core.data.layouts import LayoutError  # noqa: E402
 from adin_core.data.shards import ShardError, ShardSet  # noqa: E402
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-samples", type=int)
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--epochs", type=float)
+    ap.add_argument("--retry-budget", type=float, default=float(os.environ.get("ADIN_RETRY_BUDGET_S", "300")),
+                    metavar="SECONDS", help="how long a storage or tracking outage is waited out (with backoff) "
+                    "before the trial or the write fails (default 300; ADIN_RETRY_BUDGET_S)")
     ap.add_argument("--quiet", action="store_true", help="no live trial table")
     return ap.parse_args(argv)
 
@@ -120,7 +127,7 @@ def build_tuner(space: SearchSpace, settings, sweep: str, storage: str, callback
     from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), TRIAL_DRIVER_RESOURCES)
-    storage_path, storage_fs = tune_storage(storage)
+    storage_path, storage_fs = tune_storage(storage, settings.retry_budget_s)
     if resume:
         path = (os.path.join(storage_path, sweep) if storage_fs is None else f"{storage_path}/{sweep}")
         if not tune.Tuner.can_restore(path, storage_filesystem=storage_fs):
@@ -252,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from orchestrator.progress import ProgressTable
+    from orchestrator.retry import Backoff
     from orchestrator.tracking import MLflowTrialCallback, SweepTracker, code_version
     from orchestrator.trial import TrialSettings
 
@@ -270,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     t_ray = time.perf_counter()
     previous_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))  # `ray job stop`: stop as Ctrl-C
-    tracker = SweepTracker(args.tracking_uri, space.name, sweep)
+    backoff = Backoff(budget_s=args.retry_budget)
+    tracker = SweepTracker(args.tracking_uri, space.name, sweep, backoff=backoff)
     data_versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
                          "manifest_files_sha256": sorted(s.file_hashes().values())[:3]} for u, s in manifests.items()}
     tracker.set_tags({"adin.space_file": args.space, "adin.code_version": code_version(),
@@ -294,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrialSettings(sweep=sweep, storage=args.storage, source=source, select=tuple(select),
                              fixed=dict(space.fixed), epochs=space.epochs, eval_every_epochs=space.eval_every_epochs,
                              workers=space.workers, cpus_per_worker=space.cpus_per_worker,
-                             gpus_per_worker=space.gpus_per_worker, checkpoints_to_keep=space.checkpoints_to_keep)
+                             gpus_per_worker=space.gpus_per_worker, checkpoints_to_keep=space.checkpoints_to_keep,
+                             retry_budget_s=args.retry_budget)
     fixed_params = {**space.fixed, "epochs": space.epochs}
-    callbacks: list = [MLflowTrialCallback(args.tracking_uri, tracker.experiment_id, tracker.parent_id, sweep,
-                                           fixed_params, storage_root=args.storage)]
+    trial_tracking = MLflowTrialCallback(args.tracking_uri, tracker.experiment_id, tracker.parent_id, sweep,
+                                         fixed_params, storage_root=args.storage, backoff=backoff)
+    callbacks: list = [trial_tracking]
     if not args.quiet:
         callbacks.append(ProgressTable([p.name for p in space.params]))
     print(f"sweep {sweep}: {space.num_samples} trials of {space.workers} worker(s), space {args.space}, "
@@ -311,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nleaderboard (objective: mean direct-transfer mAP on the select targets)")
         print(format_table({r["trial"]: {"status": r["status"], "iter": r["evals"], "obj": r["objective"],
                                          "config": r["config"]} for r in rows}, [p.name for p in space.params]))
+        print_faults(trial_tracking.faults_summary())
         summarise_winner(tracker, space, rows, report, args.storage)
         status = "FINISHED"
         t_end = time.perf_counter()
@@ -335,6 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         tracker.finish(status)
         signal.signal(signal.SIGTERM, previous_term)
         ray.shutdown()
+
+
+def print_faults(summary: dict[str, Any]) -> None:
+    """What went wrong and was survived (also on the parent run as the tag `adin.faults`)."""
+    if not summary["tracking_outages"] and not summary["trials"]:
+        return
+    print("\nfaults survived")
+    for o in summary["tracking_outages"]:
+        print(f"  MLflow unreachable from {o['since']} for {o['seconds']:.0f} s ({o['attempts']} retries)")
+    for tid, f in sorted(summary["trials"].items()):
+        print(f"  trial {tid}: " + ", ".join(f"{k.removeprefix('faults/')} {v:g}" for k, v in sorted(f.items())))
 
 
 def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], report: list[str],

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from adin_core.data.layouts import ImageRecord
 from adin_core.data.memory import EncodedImages, ReIDArrays, TrainingData, decode_image
-from adin_core.data.storage import Location, StorageError, resolve
+from adin_core.data.storage import Location, StorageUnavailable, resolve
 from adin_core.features import EvalTarget
 from adin_core.nuisance import LABEL_KINDS, NuisanceError, NuisanceLabeler
 
@@ -252,7 +252,7 @@ class ShardSet:
             hint = " (the folder exists: an interrupted shard run?)" if loc.exists() else ""
             raise ShardError(f"no {MANIFEST} at {mloc.uri}: not a complete dataset{hint}") from None
         except OSError as exc:
-            raise StorageError(f"cannot read {mloc.uri}: {exc}") from None
+            raise StorageUnavailable(f"cannot read {mloc.uri}: {exc}") from None
         try:
             manifest = json.loads(raw)
         except json.JSONDecodeError as exc:

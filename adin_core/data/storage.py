@@ -21,6 +21,10 @@ class StorageError(RuntimeError):
     """A store that cannot be used; the message names the URI or setting."""
 
 
+class StorageUnavailable(StorageError):
+    """The store did not answer (endpoint or bucket unreachable): worth retrying, unlike a wrong setting."""
+
+
 @dataclass(frozen=True)
 class Location:
     fs: pafs.FileSystem
@@ -96,10 +100,37 @@ def check_endpoint_reachable(endpoint: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise StorageError(f"S3 endpoint {endpoint} (AWS_ENDPOINT_URL) is unreachable: {exc}") from None
+        raise StorageUnavailable(f"S3 endpoint {endpoint} (AWS_ENDPOINT_URL) is unreachable: {exc}") from None
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
+def patient_retry_strategy(budget_s: float) -> pafs.S3RetryStrategy:
+    """The AWS SDK's default strategy (waits of 50 ms, 100 ms, … doubling) with enough attempts to span
+    `budget_s`: for filesystems handed to code that does not retry by itself (Ray's own storage writes)."""
+    attempts = 1
+    while 0.025 * (2 ** attempts - 2) < budget_s:
+        attempts += 1
+    return pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts)
+
+
+class PatientS3FileSystem(pafs.S3FileSystem):
+    """An S3FileSystem whose SDK retries span `retry_budget_s`, and keep doing so when pickled: pyarrow's own
+    pickling drops the retry strategy, and Ray ships the run's filesystem to its controller and workers."""
+
+    def __init__(self, retry_budget_s: float, **kwargs) -> None:
+        super().__init__(retry_strategy=patient_retry_strategy(retry_budget_s), **kwargs)
+        self._args = (retry_budget_s, kwargs)
+
+    def __reduce__(self):
+        return (_patient_s3, self._args)
+
+
+def _patient_s3(retry_budget_s: float, kwargs: dict) -> PatientS3FileSystem:
+    return PatientS3FileSystem(retry_budget_s, **kwargs)
+
+
+def s3_filesystem(retry_budget_s: float | None = None) -> pafs.S3FileSystem:
+    """retry_budget_s: let the SDK retry failed requests for about that long (default: 3 quick attempts, the
+    caller retries or reports)."""
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
     if not key or not secret:
         raise StorageError("s3:// storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -107,26 +138,28 @@ def s3_filesystem() -> pafs.S3FileSystem:
     endpoint = s3_endpoint()
     kwargs: dict = dict(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"),
                         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), connect_timeout=5,
-                        request_timeout=30, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+                        request_timeout=30)
     if endpoint:
         check_endpoint_reachable(endpoint)
         parsed = urllib.parse.urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
-    return pafs.S3FileSystem(**kwargs)
+    if retry_budget_s is not None:
+        return PatientS3FileSystem(retry_budget_s, **kwargs)
+    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3), **kwargs)
 
 
-def resolve(uri: str) -> Location:
+def resolve(uri: str, retry_budget_s: float | None = None) -> Location:
     """A URI (local path, file://, s3://bucket/prefix) as a filesystem and a path inside it."""
     if is_s3(uri):
         rest = uri[len("s3://"):].strip("/")
         if not rest:
             raise StorageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
-        fs = s3_filesystem()
+        fs = s3_filesystem(retry_budget_s)
         bucket = rest.split("/")[0]
         try:
             info = fs.get_file_info(bucket)
         except OSError as exc:
-            raise StorageError(f"cannot reach bucket {bucket!r} of {uri}: {exc}") from None
+            raise StorageUnavailable(f"cannot reach bucket {bucket!r} of {uri}: {exc}") from None
         if info.type == pafs.FileType.NotFound:
             raise StorageError(f"bucket {bucket!r} of {uri} does not exist")
         return Location(fs, rest, "s3://" + rest)
