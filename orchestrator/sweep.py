@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-samples", type=int)
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--epochs", type=float)
+    ap.add_argument("--scheduler", choices=["asha", "none"],
+                    help="early stopping: the space's ASHA settings (or defaults), or none (every trial runs out)")
     ap.add_argument("--retry-budget", type=float, default=float(os.environ.get("ADIN_RETRY_BUDGET_S", "300")),
                     metavar="SECONDS", help="how long a storage or tracking outage is waited out (with backoff) "
                     "before the trial or the write fails (default 300; ADIN_RETRY_BUDGET_S)")
@@ -82,7 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def apply_overrides(space: SearchSpace, args: argparse.Namespace) -> SearchSpace:
     split = lambda v: v.split(",") if v else None  # noqa: E731
+    scheduler = None
+    if args.scheduler and args.scheduler != space.scheduler["type"]:
+        scheduler = {"type": args.scheduler}
     return space.with_overrides(**{
+        "scheduler": scheduler,
         "source": args.source, "targets.select": split(args.select), "targets.report": split(args.report),
         "resources.workers": args.workers, "resources.cpus_per_worker": args.cpus_per_worker,
         "resources.gpus_per_worker": args.gpus_per_worker, "search.num_samples": args.num_samples,

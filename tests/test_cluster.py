@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -146,6 +148,56 @@ def _submit(state: str, env: dict, *sweep_args: str, wait: bool = True) -> subpr
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+def wait_for(pred, timeout: float, what: str = "condition") -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if pred():
+            return time.perf_counter() - t0
+        time.sleep(1)
+    pytest.fail(f"{what} not met within {timeout} s")
+
+
+def _job_id(sub: subprocess.CompletedProcess) -> str:
+    assert "raysubmit_" in sub.stdout, sub.stdout[-2000:] + sub.stderr[-2000:]
+    return sub.stdout[sub.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+
+
+def _job_status(env: dict, job_id: str) -> str:
+    out = subprocess.run(["ray", "job", "status", job_id], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    text = (out.stdout + out.stderr).lower()  # "Job 'raysubmit_…' succeeded", "… failed", "… was stopped"
+    return next((s.upper() for s in ("succeeded", "failed", "stopped") if s in text), "RUNNING")
+
+
+def _job_logs(env: dict, job_id: str) -> str:
+    return subprocess.run(["ray", "job", "logs", job_id], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def _wait_job(env: dict, job_id: str, timeout: float) -> str:
+    wait_for(lambda: _job_status(env, job_id) in ("SUCCEEDED", "FAILED", "STOPPED"), timeout, f"job {job_id} end")
+    return _job_status(env, job_id)
+
+
+def _sweep_runs(env: dict, sweep: str) -> tuple[object, list]:
+    """(parent run, child runs) of a sweep on the cluster's MLflow server."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], f"tags.`adin.sweep` = '{sweep}'") if exp else []
+    parents = [r for r in runs if r.data.tags.get("adin.role") == "sweep"]
+    return (parents[0] if parents else None), [r for r in runs if r.data.tags.get("adin.role") == "trial"]
+
+
+def _reported(env: dict, sweep: str) -> int:
+    """How many reports of the sweep's trials reached MLflow so far."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    return sum(len(client.get_metric_history(c.info.run_id, "transfer_mAP")) for c in _sweep_runs(env, sweep)[1])
+
+
 def _ray_list(env: dict, what: str, *filters: str) -> list[dict]:
     args = ["ray", "list", what, "--detail", "--format", "json", "--limit", "1000"]
     for f in filters:
@@ -192,19 +244,11 @@ def test_two_node_cluster_end_to_end(local_cluster):
 def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster):
     state, env = local_cluster
 
-    def wait_for(pred, timeout: float) -> float:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < timeout:
-            if pred():
-                return time.perf_counter() - t0
-            time.sleep(1)
-        pytest.fail(f"condition not met within {timeout} s")
-
     def train_workers() -> int:
         return len(_ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE"))
 
     sub = _submit(state, env, "--name", "smoke-cancelled", wait=False)
-    job_id = sub.stdout[sub.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+    job_id = _job_id(sub)
     wait_for(lambda: train_workers() >= 2, 240)  # a trial is training
     t0 = time.perf_counter()
     stop = subprocess.run(["ray", "job", "stop", job_id], cwd=REPO, env=env, capture_output=True, text=True,
@@ -229,7 +273,7 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
         raise
     t1 = time.perf_counter()
     nxt = _submit(state, env, "--name", "smoke-after-cancel", "--num-samples", "1", wait=False)
-    next_job = nxt.stdout[nxt.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+    next_job = _job_id(nxt)
     try:
         started_s = wait_for(lambda: train_workers() >= 2, 120)
     finally:
@@ -237,3 +281,106 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
     print(f"\njob stop {stop_s:.1f} s; no placement group or job actor left {cleaned_s:.1f} s later; "
           f"the next sweep's workers ran {started_s:.1f} s after its submission (submitted {t1 - t0:.1f} s "
           "after the stop)")
+
+
+# --- faults while a sweep runs on the cluster ------------------------------------------------------------------
+@pytest.mark.slow
+def test_killed_train_worker_resumes_from_its_last_checkpoint(local_cluster):
+    state, env = local_cluster
+    sweep = "smoke-worker-killed"
+    job = _job_id(_submit(state, env, "--name", sweep, "--num-samples", "1", "--epochs", "8", wait=False))
+    wait_for(lambda: _reported(env, sweep) >= 2, 300, "two reports")
+    time.sleep(1.0)  # some steps past the checkpoint of the last report
+    (victim,) = [a for a in _ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE")
+                 if a.get("pid")][-1:]
+    t_kill = time.perf_counter()
+    os.kill(victim["pid"], signal.SIGKILL)
+    status = _wait_job(env, job, 600)
+    assert status == "SUCCEEDED", _job_logs(env, job)[-4000:]
+    parent, (child,) = _sweep_runs(env, sweep)
+    m = child.data.metrics
+    assert m["faults/restarts"] >= 1 and m["final"] == 1.0 and child.info.status == "FINISHED"
+    assert m["faults/resumed_from_step"] > 0  # from a checkpoint, not from scratch
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    history = client.get_metric_history(child.info.run_id, "step")
+    steps_per_epoch = max(h.value for h in history) / 8
+    print(f"\nworker pid {victim['pid']} killed ({len(history)} reports in all): resumed from step "
+          f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone "
+          f"({m['faults/redone_steps'] / steps_per_epoch:.2f} epochs); job finished {time.perf_counter() - t_kill:.0f} s "
+          "after the kill")
+
+
+@pytest.mark.slow
+def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluster):
+    state, env = local_cluster
+    sweep = "smoke-node-lost"
+    nodes = {n["node_id"]: n["node_ip"] for n in _ray_list(env, "nodes", "state=ALIVE")}
+    worker_node = next(i for i, ip in nodes.items() if ip == "127.0.0.3")
+    # one 0.6-CPU worker per trial: two trials run at once only one per node, so one is on the worker node;
+    # no early stopping, so that trial is still training when its node goes
+    job = _job_id(_submit(state, env, "--name", sweep, "--num-samples", "2", "--max-concurrent", "2", "--workers",
+                          "1", "--cpus-per-worker", "0.6", "--scheduler", "none", "--epochs", "8", wait=False))
+
+    def training_on_worker_node() -> bool:
+        return _reported(env, sweep) >= 2 and any(
+            a.get("node_id") == worker_node for a in _ray_list(env, "actors", "class_name=RayTrainWorker",
+                                                                "state=ALIVE"))
+
+    wait_for(training_on_worker_node, 300, "a trial training on the worker node")
+    t_kill = time.perf_counter()
+    cluster = [sys.executable, os.path.join(REPO, "cluster", "local", "cluster.py")]
+    try:
+        subprocess.run([*cluster, "remove-worker", "--state", state], check=True, timeout=120)
+        status = _wait_job(env, job, 600)
+        finished_s = time.perf_counter() - t_kill
+    finally:
+        subprocess.run([*cluster, "add-worker", "--state", state], check=True, timeout=400)  # for later tests
+    assert status == "SUCCEEDED", _job_logs(env, job)[-4000:]
+    parent, children = _sweep_runs(env, sweep)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.tags["checkpoint_uri"].startswith(f"s3://adin-sweeps/sweeps/{sweep}/") for c in children)
+    restarted = [c for c in children if c.data.metrics.get("faults/restarts", 0) >= 1]
+    assert restarted, [c.data.metrics for c in children]
+    m = restarted[0].data.metrics
+    print(f"\nworker node killed; {len(restarted)} trial(s) restarted on the head (resumed from step "
+          f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone); the sweep finished "
+          f"{finished_s:.0f} s after the kill")
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
+    """Submitted together, with default names, and both first to use a dataset (so both shard it at once)."""
+    state, env = local_cluster
+    data_root = "s3://adin-data/two-sweeps"
+    subs = [_submit(state, env, "--num-samples", "2", "--max-concurrent", "1", "--data-root", data_root,
+                    wait=False) for _ in range(2)]
+    jobs = [_job_id(s) for s in subs]
+    statuses = [_wait_job(env, j, 600) for j in jobs]
+    logs = [_job_logs(env, j) for j in jobs]
+    assert statuses == ["SUCCEEDED", "SUCCEEDED"], [log[-3000:] for log in logs]
+    names = [re.search(r"^sweep (\S+): ", log, re.M).group(1) for log in logs]
+    assert len(set(names)) == 2, names
+    checkpoints = set()
+    for name in names:
+        parent, children = _sweep_runs(env, name)
+        assert parent is not None and parent.info.status == "FINISHED" and len(children) == 2
+        uris = [c.data.tags["checkpoint_uri"] for c in children]
+        assert all(u.startswith(f"s3://adin-sweeps/sweeps/{name}/") for u in uris)
+        checkpoints |= set(uris)
+        assert parent.data.tags["adin.best_checkpoint"] in uris
+    assert len(checkpoints) == 4
+    # the dataset both sharded at once: complete, and nothing on the store but the parts its manifest lists
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    for domain in ("source", "select", "report"):
+        prefix = f"two-sweeps/synthetic-tiny-{domain}/v1/"
+        keys = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket="adin-data", Prefix=prefix)["Contents"]}
+        manifest = json.loads(s3.get_object(Bucket="adin-data", Key=prefix + "manifest.json")["Body"].read())
+        listed = {f["path"] for split in manifest["splits"].values() for f in split["files"]}
+        assert keys - {"manifest.json"} == listed, (domain, keys, listed)
+    print(f"\ntwo sweeps at once: {names}, 2 trials each, 4 distinct checkpoints; the dataset both sharded is "
+          "complete, with no stray part")

@@ -105,6 +105,19 @@ def test_command_line_overrides_are_validated():
         space.with_overrides(**{"resources.workers": 0})
 
 
+def test_scheduler_override_from_the_command_line():
+    from orchestrator.sweep import apply_overrides, parse_args
+
+    space = load_space("search_spaces/smoke.yaml")
+    assert space.scheduler["type"] == "asha"
+    off = apply_overrides(space, parse_args(["--space", space.path, "--scheduler", "none"]))
+    assert off.scheduler == {"type": "none"}
+    on = apply_overrides(off, parse_args(["--space", space.path, "--scheduler", "asha"]))
+    assert on.scheduler["type"] == "asha" and on.scheduler["grace_period"] == 1  # defaults when the file has none
+    same = apply_overrides(space, parse_args(["--space", space.path, "--scheduler", "asha"]))
+    assert same.scheduler == space.scheduler  # the file's own ASHA settings are kept
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(SpaceError, match="does not exist"):
         load_space(str(tmp_path / "nope.yaml"))

@@ -83,7 +83,7 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
     aws = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
            "AWS_DEFAULT_REGION": "us-east-1"}
     pids: dict[str, int] = {}
-    info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids}
+    info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids, "token": token}
     try:
         pids["s3"] = _start([_exe("moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])],
                             os.path.join(state, "s3.log"), env)
@@ -104,10 +104,8 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard",
              "true", "--num-cpus", str(head_cpus), "--temp-dir", ray_tmp], os.path.join(state, "ray_head.log"), env)
         wait_until(lambda: port_open(ports["dashboard"]), "the Ray head", 180)
-        pids["ray_worker"] = _start(
-            [_exe("ray"), "start", "--block", "--address", f"{HEAD_IP}:{ports['gcs']}", "--node-ip-address",
-             WORKER_IP, "--num-cpus", str(worker_cpus)], os.path.join(state, "ray_worker.log"), env)
-        wait_until(lambda: _nodes(ports["gcs"], env) >= 2, "the second Ray node", 180)
+        info["worker_cpus"] = worker_cpus
+        _start_worker(state, info, env)
         wait_until(lambda: _mlflow_ok(ports["mlflow"]), "the MLflow server", 120)
     except BaseException:
         _write(state, info)
@@ -129,8 +127,59 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
     return info
 
 
+def _ray_env(info: dict) -> dict[str, str]:
+    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token",
+                RAY_AUTH_TOKEN=info["token"], AWS_EC2_METADATA_DISABLED="true")
+
+
+def _start_worker(state: str, info: dict, env: dict[str, str]) -> None:
+    gcs = info["ports"]["gcs"]
+    wait_until(lambda: _nodes(gcs, env) == 1, "the head to see no other node", 120)  # a removed one is gone
+    info["pids"]["ray_worker"] = _start(
+        [_exe("ray"), "start", "--block", "--address", f"{HEAD_IP}:{gcs}", "--node-ip-address", WORKER_IP,
+         "--num-cpus", str(info["worker_cpus"])], os.path.join(state, "ray_worker.log"), env)
+    wait_until(lambda: _nodes(gcs, env) == 2, "the second Ray node", 180)
+
+
+def remove_worker(state: str) -> None:
+    """Kill the worker node outright (its `ray start` and every process of its session, SIGKILL): a machine lost
+    mid-sweep. The head, S3 and MLflow stay up."""
+    info = json.load(open(os.path.join(state, "pids.json")))
+    pid = info["pids"].pop("ray_worker", None)
+    if pid is None:
+        raise SystemExit("no worker node is recorded")
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    wait_until(lambda: not _alive(pid), f"process {pid} to exit", 30)
+    _write(state, info)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def add_worker(state: str) -> None:
+    """Start the worker node again (after remove-worker)."""
+    info = json.load(open(os.path.join(state, "pids.json")))
+    if "ray_worker" in info["pids"]:
+        raise SystemExit("a worker node is already recorded")
+    _start_worker(state, info, _ray_env(info))
+    _write(state, info)
+
+
 def _write(state: str, info: dict) -> None:
     with open(os.path.join(state, "pids.json"), "w") as fh:
+        os.chmod(fh.name, 0o600)  # holds the cluster's token
         json.dump(info, fh, indent=1)
 
 
@@ -185,7 +234,7 @@ def down(state: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["up", "down"])
+    ap.add_argument("command", choices=["up", "down", "remove-worker", "add-worker"])
     ap.add_argument("--state", default=STATE)
     ap.add_argument("--head-cpus", type=float, default=1)
     ap.add_argument("--worker-cpus", type=float, default=1)
@@ -196,6 +245,12 @@ def main() -> None:
               f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}")
         print(f"use it:  source {args.state}/env.sh && ray job submit --runtime-env-json "
               f"\"$(cat {args.state}/runtime_env.json)\" -- python -m orchestrator.sweep --space search_spaces/smoke.yaml")
+    elif args.command == "remove-worker":
+        remove_worker(args.state)
+        print("worker node killed")
+    elif args.command == "add-worker":
+        add_worker(args.state)
+        print("worker node up")
     else:
         down(args.state)
         print("cluster down")
