@@ -23,7 +23,7 @@ class Backoff:
     """Delays of first_s, 2·first_s, … capped at max_s, each with ±jitter, until budget_s has been waited."""
 
     first_s: float = 1.0
-    max_s: float = 20.0
+    max_s: float = 10.0
     budget_s: float = DEFAULT_BUDGET_S
     jitter: float = 0.2
 

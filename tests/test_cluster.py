@@ -354,8 +354,7 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
     """Submitted together, with default names, and both first to use a dataset (so both shard it at once)."""
     state, env = local_cluster
     data_root = "s3://adin-data/two-sweeps"
-    subs = [_submit(state, env, "--num-samples", "2", "--max-concurrent", "1", "--data-root", data_root,
-                    wait=False) for _ in range(2)]
+    subs = [_submit(state, env, "--num-samples", "1", "--data-root", data_root, wait=False) for _ in range(2)]
     jobs = [_job_id(s) for s in subs]
     statuses = [_wait_job(env, j, 600) for j in jobs]
     logs = [_job_logs(env, j) for j in jobs]
@@ -365,12 +364,12 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
     checkpoints = set()
     for name in names:
         parent, children = _sweep_runs(env, name)
-        assert parent is not None and parent.info.status == "FINISHED" and len(children) == 2
+        assert parent is not None and parent.info.status == "FINISHED" and len(children) == 1
         uris = [c.data.tags["checkpoint_uri"] for c in children]
         assert all(u.startswith(f"s3://adin-sweeps/sweeps/{name}/") for u in uris)
         checkpoints |= set(uris)
         assert parent.data.tags["adin.best_checkpoint"] in uris
-    assert len(checkpoints) == 4
+    assert len(checkpoints) == 2
     # the dataset both sharded at once: complete, and nothing on the store but the parts its manifest lists
     import boto3
 
@@ -382,5 +381,5 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
         manifest = json.loads(s3.get_object(Bucket="adin-data", Key=prefix + "manifest.json")["Body"].read())
         listed = {f["path"] for split in manifest["splits"].values() for f in split["files"]}
         assert keys - {"manifest.json"} == listed, (domain, keys, listed)
-    print(f"\ntwo sweeps at once: {names}, 2 trials each, 4 distinct checkpoints; the dataset both sharded is "
+    print(f"\ntwo sweeps at once: {names}, distinct runs and checkpoints; the dataset both sharded is "
           "complete, with no stray part")
