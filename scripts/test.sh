@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -e ".[test]"
-python -m pytest -q tests "$@"
+python -m pytest -q --durations=12 tests "$@"  # the slowest tests are listed at the end
