@@ -349,8 +349,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; continue with: python -m orchestrator.sweep --space {args.space} --resume {sweep}",
               file=sys.stderr)
         return 130
+    except TrackingError as exc:
+        print(f"\nerror: {exc}\nthe trials' results and checkpoints are kept in {args.storage}/{sweep}",
+              file=sys.stderr)
+        return 3
     finally:
-        tracker.finish(status)
+        try:
+            tracker.finish(status)
+        except TrackingError as exc:
+            print(f"warning: the sweep's parent run was not closed: {exc}", file=sys.stderr)
         signal.signal(signal.SIGTERM, previous_term)
         ray.shutdown()
 

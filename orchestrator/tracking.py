@@ -135,10 +135,15 @@ class SweepTracker:
 
 
 class _RetryingClient:
-    """An MlflowClient whose calls retry with backoff while the server is down (for the parent run's writes)."""
+    """An MlflowClient whose calls retry with backoff while the server is down (for the parent run's writes).
+
+    The budget is spent once per outage: after a call gave up, later calls fail at once (TrackingError) while the
+    server is still down, so a sweep whose tracking server never returns ends in one budget, not one per call.
+    """
 
     def __init__(self, client, uri: str, backoff: Backoff) -> None:
         self._client, self._uri, self._backoff = client, uri, backoff
+        self._gave_up = False
 
     def __getattr__(self, name: str):
         fn = getattr(self._client, name)
@@ -148,9 +153,20 @@ class _RetryingClient:
         def call(*args, **kwargs):
             from mlflow.exceptions import MlflowException
 
-            return call_with_backoff(lambda: fn(*args, **kwargs), service="tracking", what=f"MLflow {name}",
-                                     retry_on=(MlflowException, OSError),
-                                     transient=lambda exc: is_outage(self._uri, exc), backoff=self._backoff)
+            if self._gave_up and not _healthy(self._uri):
+                raise TrackingError(f"MLflow tracking server {self._uri} is still unreachable")
+            try:
+                result = call_with_backoff(lambda: fn(*args, **kwargs), service="tracking", what=f"MLflow {name}",
+                                           retry_on=(MlflowException, OSError),
+                                           transient=lambda exc: is_outage(self._uri, exc), backoff=self._backoff)
+            except (MlflowException, OSError) as exc:
+                if not is_outage(self._uri, exc):
+                    raise
+                self._gave_up = True
+                raise TrackingError(f"MLflow tracking server {self._uri} unreachable for "
+                                    f"{self._backoff.budget_s:g} s ({name}): {exc}") from None
+            self._gave_up = False
+            return result
         return call
 
 

@@ -100,3 +100,24 @@ def test_tracking_writes_wait_out_an_outage_in_order_and_the_outage_is_recorded(
     faults = tracker.client.get_run(tracker.parent_id).data.tags["adin.faults"]
     assert '"service": "mlflow"' in faults and '"t1": {"faults/storage_retries": 2.0}' in faults
     assert cb.outages[0]["seconds"] >= 0.4
+
+
+class DownClient:
+    def __getattr__(self, name):
+        def call(*a, **k):
+            raise ConnectionRefusedError(f"[Errno 111] Connection refused ({name})")
+        return call
+
+
+def test_parent_run_writes_spend_one_budget_per_outage_then_fail_fast():
+    from orchestrator.tracking import TrackingError, _RetryingClient
+
+    client = _RetryingClient(DownClient(), "http://127.0.0.1:9", Backoff(first_s=0.05, max_s=0.1, budget_s=0.5))
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match="unreachable for 0.5 s \\(set_tag\\)"):
+        client.set_tag("run", "k", "v")
+    first = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with pytest.raises(TrackingError, match="still unreachable"):
+        client.log_metric("run", "m", 1.0)
+    assert first >= 0.3 and time.perf_counter() - t1 < first  # the second call did not wait out a budget
