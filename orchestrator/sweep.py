@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     # everything that can be wrong with the input is found here, before any Ray work
     try:
+        if args.retry_budget < 0:
+            raise SpaceError(f"--retry-budget must be >= 0 seconds, got {args.retry_budget:g}")
         space = apply_overrides(load_space(args.space), args)
         from orchestrator.storage import tune_storage
 

@@ -138,6 +138,9 @@ def test_sweep_cli_rejects_bad_space_before_ray(tmp_path, capsys):
     assert main(["--space", str(bad), "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "search.sampler: 'grid' is not allowed" in capsys.readouterr().err
+    assert main(["--space", "search_spaces/smoke.yaml", "--retry-budget", "-1", "--storage", str(tmp_path / "s"),
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "--retry-budget must be >= 0" in capsys.readouterr().err
     import ray
 
     assert not ray.is_initialized()
