@@ -288,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))  # `ray job stop`: stop as Ctrl-C
     backoff = Backoff(budget_s=args.retry_budget)
     tracker = SweepTracker(args.tracking_uri, space.name, sweep, backoff=backoff)
-    data_versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
-                         "manifest_files_sha256": sorted(s.file_hashes().values())[:3]} for u, s in manifests.items()}
+    data_versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"]}
+                     for u, s in manifests.items()}
     tracker.set_tags({"adin.space_file": args.space, "adin.code_version": code_version(),
                       "adin.select": json.dumps(select), "adin.report": json.dumps(report),
                       "adin.source": source, "adin.storage": args.storage,
@@ -298,14 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     tracker.log_params({"space": space.name, "sampler": space.sampler, "num_samples": space.num_samples,
                         "scheduler": space.scheduler["type"], "workers": space.workers,
                         "epochs": space.epochs, **{f"fixed.{k}": v for k, v in space.fixed.items()}})
+    tracker.log_artifact(args.space, "space")
     with tempfile.TemporaryDirectory() as tmp:
-        spath = os.path.join(tmp, os.path.basename(args.space))
-        with open(spath, "w") as fh:
-            fh.write(open(args.space).read())
         with open(os.path.join(tmp, "data_versions.json"), "w") as fh:
             json.dump({u: {**d, "manifest_files_sha256": sorted(manifests[u].file_hashes().items())}
                        for u, d in data_versions.items()}, fh, indent=1)
-        tracker.log_artifact(spath, "space")
         tracker.log_artifact(os.path.join(tmp, "data_versions.json"), "space")
 
     settings = TrialSettings(sweep=sweep, storage=args.storage, source=source, select=tuple(select),

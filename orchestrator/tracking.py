@@ -89,23 +89,18 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str, sweep: str, backoff: Backoff | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.tracking_uri = tracking_uri
-        self.backoff = backoff or Backoff()
-        self.client = _RetryingClient(MlflowClient(tracking_uri), tracking_uri, self.backoff)
+        self.client = _RetryingClient(MlflowClient(tracking_uri), tracking_uri, backoff or Backoff())
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        self.sweep = sweep
         runs = self.client.search_runs([self.experiment_id],
                                        f"tags.`{SWEEP_TAG}` = '{sweep}' and tags.`{ROLE_TAG}` = 'sweep'")
         if runs:
             self.parent_id = runs[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
-            self.resumed = True
         else:
             run = self.client.create_run(self.experiment_id, run_name=sweep,
                                          tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
             self.parent_id = run.info.run_id
-            self.resumed = False
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -119,16 +114,16 @@ class SweepTracker:
         for k, v in redact(tags).items():
             self.client.set_tag(self.parent_id, k, str(v))
 
-    def log_metrics(self, metrics: dict[str, float], run_id: str | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 500):
-            self.client.log_batch(run_id or self.parent_id, metrics=batch[i:i + 500])
+            self.client.log_batch(self.parent_id, metrics=batch[i:i + 500])
 
-    def log_artifact(self, path: str, artifact_path: str | None = None, run_id: str | None = None) -> None:
-        self.client.log_artifact(run_id or self.parent_id, path, artifact_path)
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.parent_id, path, artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)

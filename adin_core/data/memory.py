@@ -30,13 +30,14 @@ T = TypeVar("T")
 warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
+DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 _DECODE_POOL: ThreadPoolExecutor | None = None
 
 
 def _decode_pool() -> ThreadPoolExecutor:
     global _DECODE_POOL
     if _DECODE_POOL is None:
-        _DECODE_POOL = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="decode")
+        _DECODE_POOL = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
     return _DECODE_POOL
 
 
@@ -87,7 +88,7 @@ class EncodedImages:
         idx = np.arange(len(self))[index]
         if np.ndim(idx) == 0:
             return decode_image(self.blobs[int(idx)], self.size, self.names[int(idx)])
-        chunks = np.array_split(idx, min(len(idx), _decode_pool()._max_workers)) if len(idx) else [idx]
+        chunks = np.array_split(idx, min(len(idx), DECODE_THREADS)) if len(idx) else [idx]
         parts = list(_decode_pool().map(self._decode_chunk, chunks))
         return np.concatenate(parts) if parts else np.empty((0, *self.size, 3), np.uint8)
 

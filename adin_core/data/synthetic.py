@@ -11,13 +11,11 @@ identities and disjoint cameras: one target to select hyper-parameters on, one t
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-
-import io
-import os
-
 from PIL import Image
 
 from adin_core.data.memory import ReIDArrays

@@ -24,10 +24,6 @@ class ImageRecord:
     timeperiod: int | None = None  # 0 morning, 1 noon, 2 afternoon (MSMT17 only)
     frame: int | None = None
 
-    @property
-    def source_path(self) -> str:
-        return self.path
-
 
 def require_dir(root: str, *parts: str) -> str:
     path = os.path.join(root, *parts)
