@@ -30,6 +30,7 @@ from adin_core.data.storage import StorageUnavailable
 from adin_core.features import EvalTarget, evaluate_transfer
 from adin_core.train import ADINTrainer, CheckReport
 from orchestrator.retry import DEFAULT_BUDGET_S, Backoff, RetryStats, call_with_backoff
+from orchestrator.space import make_train_config
 
 OBJECTIVE = "transfer_mAP"
 STATE_FILE = "state.pt"
@@ -59,7 +60,7 @@ class TrialSettings:
     progress_every_s: float = 5.0
 
     def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return TrainConfig.from_dict({**self.fixed, **sampled, "epochs": self.epochs})
+        return make_train_config(self.fixed, sampled, self.epochs)
 
 
 def target_name(shards: ShardSet) -> str:

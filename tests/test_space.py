@@ -51,6 +51,7 @@ def test_required_spaces_exist():
     ("search.sampler", "hyperopt", r"search.sampler: 'hyperopt' is not allowed; choose one of \['tpe'"),
     ("search.num_samples", 0, r"search.num_samples: must be >= 1"),
     ("scheduler.type", "pbt", r"scheduler.type: 'pbt' is not allowed"),
+    ("scheduler.max_t", 4, r"scheduler.max_t: unknown key"),  # set by training.epochs / eval_every_epochs
     ("resources.cpus_per_worker", 0, r"resources.cpus_per_worker: must be > 0"),
     ("parameters.beta.log", "yes", r"parameters.beta.log: must be true or false"),
     ("parameters.beta.low", -1, r"parameters.beta.log: log scale needs low > 0"),
@@ -73,6 +74,18 @@ def test_malformed_space_names_the_key(path, value, match):
 def test_overlapping_threshold_ranges_are_caught_before_ray():
     raw = with_("parameters.i_target", {"type": "float", "low": 0.9, "high": 1.0})
     raw["parameters"]["i_trigger"] = {"type": "float", "low": 0.85, "high": 0.95}
+    with pytest.raises(SpaceError, match="i_trigger must be < i_target"):
+        parse_space(raw, "space.yaml")
+
+
+def test_corners_are_checked_beyond_the_first_in_a_large_space():
+    raw = with_("parameters.i_target", {"type": "float", "low": 0.9, "high": 1.0})
+    raw["parameters"]["i_trigger"] = {"type": "float", "low": 0.85, "high": 0.95}  # bad only at (0.9, 0.95)
+    for name in ("label_smoothing", "center_weight", "n_trigger", "lr_backbone", "lr_heads", "momentum",
+                 "weight_decay", "pretrain_id_epochs", "pretrain_nuisance_epochs"):
+        raw["parameters"][name] = {"type": "float", "low": 0.01, "high": 0.1}
+    raw["parameters"]["refresh_steps"] = {"type": "int", "low": 1, "high": 5}
+    assert len(raw["parameters"]) == 15
     with pytest.raises(SpaceError, match="i_trigger must be < i_target"):
         parse_space(raw, "space.yaml")
 
