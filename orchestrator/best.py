@@ -27,13 +27,12 @@ from typing import Any
 import torch
 
 from adin_core.config import TrainConfig
-from adin_core.data.shards import ShardError, ShardSet
+from adin_core.data.shards import ShardError
 from adin_core.data.storage import StorageError, resolve
-from adin_core.features import EvalTarget, evaluate_transfer
 from adin_core.models import ADINModel
 from adin_core.train import model_from_state
 from orchestrator.tracking import ROLE_TAG, SWEEP_TAG, TrackingError, check_tracking_uri, redact
-from orchestrator.trial import OBJECTIVE, STATE_FILE
+from orchestrator.trial import OBJECTIVE, STATE_FILE, open_target, score_targets
 
 DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
 
@@ -67,15 +66,10 @@ def load_state(checkpoint_uri: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def score_targets(model: ADINModel, config: TrainConfig, uris: list[str]) -> dict[str, dict[str, float]]:
+def score_uris(model: ADINModel, config: TrainConfig, uris: list[str]) -> dict[str, dict[str, float]]:
+    """The winner's scores on shard-set URIs (the trials' own scoring, on the CPU)."""
     size = (config.image_height, config.image_width)
-    out = {}
-    for uri in uris:
-        shards = ShardSet.open(uri)
-        t = shards.eval_target(size)
-        r = evaluate_transfer(model, EvalTarget(shards.manifest["dataset"], t.query, t.gallery), image_size=size)
-        out[shards.manifest["dataset"]] = {k: float(v) for k, v in r.summary().items()}
-    return out
+    return score_targets(model, [open_target(u, size) for u in uris], config)
 
 
 def find_winner(tracking_uri: str, sweep: str | None, metric: str = OBJECTIVE, mode: str = "max") -> Winner:
@@ -174,8 +168,8 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
             _, target, metric = k.split("/", 2)
             select[target][metric] = v
     if not select and select_uris:
-        select = score_targets(model, config, select_uris)
-    report = score_targets(model, config, report_uris)
+        select = score_uris(model, config, select_uris)
+    report = score_uris(model, config, report_uris)
     data = json.loads(winner.parent_tags.get("adin.data_versions", "{}"))
     card, md = model_card(winner, config, select, report, data)
     write_export(out_dir, state, card, md)

@@ -375,7 +375,7 @@ def print_faults(summary: dict[str, Any]) -> None:
 def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], report: list[str],
                      storage: str) -> None:
     """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
-    from orchestrator.best import load_state, score_targets, write_model_files
+    from orchestrator.best import load_state, score_uris, write_model_files
     from orchestrator.storage import checkpoint_uri
     from adin_core.train import model_from_state
 
@@ -386,7 +386,7 @@ def summarise_winner(tracker, space: SearchSpace, rows: list[dict[str, Any]], re
     uri = checkpoint_uri(best["checkpoint"], storage)
     state = load_state(uri)
     model, config = model_from_state(state)
-    scores = score_targets(model, config, report)
+    scores = score_uris(model, config, report)
     print(f"\nwinner: trial {best['trial']}  {space.metric} {best['objective']:.4f}")
     for name, s in scores.items():
         print(f"  report target {name}: mAP {s['mAP']:.4f}  rank-1 {s['rank1']:.4f}")

@@ -63,21 +63,27 @@ class TrialSettings:
         return make_train_config(self.fixed, sampled, self.epochs)
 
 
-def target_name(shards: ShardSet) -> str:
-    return shards.manifest["dataset"]
+def open_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
+    """A shard set's test split as a direct-transfer target, named by its dataset (the key of its metrics)."""
+    shards = ShardSet.open(uri)
+    t = shards.eval_target(image_size)
+    return EvalTarget(shards.manifest["dataset"], t.query, t.gallery)
+
+
+def score_targets(model, targets: list[EvalTarget], config: TrainConfig,
+                  device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    """Rank-1/5/10, mAP and mINP per target: the one scoring of the trials, the winner and the export."""
+    size = (config.image_height, config.image_width)
+    return {t.name: {k: float(v) for k, v in evaluate_transfer(model, t, image_size=size, device=device,
+                                                                  amp=config.amp).summary().items()}
+            for t in targets}
 
 
 def transfer_metrics(model, targets: list[EvalTarget], config: TrainConfig, device) -> dict[str, float]:
-    """Per-target rank-1/5/10, mAP, mINP as `<prefix>/<target>/<metric>`, plus the mean mAP."""
-    out: dict[str, float] = {}
-    maps = []
-    for t in targets:
-        r = evaluate_transfer(model, t, image_size=(config.image_height, config.image_width), device=device,
-                              amp=config.amp)
-        for k, v in r.summary().items():
-            out[f"select/{t.name}/{k}"] = float(v)
-        maps.append(r.mAP)
-    out[OBJECTIVE] = float(np.mean(maps))
+    """Per-target metrics as `select/<target>/<metric>`, plus the objective: the mean mAP over the targets."""
+    scores = score_targets(model, targets, config, device)
+    out = {f"select/{name}/{k}": v for name, s in scores.items() for k, v in s.items()}
+    out[OBJECTIVE] = float(np.mean([s["mAP"] for s in scores.values()]))
     return out
 
 
@@ -185,12 +191,6 @@ class RayReportHook:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload if self.upload else None)
 
 
-def _select_target(uri: str, size: tuple[int, int]) -> EvalTarget:
-    shards = ShardSet.open(uri)
-    t = shards.eval_target(size)
-    return EvalTarget(target_name(shards), t.query, t.gallery)
-
-
 def _load_checkpoint(checkpoint) -> dict[str, Any]:
     with checkpoint.as_directory() as d:
         return torch.load(os.path.join(d, STATE_FILE), weights_only=True)
@@ -235,7 +235,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     source = loop_config["source"]
     data = storage_retry(lambda: ShardSet.open(source).training_data(config.nuisance, size),
                          what=f"reading the training data {source}")
-    targets = [storage_retry(functools.partial(_select_target, uri, size), what=f"reading target {uri}")
+    targets = [storage_retry(functools.partial(open_target, uri, size), what=f"reading target {uri}")
                for uri in (loop_config["select"] if rank == 0 else [])]
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run(loop_config["progress_every_s"]) if rank == 0 else None
