@@ -68,6 +68,18 @@ def redact(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if not SECRET_PATTERN.search(k)}
 
 
+def log_batched(client, run_id: str, *, params: dict[str, Any] | None = None, metrics: list | None = None) -> None:
+    """Params (redacted, values cut to MLflow's 6000 characters) and metrics in MLflow's batch-size limits."""
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)[:6000]) for k, v in redact(params or {}).items()]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[i:i + 100])
+    metrics = metrics or []
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
 def code_version() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -103,12 +115,8 @@ class SweepTracker:
             self.parent_id = run.info.run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.parent_id).data.params
-        new = [Param(k, str(v)[:6000]) for k, v in redact(params).items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.parent_id, params=new[i:i + 100])
+        existing = self.client.get_run(self.parent_id).data.params  # a resumed sweep logged them already
+        log_batched(self.client, self.parent_id, params={k: v for k, v in params.items() if k not in existing})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in redact(tags).items():
@@ -118,9 +126,7 @@ class SweepTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
-        for i in range(0, len(batch), 500):
-            self.client.log_batch(self.parent_id, metrics=batch[i:i + 500])
+        log_batched(self.client, self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.parent_id, path, artifact_path)
@@ -272,8 +278,7 @@ class MLflowTrialCallback(Callback):
             self._open_run(*args)
         elif kind == "metrics":
             tid, metrics = args
-            for i in range(0, len(metrics), 500):
-                self.client.log_batch(self._runs[tid], metrics=metrics[i:i + 500])
+            log_batched(self.client, self._runs[tid], metrics=metrics)
         elif kind == "tag":
             tid, key, value = args
             self.client.set_tag(self._runs[tid], key, value)
@@ -298,11 +303,7 @@ class MLflowTrialCallback(Callback):
             run = self.client.create_run(self.experiment_id, run_name=f"{self.sweep}/{tid}", tags={
                 "mlflow.parentRunId": self.parent_id, TRIAL_TAG: tid, SWEEP_TAG: self.sweep, ROLE_TAG: "trial"})
             run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            batch = [Param(k, str(v)) for k, v in params.items()]
-            for i in range(0, len(batch), 100):
-                self.client.log_batch(run_id, params=batch[i:i + 100])
+            log_batched(self.client, run_id, params=params)
         self._runs[tid] = run_id
 
     def faults_summary(self) -> dict[str, Any]:
