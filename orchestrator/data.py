@@ -17,7 +17,7 @@ from typing import Any
 
 from adin_core.data.layouts import READERS, LayoutError, read_layout
 from adin_core.data.memory import ImageDecodeError
-from adin_core.data.shards import ShardError, ShardSet, check_destination, write_shards
+from adin_core.data.shards import MANIFEST, ShardError, ShardSet, check_destination, write_shards
 from adin_core.data.storage import StorageError, resolve
 from adin_core.data.synthetic import LAYOUTS, PRESETS, generate_benchmark, write_layout
 
@@ -59,22 +59,25 @@ def resolve_dataset(uri: str, data_root: str) -> str:
         raise LayoutError(f"{uri!r}: expected synthetic:<preset>/<source|select|report> with preset in "
                           f"{sorted(PRESETS)}")
     root = resolve(data_root)
-    target = root.join(f"synthetic-{preset}-{domain}", "v1")
-    if not target.join("manifest.json").exists():
+
+    def manifest(name: str):
+        return root.join(f"synthetic-{preset}-{name}", "v1", MANIFEST)
+
+    if not manifest(domain).exists():
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             info = write_synthetic(preset, tmp)
             for name, d in info["domains"].items():
-                if root.join(f"synthetic-{preset}-{name}", "v1", "manifest.json").exists():
+                if manifest(name).exists():
                     continue  # another sweep made it meanwhile
                 try:
                     shard_dataset(info["layout"], os.path.join(tmp, os.path.dirname(d["path"])), data_root,
                                   name=f"synthetic-{preset}-{name}", show_progress=False)
                 except ShardError:
-                    if not root.join(f"synthetic-{preset}-{name}", "v1", "manifest.json").exists():
+                    if not manifest(name).exists():  # not merely another sweep's commit winning
                         raise
-    return target.uri
+    return root.join(f"synthetic-{preset}-{domain}", "v1").uri
 
 
 def shard_dataset(fmt: str, src: str, dest: str, *, name: str | None = None, version: str = "v1",

@@ -164,6 +164,11 @@ def test_market_layout_refuses_more_than_six_cameras(tmp_path):
         write_layout(bench.source, str(tmp_path), "market1501")
 
 
+def files_on_disk(shards: ShardSet) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), shards.location.path)
+            for d, _, fs in os.walk(shards.location.path) for f in fs}
+
+
 # --- shards: bad input and no damage -------------------------------------------------------------------------
 def test_existing_version_is_refused_before_any_work(tmp_path, capsys):
     src = make_market(str(tmp_path / "src"))
@@ -178,9 +183,7 @@ def test_existing_version_is_refused_before_any_work(tmp_path, capsys):
     assert data_cli(["shard", "--format", "market1501", "--src", src, "--dest", dest, "--overwrite"]) == 0
     shards = ShardSet.open(os.path.join(dest, "market1501", "v1"))
     assert shards.manifest["splits"]["query"]["images"] == 1
-    on_disk = {os.path.relpath(os.path.join(d, f), shards.location.path)
-               for d, _, fs in os.walk(shards.location.path) for f in fs}
-    assert on_disk == set(shards.file_hashes()) | {"manifest.json"}
+    assert files_on_disk(shards) == set(shards.file_hashes()) | {"manifest.json"}
 
 
 def test_undecodable_image_fails_by_name_and_damages_nothing(tmp_path):
@@ -231,9 +234,7 @@ def test_two_writers_of_one_version_never_damage_it(tmp_path):
     assert shards.manifest["created_at"] == done[0]["created_at"]
     for split in shards.splits:
         shards.table(split)  # every listed part is there and verified
-    on_disk = {os.path.relpath(os.path.join(d, f), shards.location.path)
-               for d, _, fs in os.walk(shards.location.path) for f in fs}
-    assert on_disk == set(shards.file_hashes()) | {"manifest.json"}
+    assert files_on_disk(shards) == set(shards.file_hashes()) | {"manifest.json"}
 
 
 def test_overwrite_removes_the_replaced_parts_and_old_orphans_only(tmp_path):

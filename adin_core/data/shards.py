@@ -153,7 +153,7 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
         "has_time": all(r.timeperiod is not None for r in by_split.get("train", [])),
         "priors": nuisance_priors(records),
     }
-    replaced = _listed_files(manifest_loc) if overwrite else set()
+    replaced = _replaced_files(manifest_loc) if overwrite else set()
     data = json.dumps(manifest, indent=1).encode()
     if overwrite:
         manifest_loc.write_bytes_atomic(data)
@@ -161,8 +161,7 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
         _delete_run_parts(root, run_id)
         raise ShardError(f"{manifest_loc.uri} was completed by another run while this one was writing; it is kept "
                          "as that run wrote it (pass --overwrite to replace it)")
-    keep = {f["path"] for fs in files.values() for f in fs}
-    _delete_stale(root, replaced, keep)
+    _delete_stale(root, replaced, set(listed_files(manifest)))
     return manifest
 
 
@@ -199,10 +198,15 @@ def _write_parts(root: Location, by_split: dict[str, list[ImageRecord]], run_id:
                                  "sha256": hashlib.sha256(data).hexdigest()})
 
 
-def _listed_files(manifest_loc: Location) -> set[str]:
+def listed_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """path -> sha256 of every part a manifest lists."""
+    return {f["path"]: f["sha256"] for s in manifest["splits"].values() for f in s["files"]}
+
+
+def _replaced_files(manifest_loc: Location) -> set[str]:
+    """The parts the manifest about to be replaced lists (none when there is none, or it is unreadable)."""
     try:
-        old = json.loads(manifest_loc.read_bytes())
-        return {f["path"] for split in old["splits"].values() for f in split["files"]}
+        return set(listed_files(json.loads(manifest_loc.read_bytes())))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return set()
 
@@ -312,7 +316,7 @@ class ShardSet:
         return EvalTarget(f"{self.name}:{chosen}", self.arrays(chosen, image_size), None)
 
     def file_hashes(self) -> dict[str, str]:
-        return {f["path"]: f["sha256"] for s in self.manifest["splits"].values() for f in s["files"]}
+        return listed_files(self.manifest)
 
 
 __all__ = ["ShardSet", "ShardError", "write_shards", "hold_out_val", "nuisance_priors", "SCHEMA", "MANIFEST"]

@@ -43,18 +43,21 @@ class Location:
         with self.fs.open_input_stream(self.path) as fh:
             return fh.read()
 
+    def _local_temp_copy(self, data: bytes) -> str:
+        """`data` on disk, synced, under a temporary name beside the final one."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
     def write_bytes_atomic(self, data: bytes) -> None:
         """Whole-object write that never leaves a half-written file under the final name: a temporary name and
         a rename on local disks; S3 PUTs are atomic by themselves."""
         if isinstance(self.fs, pafs.LocalFileSystem):
-            parent = os.path.dirname(self.path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            os.replace(self._local_temp_copy(data), self.path)
         else:
             with self.fs.open_output_stream(self.path) as fh:
                 fh.write(data)
@@ -64,12 +67,7 @@ class Location:
         local disks (a hard link fails on an existing name); on S3 the check and the PUT are separate requests,
         so two writers finishing within the same few milliseconds can still both succeed."""
         if isinstance(self.fs, pafs.LocalFileSystem):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            tmp = self._local_temp_copy(data)
             try:
                 os.link(tmp, self.path)
                 return True
