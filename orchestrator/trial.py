@@ -35,6 +35,7 @@ from orchestrator.space import make_train_config
 OBJECTIVE = "transfer_mAP"
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
+PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer (DESIGN 3)
 PHASES = ("pretrain_id", "pretrain_nuisance", "adversarial", "rescue", "refresh", "done")
@@ -57,7 +58,6 @@ class TrialSettings:
     checkpoints_to_keep: int
     max_failures: int = 2
     retry_budget_s: float = DEFAULT_BUDGET_S
-    progress_every_s: float = 5.0
 
     def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
         return make_train_config(self.fixed, sampled, self.epochs)
@@ -90,13 +90,13 @@ def transfer_metrics(model, targets: list[EvalTarget], config: TrainConfig, devi
 class TrialProgress:
     """The step rank 0 has reached, in `progress.json` next to the Train run's checkpoints.
 
-    Written at checks, at most every `every_s` seconds, best effort (a failed write is skipped, never waited
+    Written at checks, at most every PROGRESS_EVERY_S seconds, best effort (a failed write is skipped, never waited
     for). After a restart, the last recorded step minus the step of the checkpoint resumed from is the work the
     restart redid (a lower bound: steps after the last write are not seen).
     """
 
-    def __init__(self, fs, path: str, every_s: float) -> None:
-        self.fs, self.path, self.every_s = fs, path, every_s
+    def __init__(self, fs, path: str) -> None:
+        self.fs, self.path = fs, path
         self.last_write = 0.0
         self.restarts = 0
         self.redone_steps = 0
@@ -104,11 +104,11 @@ class TrialProgress:
         self.missed_writes = 0
 
     @classmethod
-    def for_current_run(cls, every_s: float) -> "TrialProgress":
+    def for_current_run(cls) -> "TrialProgress":
         import ray.train
 
         storage = ray.train.get_context().get_storage()
-        return cls(_fail_fast(storage.storage_filesystem), f"{storage.experiment_fs_path}/{PROGRESS_FILE}", every_s)
+        return cls(_fail_fast(storage.storage_filesystem), f"{storage.experiment_fs_path}/{PROGRESS_FILE}")
 
     def read(self) -> dict[str, Any]:
         try:
@@ -121,16 +121,16 @@ class TrialProgress:
         """Called once the checkpoint (if any) is loaded; `previous` is what the last attempt recorded."""
         self.resumed_from_step = resumed_from_step
         if previous:
+            redone = max(0, int(previous["step"]) - resumed_from_step)
             self.restarts = int(previous.get("restarts", 0)) + 1
-            self.redone_steps = int(previous.get("redone_steps", 0)) + max(0, int(previous["step"]) - resumed_from_step)
+            self.redone_steps = int(previous.get("redone_steps", 0)) + redone
             print(f"[trial] restart {self.restarts}: resumed from step {resumed_from_step}; the last attempt had "
-                  f"reached step {previous['step']}, so {max(0, int(previous['step']) - resumed_from_step)} steps "
-                  "are redone", flush=True)
+                  f"reached step {previous['step']}, so {redone} steps are redone", flush=True)
         self.write(resumed_from_step, force=True)
 
     def write(self, step: int, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_write < self.every_s:
+        if not force and now - self.last_write < PROGRESS_EVERY_S:
             return
         record = {"step": step, "restarts": self.restarts, "redone_steps": self.redone_steps,
                   "time": time.time()}
@@ -149,11 +149,10 @@ class TrialProgress:
 class RayReportHook:
     """At evaluation points (every `eval_every_steps`, and at the end): evaluate on rank 0, report from all."""
 
-    def __init__(self, targets: list[EvalTarget], eval_every_steps: int, rank: int,
-                 progress: TrialProgress | None = None, stats: RetryStats | None = None,
-                 upload: Callable | None = None) -> None:
+    def __init__(self, targets: list[EvalTarget], eval_every_steps: int, rank: int, progress: TrialProgress | None,
+                 stats: RetryStats, upload: Callable) -> None:
         self.targets, self.every, self.rank = targets, max(1, eval_every_steps), rank
-        self.progress, self.stats, self.upload = progress, stats or RetryStats(), upload
+        self.progress, self.stats, self.upload = progress, stats, upload  # progress: rank 0 only
         self.next_eval: int | None = None
 
     def on_check(self, trainer: ADINTrainer, report: CheckReport) -> None:
@@ -188,7 +187,7 @@ class RayReportHook:
                 metrics.update(self.stats.metrics())  # this report carries the retries its own upload needed
                 return persisted
 
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload if self.upload else None)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)
 
 
 def _load_checkpoint(checkpoint) -> dict[str, Any]:
@@ -238,7 +237,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     targets = [storage_retry(functools.partial(open_target, uri, size), what=f"reading target {uri}")
                for uri in (loop_config["select"] if rank == 0 else [])]
     storage = ctx.get_storage()
-    progress = TrialProgress.for_current_run(loop_config["progress_every_s"]) if rank == 0 else None
+    progress = TrialProgress.for_current_run() if rank == 0 else None
 
     def upload(checkpoint, dir_name: str):
         return storage_retry(functools.partial(_persist, storage, checkpoint, dir_name),
@@ -285,7 +284,7 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         train_worker,
         train_loop_config={"train_config": config.to_dict(), "source": settings.source,
                            "select": list(settings.select), "eval_every_epochs": settings.eval_every_epochs,
-                           "retry_budget_s": settings.retry_budget_s, "progress_every_s": settings.progress_every_s},
+                           "retry_budget_s": settings.retry_budget_s},
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
