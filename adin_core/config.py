@@ -13,8 +13,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 BACKBONES = ("small_cnn", "resnet50", "dual_branch")
-ADV_LOSSES = ("cane", "ne", "rg", "kl", "js", "none")
-CANE_WEIGHTINGS = ("class_prior", "sample_prior")
+ADV_LOSSES = ("none", "rg", "ne", "kl", "js")  # "none": the identity-only baseline
+CALIBRATIONS = ("none", "class_prior", "sample_prior")
+# The paper's default ADIN, CaNE (Eq. 6), in this config's terms; kept for comparison with the default below
+PAPER_CANE = {"adv_loss": "ne", "calibration": "class_prior", "prior_temperature": 1.0}
 NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
 THRESHOLD_MODES = ("relative", "absolute")
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,11 +38,19 @@ class TrainConfig:
     image_width: int = 128
 
     # --- losses ----------------------------------------------------------------------------------------
-    adv_loss: str = "cane"  # the paper's default; "none" trains the plain identity baseline
+    # L_adv's form (losses.py): rg (gradient reversal), ne (negative entropy, paper Eq. 5), kl (KL(u || c), the
+    # non-saturating cross-entropy to uniform), js; "none" trains the plain identity baseline
+    adv_loss: str = "kl"
     beta: float = 1.0  # weight of L_adv (for "rg": the gradient-reversal coefficient)
-    cane_weighting: str = "class_prior"  # paper Eq. 6; "sample_prior" is the authors' code
-    prior_temperature: float = 1.0  # p_k ** gamma, renormalised; 0 makes CaNE a scaled NE
+    # prior calibration of ne/kl (ignored for rg, js): class_prior weights class k's term by p_k (ne + class_prior
+    # is the paper's CaNE, Eq. 6; kl + class_prior is KL(p || c)), sample_prior each sample by K * p[y] (the
+    # authors' code)
+    calibration: str = "class_prior"
+    prior_temperature: float = 1.0  # p_k ** gamma, renormalised; 0 makes the calibration uniform
     nuisance: str = "camera"
+    # control arm: permute the nuisance labels within the training split and within the validation split (seeded
+    # by `seed`), so the class priors stay exactly as they are but the labels no longer say anything about the image
+    shuffle_nuisance: bool = False
     label_smoothing: float = 0.0
     center_weight: float = 5e-4  # lambda_c; 0 turns the center loss off
 
@@ -55,6 +65,9 @@ class TrainConfig:
     max_adversarial_steps: int = 500  # one adversarial phase, before the adversary is re-checked
     max_rescue_steps: int = 500
     refresh_steps: int = 50  # steps to retrain a re-initialised f_N
+    # while f_N (pre)trains: f_E frozen (the paper), or f_E + f_I keep training on L_I on the same forward pass,
+    # so the adversary's checks cost the encoder no identity training
+    freeze_encoder_for_nuisance: bool = False
     epochs: float = 2.0  # total budget, all phases together
 
     # --- optimisation (authors' code: SGD Nesterov) ---------------------------------------------------
@@ -94,6 +107,14 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    def check_device(self) -> None:
+        """device='cuda' on a machine without CUDA is an input error, reported before any work starts."""
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device='cuda' but CUDA is not available on this machine; use device=auto or cpu")
+
     @property
     def adversarial(self) -> bool:
         return self.adv_loss != "none"
@@ -101,8 +122,11 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
         _choice("backbone", self.backbone, BACKBONES)
+        if self.adv_loss == "cane":
+            raise ConfigError("adv_loss='cane' is not allowed: the paper's CaNE is adv_loss=ne with "
+                              f"calibration=class_prior; choose one of {list(ADV_LOSSES)}")
         _choice("adv_loss", self.adv_loss, ADV_LOSSES)
-        _choice("cane_weighting", self.cane_weighting, CANE_WEIGHTINGS)
+        _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("nuisance", self.nuisance, NUISANCES)
         _choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
         _choice("device", self.device, DEVICES)
@@ -111,6 +135,9 @@ class TrainConfig:
             _positive_int(name, getattr(self, name))
         for name in ("max_adversarial_steps", "max_rescue_steps", "refresh_steps"):
             _positive_int(name, getattr(self, name))
+        for f in fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if self.backbone != "small_cnn" and (self.image_height < 32 or self.image_width < 32):
             raise ConfigError(f"image_height/image_width must be >= 32 for backbone {self.backbone!r}, "
                               f"got {self.image_height}x{self.image_width}")
@@ -182,4 +209,4 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CANE_WEIGHTINGS", "NUISANCES"]
+__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CALIBRATIONS", "NUISANCES", "PAPER_CANE"]

@@ -8,7 +8,8 @@ from adin_core.nuisance import NuisanceError, NuisanceLabeler
 def test_defaults_are_valid_and_round_trip():
     c = TrainConfig()
     assert TrainConfig.from_dict(c.to_dict()) == c
-    assert c.adv_loss == "cane" and c.cane_weighting == "class_prior"  # the paper's defaults
+    # the measured defaults (README: the non-saturating, prior-calibrated form; f_E trains while f_N relearns)
+    assert (c.adv_loss, c.calibration, c.freeze_encoder_for_nuisance) == ("kl", "class_prior", False)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -22,6 +23,9 @@ def test_defaults_are_valid_and_round_trip():
     ("i_trigger", 1.0, "i_trigger must be < i_target"),
     ("epochs", -1, "epochs"),
     ("prior_temperature", -0.5, "prior_temperature"),
+    ("calibration", "inverse", "calibration='inverse' is not allowed"),
+    ("adv_loss", "cane", "adv_loss='cane' is not allowed"),  # CaNE is adv_loss=ne, calibration=class_prior
+    ("shuffle_nuisance", "yes", "shuffle_nuisance must be true or false"),
 ])
 def test_bad_values_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -67,3 +71,18 @@ def test_time_label_without_time_is_an_error():
     lab = NuisanceLabeler.from_arrays(np.array([1, 2]), np.array([-1, -1]))
     with pytest.raises(NuisanceError, match="needs time of day"):
         lab.check("time", dataset="Market-1501")
+
+
+def test_paper_cane_is_expressible():
+    from adin_core.config import PAPER_CANE
+
+    c = TrainConfig.from_dict({"backbone": "small_cnn", **PAPER_CANE})
+    assert (c.adv_loss, c.calibration) == ("ne", "class_prior")
+
+
+def test_device_cuda_without_cuda_is_an_input_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        TrainConfig(backbone="small_cnn", device="cuda").check_device()
