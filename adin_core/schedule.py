@@ -90,6 +90,7 @@ class Schedule:
     thresholds: dict[str, float] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
     rounds: int = 0  # adversarial phases entered
+    phase_steps: dict[str, int] = field(default_factory=dict)  # steps trained in each phase, all rounds together
 
     def __post_init__(self) -> None:
         if self.step == 0 and not self.transitions and self.config.pretrain_id_steps == 0:
@@ -123,6 +124,7 @@ class Schedule:
             raise RuntimeError("schedule is done")
         self.step += steps
         self.phase_step += steps
+        self.phase_steps[self.phase.value] = self.phase_steps.get(self.phase.value, 0) + steps
 
     # ----------------------------------------------------------------------------------------------
     def observe(self, id_acc: float, nuisance_acc: float | None) -> Transition | None:
@@ -201,10 +203,11 @@ class Schedule:
     def state_dict(self) -> dict[str, Any]:
         return {"phase": self.phase.value, "step": self.step, "phase_step": self.phase_step, "a0": self.a0,
                 "n0": self.n0, "thresholds": dict(self.thresholds), "rounds": self.rounds,
-                "transitions": [asdict(t) for t in self.transitions]}
+                "phase_steps": dict(self.phase_steps), "transitions": [asdict(t) for t in self.transitions]}
 
     @classmethod
     def from_state_dict(cls, config: ScheduleConfig, state: dict[str, Any]) -> "Schedule":
         return cls(config=config, phase=Phase(state["phase"]), step=state["step"], phase_step=state["phase_step"],
                    a0=state["a0"], n0=state["n0"], thresholds=dict(state["thresholds"]), rounds=state["rounds"],
+                   phase_steps=dict(state.get("phase_steps", {})),
                    transitions=[Transition(**t) for t in state["transitions"]])

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from adin_core.config import TrainConfig
 from adin_core.data.memory import Batch, TrainingData, prefetch
-from adin_core.losses import adversarial_loss, grad_reverse, identity_loss, tempered_prior
+from adin_core.features import resize_uint8
+from adin_core.losses import adversarial_loss, identity_loss, tempered_prior
 from adin_core.models import ADINModel
 from adin_core.schedule import Phase, Schedule, ScheduleConfig, Transition
 
@@ -46,15 +47,24 @@ class CheckReport:
     transition: Transition | None
     thresholds: dict[str, float]
     seconds: float
+    # the mechanism, not only the outcome: how the adversary's gradient at f_E's output compares with L_I's (mean
+    # over this interval's adversarial steps; empty when there were none), and the steps and seconds spent in
+    # each phase since the start of the run
+    grip: dict[str, float] = field(default_factory=dict)
+    phase_steps: dict[str, int] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics (for trackers): accuracies, losses, thresholds."""
+        """Flat numeric metrics (for trackers): accuracies, losses, thresholds, the adversary's grip, phase time."""
         out: dict[str, float] = {"step": float(self.step), "epoch": self.epoch, "id_acc": self.id_acc}
         if self.nuisance_acc is not None:
             out["nuisance_acc"] = self.nuisance_acc
         out.update({f"nuisance_acc/{k}": v for k, v in self.nuisance_acc_by_kind.items()})
         out.update({f"loss/{k}": v for k, v in self.losses.items()})
         out.update({f"threshold/{k}": v for k, v in self.thresholds.items()})
+        out.update({f"grip/{k}": v for k, v in self.grip.items()})
+        out.update({f"phase_steps/{k}": float(v) for k, v in self.phase_steps.items()})
+        out.update({f"phase_seconds/{k}": v for k, v in self.phase_seconds.items()})
         return out
 
 
@@ -92,6 +102,8 @@ class ADINTrainer:
         self.rank, self.world_size = rank, world_size
         self.distributed = world_size > 1 and dist.is_available() and dist.is_initialized()
         self.device = torch.device(device) if device is not None else resolve_device(config.device)
+        if config.shuffle_nuisance:
+            self.data = data = data.with_shuffled_nuisance(config.seed)
         seed_everything(config.seed)
         self.model = ADINModel(config, data.num_identities, data.num_nuisance_classes()).to(self.device)
         if self.device.type == "cuda" and config.channels_last:
@@ -106,8 +118,9 @@ class ADINTrainer:
         self.schedule = Schedule(ScheduleConfig.from_train_config(config, self.steps_per_epoch))
         self.aug_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.history: list[CheckReport] = []
-        self._loss_sums: dict[str, float] = {}
-        self._loss_counts: dict[str, int] = {}
+        self.phase_seconds: dict[str, float] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # per-check running sums (tensors: no device sync per step)
+        self._counts: dict[str, int] = {}
         if self.distributed:
             self._broadcast_state()
 
@@ -133,10 +146,7 @@ class ADINTrainer:
         memory traffic than on floats), then one fused normalisation."""
         dev = self.device
         x = batch.images.to(dev, non_blocking=True)
-        size = (self.config.image_height, self.config.image_width)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        x = resize_uint8(x, (self.config.image_height, self.config.image_width))
         if train:
             x = self._augment(x)
         x = self.model.normalise(x)
@@ -159,9 +169,17 @@ class ADINTrainer:
             out[i, :, ys:ye, xs:xe] = src[:, ys + oy[i]:ye + oy[i], xs + ox[i]:xe + ox[i]]
         return out
 
-    def _add_loss(self, name: str, value: torch.Tensor) -> None:
-        self._loss_sums[name] = self._loss_sums.get(name, 0.0) + float(value.detach())
-        self._loss_counts[name] = self._loss_counts.get(name, 0) + 1
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self._sums[name] = self._sums[name] + value if name in self._sums else value
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _take_means(self, prefix: str) -> dict[str, float]:
+        """The means accumulated under `prefix/` since the last check, and forget them."""
+        out = {}
+        for name in [n for n in self._sums if n.startswith(prefix + "/")]:
+            out[name[len(prefix) + 1:]] = float(self._sums.pop(name)) / self._counts.pop(name)
+        return out
 
     def _sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         if not self.distributed:
@@ -192,15 +210,17 @@ class ADINTrainer:
                 total = total + F.cross_entropy(head(f).float(), labels[kind])
         return total
 
-    def _step_identity(self, x: torch.Tensor, pids: torch.Tensor) -> None:
-        """pretrain_id and rescue: f_E + f_I on L_I."""
+    def _step_identity(self, x: torch.Tensor, pids: torch.Tensor) -> list[torch.Tensor]:
+        """pretrain_id and rescue: f_E + f_I on L_I. Returns the features (for f_N's step on the same pass)."""
         self.opt_main.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self._identity_terms(self.model.features(x), pids)
+            feats = self.model.features(x)
+            loss = self._identity_terms(feats, pids)
         loss.backward()
         self._sync_gradients(self._main_params)
         self.opt_main.step()
-        self._add_loss("identity", loss)
+        self._add("loss/identity", loss)
+        return feats
 
     def _step_nuisance(self, x: torch.Tensor, labels: dict[str, torch.Tensor],
                        feats: list[torch.Tensor] | None = None) -> None:
@@ -216,29 +236,43 @@ class ADINTrainer:
         loss.backward()
         self._sync_gradients(self._nuisance_params)
         self.opt_nuisance.step()
-        self._add_loss("nuisance_ce", loss)
+        self._add("loss/nuisance_ce", loss)
 
     def _step_adversarial(self, x: torch.Tensor, pids: torch.Tensor, labels: dict[str, torch.Tensor]) -> None:
         """f_E + f_I on L_I + beta * L_adv, then f_N on cross-entropy over the same (detached) features, so the
-        adversary keeps up. For `rg` one backward does both: f_N descends CE, f_E gets the reversed gradient."""
+        adversary keeps up. For `rg`, f_N descends the cross-entropy in the same step and f_E gets its gradient
+        reversed (times beta).
+
+        The heads run on detached copies of the features, so the gradients of L_I and of beta * L_adv at f_E's
+        output are taken apart (the adversary's grip, reported per check) and then sent through f_E in one
+        backward pass: the cost of one ordinary step."""
         c = self.config
         self.opt_main.zero_grad(set_to_none=True)
         self.opt_nuisance.zero_grad(set_to_none=True)
         with self._autocast():
             feats = self.model.features(x)
-            l_id = self._identity_terms(feats, pids)
-            l_adv = feats[0].new_zeros((), dtype=torch.float32)
-            for f, heads in zip(feats, self.model.nuisance_heads):
+        leaves = [f.detach().requires_grad_() for f in feats]
+        with self._autocast():
+            l_id = self._identity_terms(leaves, pids)
+            l_adv = leaves[0].new_zeros((), dtype=torch.float32)
+            for f, heads in zip(leaves, self.model.nuisance_heads):
                 for kind, head in heads.items():
-                    if c.adv_loss == "rg":
-                        l_adv = l_adv + adversarial_loss("rg", head(grad_reverse(f, c.beta)), labels[kind])
-                    else:
-                        l_adv = l_adv + adversarial_loss(c.adv_loss, head(f), labels[kind], self.priors[kind],
-                                                         weighting=c.cane_weighting)
-            loss = l_id + (l_adv if c.adv_loss == "rg" else c.beta * l_adv)
-        loss.backward()
-        self._add_loss("identity", l_id)
-        self._add_loss("adversarial", l_adv)
+                    l_adv = l_adv + adversarial_loss(c.adv_loss, head(f), labels[kind], self.priors[kind],
+                                                     calibration=c.calibration)
+        l_id.backward(inputs=leaves + self.model.identity_parameters())
+        g_id = [f.grad for f in leaves]
+        for f in leaves:
+            f.grad = None
+        if c.adv_loss == "rg":  # f_N descends its cross-entropy; f_E gets -beta times its gradient
+            l_adv.backward(inputs=leaves + self._nuisance_params)
+            g_adv = [-c.beta * f.grad for f in leaves]
+        else:  # f_N is not trained on L_adv (that would only make it weak): gradients to the features only
+            l_adv.backward(inputs=leaves)
+            g_adv = [c.beta * f.grad for f in leaves]
+        torch.autograd.backward(feats, [gi + ga for gi, ga in zip(g_id, g_adv)])
+        self._record_grip(g_id, g_adv)
+        self._add("loss/identity", l_id)
+        self._add("loss/adversarial", l_adv)
         if c.adv_loss == "rg":
             self._sync_gradients(self._main_params + self._nuisance_params)
             self.opt_main.step()
@@ -247,6 +281,15 @@ class ADINTrainer:
         self._sync_gradients(self._main_params)
         self.opt_main.step()
         self._step_nuisance(x, labels, feats=feats)
+
+    def _record_grip(self, g_id: list[torch.Tensor], g_adv: list[torch.Tensor]) -> None:
+        """How hard the adversary pulls on f_E: ||beta * dL_adv/df|| / ||dL_I/df|| at f_E's output, and the cosine
+        between the two (negative: the adversary works against identity)."""
+        gi = torch.cat([g.float().reshape(-1) for g in g_id])
+        ga = torch.cat([g.float().reshape(-1) for g in g_adv])
+        ni, na = gi.norm(), ga.norm()
+        self._add("grip/adv_to_id", na / ni.clamp_min(1e-12))
+        self._add("grip/cosine", (gi @ ga) / (ni * na).clamp_min(1e-12))
 
     @property
     def _main_params(self) -> list[torch.nn.Parameter]:
@@ -321,15 +364,20 @@ class ADINTrainer:
         while not sched.done:
             phase = sched.phase
             n = sched.steps_until_check()
+            t_phase = time.perf_counter()
             for _ in range(n):
                 x, pids, labels = self._prepare(next(batches), train=True)
                 if phase in (Phase.PRETRAIN_ID, Phase.RESCUE):
                     self._step_identity(x, pids)
                 elif phase in (Phase.PRETRAIN_NUISANCE, Phase.REFRESH):
-                    self._step_nuisance(x, labels)
+                    if self.config.freeze_encoder_for_nuisance:
+                        self._step_nuisance(x, labels)
+                    else:  # f_E keeps learning identity while f_N learns the nuisance off the same features
+                        self._step_nuisance(x, labels, feats=self._step_identity(x, pids))
                 else:
                     self._step_adversarial(x, pids, labels)
             sched.advance(n)
+            self.phase_seconds[phase.value] = self.phase_seconds.get(phase.value, 0.0) + time.perf_counter() - t_phase
             id_acc, by_kind = self._validate_synced()
             nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
             transition = sched.observe(id_acc, nuisance_acc)
@@ -339,10 +387,10 @@ class ADINTrainer:
             report = CheckReport(
                 step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
                 next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
-                nuisance_acc_by_kind=by_kind,
-                losses={k: self._loss_sums[k] / self._loss_counts[k] for k in self._loss_sums},
-                transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - t0)
-            self._loss_sums, self._loss_counts = {}, {}
+                nuisance_acc_by_kind=by_kind, losses=self._take_means("loss"),
+                transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - t0,
+                grip=self._take_means("grip"), phase_steps=dict(sched.phase_steps),
+                phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
             self.history.append(report)
             for hook in self.hooks:
                 hook.on_check(self, report)
@@ -362,6 +410,7 @@ class ADINTrainer:
             "schedule": self.schedule.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "aug_rng": self.aug_rng.get_state(),
+            "phase_seconds": dict(self.phase_seconds),
             "history": [_report_to_dict(r) for r in self.history],
         }
 
@@ -374,6 +423,7 @@ class ADINTrainer:
         self.schedule = Schedule.from_state_dict(self.schedule.config, state["schedule"])
         torch.set_rng_state(state["torch_rng"])
         self.aug_rng.set_state(state["aug_rng"])
+        self.phase_seconds = dict(state.get("phase_seconds", {}))
         self.history = [_report_from_dict(r) for r in state["history"]]
 
 

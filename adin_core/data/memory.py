@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
 from adin_core.nuisance import NuisanceLabeler, heads_for
 
@@ -93,12 +93,18 @@ class EncodedImages:
         return np.concatenate(parts) if parts else np.empty((0, *self.size, 3), np.uint8)
 
     def _decode_chunk(self, idx: np.ndarray) -> np.ndarray:
-        """libjpeg-turbo batch decode (torchvision), then one uint8 antialiased bilinear resize per group of equal
-        native size; PIL for anything else (PNG), which also names the file when one cannot be decoded."""
+        """libjpeg-turbo batch decode (torchvision; libpng for PNG), then one uint8 antialiased bilinear resize per
+        group of equal native size; PIL for anything else, which also names the file when one cannot be decoded."""
         blobs = [self.blobs[int(i)] for i in idx]
+        images = None
         try:
-            images = decode_jpeg([torch.frombuffer(b, dtype=torch.uint8) for b in blobs], mode=ImageReadMode.RGB)
+            if all(b[:2] == b"\xff\xd8" for b in blobs):  # JPEG (magic bytes): one batch decode
+                images = decode_jpeg([torch.frombuffer(b, dtype=torch.uint8) for b in blobs], mode=ImageReadMode.RGB)
+            elif all(b[:4] == b"\x89PNG" for b in blobs):  # PNG (the synthetic benchmark's lossless shards)
+                images = [decode_png(torch.frombuffer(b, dtype=torch.uint8), mode=ImageReadMode.RGB) for b in blobs]
         except RuntimeError:
+            images = None
+        if images is None:
             images = [torch.from_numpy(decode_image(self.blobs[int(i)], None, self.names[int(i)])).permute(2, 0, 1)
                       for i in idx]
         out = torch.empty((len(idx), 3, *self.size), dtype=torch.uint8)
@@ -176,25 +182,44 @@ class ReIDArrays:
 
 
 @dataclass
+class EvalTarget:
+    """A test split to retrieve on: a query and a gallery (or, for VehicleID, one test list to draw from)."""
+
+    name: str
+    query: ReIDArrays
+    gallery: ReIDArrays | None = None  # None: the VehicleID protocol over `query`
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"target name {self.name!r} must be non-empty and without '/' (it keys the metrics "
+                             "<role>/<target>/<metric>)")
+
+    def images(self) -> list[ReIDArrays]:
+        return [self.query] if self.gallery is None else [self.query, self.gallery]
+
+
+@dataclass
 class Batch:
     images: torch.Tensor  # uint8 (B, 3, H, W); normalised on the device by the trainer
     pids: torch.Tensor  # identity class index
     nuisance: dict[str, torch.Tensor]  # label kind -> class index
 
 
-def held_out_val(train: ReIDArrays, seed: int = 0) -> tuple[ReIDArrays, ReIDArrays]:
-    """Hold one image per training identity out for validation (identities with >= 2 images).
-
-    Datasets without a validation list (all but MSMT17) use this, as the authors' code does.
-    """
+def hold_out_indices(pids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The validation split of a training split without one: one image per identity (of those with >= 2 images),
+    drawn with `seed`; the authors' code does the same. The one rule for in-memory data, shards and the synthetic
+    benchmark's MSMT17 `list_val`."""
+    pids = np.asarray(pids)
     rng = np.random.default_rng(seed)
-    val_idx = []
-    for pid in np.unique(train.pids):
-        idx = np.flatnonzero(train.pids == pid)
-        if len(idx) >= 2:
-            val_idx.append(int(rng.choice(idx)))
+    chosen = [int(rng.choice(idx)) for idx in (np.flatnonzero(pids == pid) for pid in np.unique(pids))
+              if len(idx) >= 2]
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def held_out_val(train: ReIDArrays, seed: int = 0) -> tuple[ReIDArrays, ReIDArrays]:
+    """(train without the held-out images, the held-out validation images): `hold_out_indices`."""
     mask = np.zeros(len(train), dtype=bool)
-    mask[val_idx] = True
+    mask[hold_out_indices(train.pids, seed)] = True
     return train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
 
 
@@ -225,6 +250,20 @@ class TrainingData:
         self.train_labels = self._labels(train)
         self.val_labels = self._labels(val)
         self.priors = {k: self.labeler.prior(k, train.camids, train.timeperiods) for k in self.kinds}
+
+    def with_shuffled_nuisance(self, seed: int) -> "TrainingData":
+        """The control arm's data: nuisance labels permuted within the training split and within the validation
+        split (one permutation for all label kinds, so camera and time stay paired), identities untouched. The
+        class counts, and so the priors, are exactly those of the real labels; only the link to the image is cut."""
+        import copy
+
+        rng = np.random.default_rng([seed, 0x5EED])
+        out = copy.copy(self)
+        for attr in ("train_labels", "val_labels"):
+            pid_labels, nuis = getattr(self, attr)
+            perm = rng.permutation(len(pid_labels))
+            setattr(out, attr, (pid_labels, {k: v[perm] for k, v in nuis.items()}))
+        return out
 
     def num_nuisance_classes(self) -> dict[str, int]:
         return {k: self.labeler.num_classes(k) for k in self.kinds}
