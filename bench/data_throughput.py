@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args()
 
-    from orchestrator.data import shard_dataset
+    from adin_core.data.datasets import shard_dataset
 
     torch.set_num_threads(args.workers)
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--adv-loss", default="cane")
+    ap.add_argument("--adv-loss", default="kl")
     ap.add_argument("--nuisance", default="camera")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()

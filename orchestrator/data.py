@@ -1,5 +1,7 @@
 """`python -m orchestrator.data`: write the synthetic benchmark, shard a dataset into Parquet, inspect shards.
 
+The command line only; the work is adin_core.data.datasets's (shared with `python -m adin_core` and the sweeps).
+
     python -m orchestrator.data synth --preset hard --out DIR
     python -m orchestrator.data shard --format market1501 --src DIR --dest URI [--name N] [--version V] [--overwrite]
     python -m orchestrator.data inspect URI/<dataset>/<version>
@@ -10,93 +12,18 @@ URI is a local folder or s3://bucket/prefix (endpoint and credentials from the A
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
-from adin_core.data.layouts import READERS, LayoutError, read_layout
+from adin_core.data.datasets import shard_dataset, write_synthetic
+from adin_core.data.layouts import READERS, LayoutError
 from adin_core.data.memory import ImageDecodeError
-from adin_core.data.shards import MANIFEST, ShardError, ShardSet, check_destination, write_shards
+from adin_core.data.shards import ShardError, ShardSet
 from adin_core.data.storage import StorageError, resolve
-from adin_core.data.synthetic import LAYOUTS, PRESETS, generate_benchmark, write_layout
+from adin_core.data.synthetic import LAYOUTS, PRESETS
 
-SYNTH_INFO = "benchmark.json"
 DATA_ERRORS = (LayoutError, ShardError, StorageError, ImageDecodeError, FileExistsError)
-
-
-def write_synthetic(preset: str, out: str, *, seed: int = 0, layout: str = "auto") -> dict[str, Any]:
-    """Write the source and the `select`/`report` targets as dataset trees under `out`; returns benchmark.json."""
-    info_path = os.path.join(out, SYNTH_INFO)
-    if os.path.exists(info_path):
-        raise FileExistsError(f"{info_path} exists: a benchmark was already written to {out}")
-    bench = generate_benchmark(preset, seed=seed, with_target_train=True)
-    if layout == "auto":
-        layout = "market1501" if bench.config.num_cameras <= 6 else "msmt17"
-    domains = {"source": bench.source, **bench.targets}
-    info: dict[str, Any] = {"preset": preset, "seed": seed, "layout": layout, "config": bench.config.__dict__,
-                            "domains": {}}
-    for name, domain in domains.items():
-        folder = write_layout(domain, os.path.join(out, name), layout)
-        info["domains"][name] = {"path": os.path.relpath(folder, out), "train": len(domain.train),
-                                 "query": len(domain.query), "gallery": len(domain.gallery)}
-    tmp = info_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(info, fh, indent=1)
-    os.replace(tmp, info_path)  # last: a benchmark folder without it is incomplete
-    return info
-
-
-SYNTHETIC_SCHEME = "synthetic:"
-
-
-def resolve_dataset(uri: str, data_root: str) -> str:
-    """A shard-set URI; `synthetic:<preset>/<domain>` is generated and sharded under data_root on first use."""
-    if not uri.startswith(SYNTHETIC_SCHEME):
-        return uri
-    preset, _, domain = uri[len(SYNTHETIC_SCHEME):].partition("/")
-    if preset not in PRESETS or domain not in ("source", "select", "report"):
-        raise LayoutError(f"{uri!r}: expected synthetic:<preset>/<source|select|report> with preset in "
-                          f"{sorted(PRESETS)}")
-    root = resolve(data_root)
-
-    def manifest(name: str):
-        return root.join(f"synthetic-{preset}-{name}", "v1", MANIFEST)
-
-    if not manifest(domain).exists():
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            info = write_synthetic(preset, tmp)
-            for name, d in info["domains"].items():
-                if manifest(name).exists():
-                    continue  # another sweep made it meanwhile
-                try:
-                    shard_dataset(info["layout"], os.path.join(tmp, os.path.dirname(d["path"])), data_root,
-                                  name=f"synthetic-{preset}-{name}", show_progress=False)
-                except ShardError:
-                    if not manifest(name).exists():  # not merely another sweep's commit winning
-                        raise
-    return root.join(f"synthetic-{preset}-{domain}", "v1").uri
-
-
-def shard_dataset(fmt: str, src: str, dest: str, *, name: str | None = None, version: str = "v1",
-                  overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Read a layout and write it as shards; the manifest is written last."""
-    check_destination(dest, name or fmt, version, overwrite=overwrite)
-    records = read_layout(fmt, src)
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(records), unit="img", desc=f"sharding {name or fmt}/{version}", file=sys.stderr)
-    try:
-        manifest = write_shards(records, dest, name or fmt, version, fmt=fmt, overwrite=overwrite, source=src,
-                                progress=bar.update if bar else None)
-    finally:
-        if bar:
-            bar.close()
-    return manifest
 
 
 def _summary(manifest: dict[str, Any]) -> str:

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             if sweep_location(args.storage, sweep).exists():
                 raise SpaceError(f"--name: sweep {sweep!r} already exists under {args.storage}; use --resume "
                                  f"{sweep} to continue it, or another name")
-        from orchestrator.data import resolve_dataset
+        from adin_core.data.datasets import resolve_dataset
 
         source = resolve_dataset(space.source, args.data_root)
         select = [resolve_dataset(u, args.data_root) for u in space.select]

@@ -21,18 +21,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardSet
 from adin_core.data.storage import StorageUnavailable
-from adin_core.features import EvalTarget, evaluate_transfer
+from adin_core.data.memory import EvalTarget
+from adin_core.evaluation import OBJECTIVE, Evaluator, score_target
 from adin_core.train import ADINTrainer, CheckReport
 from orchestrator.retry import DEFAULT_BUDGET_S, Backoff, RetryStats, call_with_backoff
 from orchestrator.space import make_train_config
 
-OBJECTIVE = "transfer_mAP"
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
@@ -70,21 +69,16 @@ def open_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
     return EvalTarget(shards.manifest["dataset"], t.query, t.gallery)
 
 
+def source_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
+    """The training dataset's own test split: cross-camera retrieval on seen cameras, and the nuisance probe."""
+    t = ShardSet.open(uri).eval_target(image_size)
+    return EvalTarget("source", t.query, t.gallery)
+
+
 def score_targets(model, targets: list[EvalTarget], config: TrainConfig,
                   device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
     """Rank-1/5/10, mAP and mINP per target: the one scoring of the trials, the winner and the export."""
-    size = (config.image_height, config.image_width)
-    return {t.name: {k: float(v) for k, v in evaluate_transfer(model, t, image_size=size, device=device,
-                                                                  amp=config.amp).summary().items()}
-            for t in targets}
-
-
-def transfer_metrics(model, targets: list[EvalTarget], config: TrainConfig, device) -> dict[str, float]:
-    """Per-target metrics as `select/<target>/<metric>`, plus the objective: the mean mAP over the targets."""
-    scores = score_targets(model, targets, config, device)
-    out = {f"select/{name}/{k}": v for name, s in scores.items() for k, v in s.items()}
-    out[OBJECTIVE] = float(np.mean([s["mAP"] for s in scores.values()]))
-    return out
+    return {t.name: score_target(model, t, config, device)[0] for t in targets}
 
 
 class TrialProgress:
@@ -149,9 +143,9 @@ class TrialProgress:
 class RayReportHook:
     """At evaluation points (every `eval_every_steps`, and at the end): evaluate on rank 0, report from all."""
 
-    def __init__(self, targets: list[EvalTarget], eval_every_steps: int, rank: int, progress: TrialProgress | None,
+    def __init__(self, evaluator: Evaluator, eval_every_steps: int, rank: int, progress: TrialProgress | None,
                  stats: RetryStats, upload: Callable) -> None:
-        self.targets, self.every, self.rank = targets, max(1, eval_every_steps), rank
+        self.evaluator, self.every, self.rank = evaluator, max(1, eval_every_steps), rank
         self.progress, self.stats, self.upload = progress, stats, upload  # progress: rank 0 only
         self.next_eval: int | None = None
 
@@ -171,7 +165,7 @@ class RayReportHook:
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
                 metrics = {k: float(v) for k, v in report.metrics().items()}
-                metrics.update(transfer_metrics(trainer.model, self.targets, trainer.config, trainer.device))
+                metrics.update(self.evaluator.evaluate(trainer.model, trainer.config, trainer.device))
                 metrics["phase"] = report.next_phase
                 metrics["phase_index"] = float(PHASES.index(report.next_phase))
                 metrics["adversarial_rounds"] = float(trainer.schedule.rounds)
@@ -234,8 +228,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     source = loop_config["source"]
     data = storage_retry(lambda: ShardSet.open(source).training_data(config.nuisance, size),
                          what=f"reading the training data {source}")
-    targets = [storage_retry(functools.partial(open_target, uri, size), what=f"reading target {uri}")
-               for uri in (loop_config["select"] if rank == 0 else [])]
+    evaluator = Evaluator()
+    if rank == 0:  # rank 0 evaluates: the select targets, and the source's own test split with the probe
+        evaluator.select = [storage_retry(functools.partial(open_target, uri, size), what=f"reading target {uri}")
+                            for uri in loop_config["select"]]
+        evaluator.source = storage_retry(lambda: source_target(source, size), what=f"reading {source}'s test split")
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run() if rank == 0 else None
 
@@ -244,7 +241,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                              what=f"uploading checkpoint {dir_name}")
 
     steps_per_epoch = data.steps_per_epoch(config.batch_size, world)
-    hook = RayReportHook(targets, round(loop_config["eval_every_epochs"] * steps_per_epoch), rank,
+    hook = RayReportHook(evaluator, round(loop_config["eval_every_epochs"] * steps_per_epoch), rank,
                          progress=progress, stats=stats, upload=upload)
     trainer = ADINTrainer(config, data, hooks=[hook], device=ray.train.torch.get_device(), rank=rank,
                           world_size=world)

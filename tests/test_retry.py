@@ -61,7 +61,7 @@ class FlakyClient:
 
 
 def _trial(tid: str) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=tid, config={"beta": 0.5, "adv_loss": "cane"})
+    return SimpleNamespace(trial_id=tid, config={"beta": 0.5, "adv_loss": "kl"})
 
 
 def test_tracking_writes_wait_out_an_outage_in_order_and_the_outage_is_recorded(tmp_path):

@@ -13,8 +13,8 @@ BASE = {
     "source": "synthetic:tiny/source",
     "targets": {"select": ["synthetic:tiny/select"], "report": ["synthetic:tiny/report"]},
     "parameters": {
-        "adv_loss": {"type": "categorical", "choices": ["cane", "ne"]},
-        "prior_temperature": {"type": "float", "low": 0.0, "high": 2.0, "when": {"adv_loss": "cane"}},
+        "adv_loss": {"type": "categorical", "choices": ["kl", "ne"]},
+        "prior_temperature": {"type": "float", "low": 0.0, "high": 2.0, "when": {"adv_loss": "kl"}},
         "beta": {"type": "float", "low": 0.1, "high": 10, "log": True},
     },
     "fixed": {"backbone": "small_cnn", "image_height": 32, "image_width": 16},
@@ -101,9 +101,9 @@ def test_define_by_run_conditions_and_pickles(tmp_path):
         seen.append(dict(trial.params))
         study.tell(trial, 0.0)
         assert fixed == BASE["fixed"]
-    assert any(p["adv_loss"] == "ne" for p in seen) and any(p["adv_loss"] == "cane" for p in seen)
+    assert any(p["adv_loss"] == "ne" for p in seen) and any(p["adv_loss"] == "kl" for p in seen)
     for p in seen:
-        assert ("prior_temperature" in p) == (p["adv_loss"] == "cane")
+        assert ("prior_temperature" in p) == (p["adv_loss"] == "kl")
         assert 0.1 <= p["beta"] <= 10
     cfg = space.train_config(seen[0])
     assert cfg.backbone == "small_cnn" and cfg.epochs == space.epochs
@@ -169,11 +169,11 @@ def test_sweep_refuses_an_existing_name_before_ray(tmp_path, capsys):
 
 
 def test_sweep_checks_nuisance_labels_against_the_source_manifest(tmp_path):
-    from orchestrator.data import resolve_dataset
+    from adin_core.data.datasets import resolve_dataset
     from orchestrator.sweep import check_nuisance_labels
     from adin_core.data.shards import ShardSet
 
-    source = ShardSet.open(resolve_dataset("synthetic:tiny/source", str(tmp_path)))  # Market layout: no time
+    source = ShardSet.open(resolve_dataset("synthetic:tiny/source?with_time=false", str(tmp_path)))  # no time
     check_nuisance_labels(parse_space(BASE, "space.yaml"), source)  # camera (the default) is there
     raw = with_("parameters.nuisance", {"type": "categorical", "choices": ["camera", "camera+time"]})
     with pytest.raises(SpaceError, match=r"nuisance 'camera\+time' needs label kind\(s\) \['time'\]"):

@@ -29,9 +29,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from adin_core.data.layouts import ImageRecord
-from adin_core.data.memory import EncodedImages, ReIDArrays, TrainingData, decode_image
+from adin_core.data.memory import EncodedImages, EvalTarget, ReIDArrays, TrainingData, decode_image, hold_out_indices
 from adin_core.data.storage import Location, StorageUnavailable, resolve
-from adin_core.features import EvalTarget
 from adin_core.nuisance import LABEL_KINDS, NuisanceError, NuisanceLabeler
 
 SCHEMA_VERSION = 1
@@ -58,20 +57,17 @@ def hold_out_val(records: list[ImageRecord], seed: int = 0) -> list[ImageRecord]
     """For layouts without a validation list: one training image per identity (with >= 2 images) becomes `val`."""
     if any(r.split == "val" for r in records):
         return records
-    rng = np.random.default_rng(seed)
-    by_pid: dict[int, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        if r.split == "train":
-            by_pid[r.pid].append(i)
-    chosen = {int(rng.choice(idx)) for pid, idx in sorted(by_pid.items()) if len(idx) >= 2}
-    return [ImageRecord(r.path, r.pid, r.camid, "val", r.timeperiod, r.frame) if i in chosen else r
-            for i, r in enumerate(records)]
+    train = [i for i, r in enumerate(records) if r.split == "train"]
+    chosen = {train[j] for j in hold_out_indices(np.array([records[i].pid for i in train]), seed)}
+    return [r.with_split("val") if i in chosen else r for i, r in enumerate(records)]
 
 
 def nuisance_priors(records: Iterable[ImageRecord]) -> dict[str, dict[str, Any]]:
     """CaNE's p_k per label kind, from the training split; kinds the data cannot provide are left out."""
     records = list(records)
     train = [r for r in records if r.split == "train"]
+    if not train:  # a test-only dataset (a direct-transfer target): nothing to calibrate with
+        return {}
     camids = np.array([r.camid for r in train])
     periods = np.array([-1 if r.timeperiod is None else r.timeperiod for r in train])
     seen = [r for r in records if r.split in ("train", "val")]  # the classes, as TrainingData forms them
@@ -93,11 +89,14 @@ def _split_summary(records: list[ImageRecord]) -> dict[str, Any]:
 
 
 def _read_and_check(rec: ImageRecord) -> bytes:
-    try:
-        with open(rec.path, "rb") as fh:
-            blob = fh.read()
-    except OSError as exc:
-        raise ShardError(f"cannot read image {rec.path}: {exc}") from None
+    if rec.data is not None:
+        blob = rec.data
+    else:
+        try:
+            with open(rec.path, "rb") as fh:
+                blob = fh.read()
+        except OSError as exc:
+            raise ShardError(f"cannot read image {rec.path}: {exc}") from None
     decode_image(blob, None, rec.path)  # raises ImageDecodeError naming the file
     return blob
 
@@ -304,16 +303,19 @@ class ShardSet:
         return TrainingData(self.arrays("train", image_size), self.arrays("val", image_size), nuisance,
                             name=self.name)
 
-    def eval_target(self, image_size: tuple[int, int], split: str | None = None) -> EvalTarget:
+    def eval_target(self, image_size: tuple[int, int], split: str | None = None,
+                    name: str | None = None) -> EvalTarget:
         """The test split as a direct-transfer target: query + gallery, or (VehicleID) one test list, which the
-        VehicleID protocol splits itself. `split` picks the list (default: test800... the smallest present)."""
+        VehicleID protocol splits itself. `split` picks the list (default: test800... the smallest present).
+        `name` keys its metrics (default: the dataset's name, plus the list for VehicleID)."""
+        name = name or self.manifest["dataset"]
         if "query" in self.manifest["splits"] and split in (None, "query"):
-            return EvalTarget(self.name, self.arrays("query", image_size), self.arrays("gallery", image_size))
+            return EvalTarget(name, self.arrays("query", image_size), self.arrays("gallery", image_size))
         lists = sorted((s for s in self.splits if s.startswith("test")), key=lambda s: int(s[4:]))
         chosen = split or (lists[0] if lists else None)
         if chosen is None or chosen not in self.manifest["splits"]:
             raise ShardError(f"{self.location.uri} has no test split {split!r}; it has {self.splits}")
-        return EvalTarget(f"{self.name}:{chosen}", self.arrays(chosen, image_size), None)
+        return EvalTarget(f"{name}.{chosen}", self.arrays(chosen, image_size), None)
 
     def file_hashes(self) -> dict[str, str]:
         return listed_files(self.manifest)

@@ -17,12 +17,16 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    path: str  # absolute path of the image file
+    path: str  # absolute path of the image file (or, with `data`, the image's name in its dataset)
     pid: int
     camid: int  # 0-based, as torchreid / fast-reid number cameras
     split: str
     timeperiod: int | None = None  # 0 morning, 1 noon, 2 afternoon (MSMT17 only)
     frame: int | None = None
+    data: bytes | None = None  # the encoded image itself, for images that exist only in memory (synthetic)
+
+    def with_split(self, split: str) -> "ImageRecord":
+        return ImageRecord(self.path, self.pid, self.camid, split, self.timeperiod, self.frame, self.data)
 
 
 def require_dir(root: str, *parts: str) -> str:

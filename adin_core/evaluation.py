@@ -1,0 +1,127 @@
+"""What a trained model is judged by: direct transfer, the source's own cross-camera test, and the nuisance probe.
+
+* **Direct transfer**: retrieval (CMC, mAP, mINP; torchreid protocol, `metrics`) on other datasets' test splits,
+  with no adaptation. The objective of a search, `transfer_mAP`, is the mean mAP over the `select` targets; the
+  `report` targets are scored for a chosen model only, so they never steer a choice.
+* **The source's own test split**: retrieval across the cameras the model was trained on (`source/*`), and, on
+  the very same features, the nuisance probe (`probe/<kind>_acc`, `probe/<kind>_chance`; `probe`): how much of the
+  camera (and time of day) a linear classifier still reads from the features, on identities it was not fitted on.
+
+`Evaluator` bundles the targets with a cadence, so `python -m adin_core`, a Ray trial, the sweep's winner and the
+export all score a model the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from adin_core.config import TrainConfig
+from adin_core.data.memory import EvalTarget, ReIDArrays
+from adin_core.features import extract_features
+from adin_core.metrics import evaluate_features, evaluate_vehicleid
+from adin_core.models import ADINModel
+from adin_core.probe import ProbeResult, nuisance_probe
+
+OBJECTIVE = "transfer_mAP"
+PROBE_KINDS = ("camera", "time")  # the base nuisance kinds; camera_x_time is their product
+
+
+def probe_labels(split: ReIDArrays) -> dict[str, np.ndarray]:
+    """The nuisance kinds a split can be probed for, as raw labels (the probe indexes the classes itself)."""
+    out = {}
+    if len(np.unique(split.camids)) >= 2:
+        out["camera"] = split.camids
+    if split.has_time and len(np.unique(split.timeperiods)) >= 2:
+        out["time"] = split.timeperiods
+    return out
+
+
+def _concat(parts: Sequence[ReIDArrays], attr: str) -> np.ndarray:
+    return np.concatenate([getattr(p, attr) for p in parts])
+
+
+def score_target(model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu",
+                 *, probe: bool = False) -> tuple[dict[str, float], dict[str, ProbeResult]]:
+    """Rank-1/5/10, mAP and mINP on one target and, with `probe`, the nuisance probe on the same features."""
+    kwargs = dict(batch_size=config.eval_batch_size, image_size=(config.image_height, config.image_width),
+                  device=device, amp=config.amp)
+    feats = [extract_features(model, split.images, **kwargs) for split in target.images()]
+    if target.gallery is None:
+        result = evaluate_vehicleid(feats[0], target.query.pids)
+    else:
+        q, g = target.query, target.gallery
+        result = evaluate_features(feats[0], feats[1], q.pids, g.pids, q.camids, g.camids)
+    scores = {k: float(v) for k, v in result.summary().items()}
+    probes: dict[str, ProbeResult] = {}
+    if probe:
+        splits = target.images()
+        all_feats, pids = torch.cat(feats), _concat(splits, "pids")
+        merged = ReIDArrays(np.zeros((len(pids), 1, 1, 3), np.uint8), pids, _concat(splits, "camids"),
+                            _concat(splits, "timeperiods"))
+        probes = {kind: nuisance_probe(all_feats, pids, labels) for kind, labels in probe_labels(merged).items()}
+    return scores, probes
+
+
+@dataclass
+class Evaluator:
+    """The targets a model is scored on, and how often during training.
+
+    `select` feed the objective; `source` (the training dataset's own test split) gives cross-camera retrieval
+    on seen cameras and the nuisance probe; `report` targets are scored only when asked (`evaluate(report=True)`).
+    """
+
+    select: list[EvalTarget] = field(default_factory=list)
+    source: EvalTarget | None = None
+    report: list[EvalTarget] = field(default_factory=list)
+    every_steps: int = 0  # evaluation cadence during training; 0: only at the end
+    probe_targets: bool = False  # also probe the targets' features (`<role>/<target>/probe_<kind>_acc`): does
+    # invariance learned on the source's cameras carry over to cameras never seen?
+
+    def due(self, step: int, last: int | None, final: bool) -> bool:
+        """Whether a check at `step` is an evaluation point (given the step of the last one, None if none yet)."""
+        if final:
+            return True
+        if self.every_steps <= 0:
+            return False
+        if last is None:
+            return step % self.every_steps == 0
+        return step // self.every_steps > last // self.every_steps
+
+    def evaluate(self, model: ADINModel, config: TrainConfig, device: torch.device | str = "cpu", *,
+                 report: bool = False) -> dict[str, float]:
+        """Flat metrics: `source/<metric>`, `probe/<kind>_acc|_chance`, `select/<target>/<metric>`,
+        `report/<target>/<metric>` (with `report`), and the objective `transfer_mAP` (mean select mAP)."""
+        out: dict[str, float] = {}
+        if self.source is not None:
+            scores, probes = score_target(model, self.source, config, device, probe=True)
+            out.update({f"source/{k}": v for k, v in scores.items()})
+            for kind, result in probes.items():
+                out.update(result.metrics(kind))
+        roles = [("select", self.select)] + ([("report", self.report)] if report else [])
+        for role, targets in roles:
+            for t in targets:
+                scores, probes = score_target(model, t, config, device, probe=self.probe_targets)
+                out.update({f"{role}/{t.name}/{k}": v for k, v in scores.items()})
+                for kind, result in probes.items():
+                    out[f"{role}/{t.name}/probe_{kind}_acc"] = result.accuracy
+                    out[f"{role}/{t.name}/probe_{kind}_chance"] = result.chance
+        if self.select:
+            out[OBJECTIVE] = float(np.mean([out[f"select/{t.name}/mAP"] for t in self.select]))
+        return out
+
+
+def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, float]]:
+    """`<role>/<target>/<metric>` entries of flat metrics, as {target: {metric: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == role:
+            out.setdefault(parts[1], {})[parts[2]] = value
+    return out
+
+
+__all__ = ["Evaluator", "EvalTarget", "OBJECTIVE", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]
