@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"\ntrained in {out['train_seconds']:.1f} s ({out['threads']} torch threads); retrieval (source = own "
+    print(f"\ntrained and scored in {out['seconds']:.1f} s ({out['threads']} torch threads); retrieval (source = own "
           "cross-camera test split, select/report = direct transfer to unseen cameras and identities):")
     print(f"{'':8} {'rank1':>7} {'rank5':>7} {'mAP':>7} {'mINP':>7}")
     for name, prefix in (("source", "source/"), ("select", "select/select/"), ("report", "report/report/")):

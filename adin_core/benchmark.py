@@ -12,19 +12,18 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from adin_core.config import TrainConfig
 from adin_core.data.datasets import open_benchmark
 from adin_core.data.synthetic import PRESETS, SynthConfig
-from adin_core.evaluation import Evaluator
+from adin_core.evaluation import EvaluationHook, Evaluator
 from adin_core.train import CheckReport, fit
 
 DEFAULT_DATA_ROOT = "runs/data"
 # Training settings for the synthetic benchmark on 2 CPU cores (small CNN; image size from the preset)
 SYNTHETIC_TRAINING: dict[str, Any] = {
-    "backbone": "small_cnn", "batch_size": 32, "epochs": 12, "pretrain_id_epochs": 3,
+    "backbone": "small_cnn", "batch_size": 32, "epochs": 16, "pretrain_id_epochs": 3,
     "pretrain_nuisance_epochs": 1, "check_every": 20, "refresh_steps": 10,
 }
 
@@ -41,19 +40,10 @@ def benchmark_config(synth: SynthConfig, overrides: dict[str, Any], seed: int) -
     return TrainConfig.from_dict(values)
 
 
-def mechanism(history: list[CheckReport]) -> dict[str, float]:
-    """The run's mechanism in a few numbers: the adversary's mean grip over all adversarial checks, and the share
-    of steps spent in each phase."""
-    out: dict[str, float] = {}
-    grips = [r.grip for r in history if r.grip]
-    for key in ("adv_to_id", "cosine"):
-        if grips:
-            out[f"grip/{key}"] = float(np.mean([g[key] for g in grips]))
-    if history:
-        steps = history[-1].phase_steps
-        total = max(1, sum(steps.values()))
-        out.update({f"phase_share/{k}": v / total for k, v in steps.items()})
-    return out
+def phase_shares(report: CheckReport) -> dict[str, float]:
+    """The share of the run's steps spent in each phase, as of `report`."""
+    total = max(1, sum(report.phase_steps.values()))
+    return {f"phase_share/{k}": v / total for k, v in report.phase_steps.items()}
 
 
 def run_benchmark(preset: str, seed: int, overrides: dict[str, Any] | None = None, *,
@@ -71,21 +61,22 @@ def run_benchmark(preset: str, seed: int, overrides: dict[str, Any] | None = Non
                           source=shards["source"].eval_target(size, name="source"),
                           report=[shards["report"].eval_target(size, name="report")], probe_targets=True)
 
-    class _Hook:
+    class _Show:
         def on_check(self, trainer, report: CheckReport) -> None:
             if on_check is not None:
                 on_check(report)
 
+    metrics: dict[str, float] = {}
+
+    def keep(trainer, report: CheckReport, scores: dict, final: bool) -> None:
+        metrics.update({k: v for k, v in scores.items() if not isinstance(v, str)}, **phase_shares(report))
+
     t0 = time.perf_counter()
-    result = fit(config, data, hooks=[_Hook()])
-    train_s = time.perf_counter() - t0
-    metrics = evaluator.evaluate(result.model, config, report=True)
-    metrics.update(mechanism(result.history))
+    fit(config, data, hooks=[_Show(), EvaluationHook(evaluator, keep)])  # evaluates once, at the end
     return {"preset": preset, "seed": seed, "overrides": dict(overrides or {}), "generator": gen,
             "datasets": {d: s.name for d, s in shards.items()}, "config": config.to_dict(), "metrics": metrics,
-            "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0 - train_s,
-            "threads": torch.get_num_threads()}
+            "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
 
 
-__all__ = ["DEFAULT_DATA_ROOT", "SYNTHETIC_TRAINING", "benchmark_config", "generator_config", "mechanism",
+__all__ = ["DEFAULT_DATA_ROOT", "SYNTHETIC_TRAINING", "benchmark_config", "generator_config", "phase_shares",
            "run_benchmark"]

@@ -25,6 +25,7 @@ from adin_core.features import extract_features
 from adin_core.metrics import evaluate_features, evaluate_vehicleid
 from adin_core.models import ADINModel
 from adin_core.probe import ProbeResult, nuisance_probe
+from adin_core.schedule import Phase
 
 OBJECTIVE = "transfer_mAP"
 PROBE_KINDS = ("camera", "time")  # the base nuisance kinds; camera_x_time is their product
@@ -71,7 +72,8 @@ class Evaluator:
     """The targets a model is scored on, and how often during training.
 
     `select` feed the objective; `source` (the training dataset's own test split) gives cross-camera retrieval
-    on seen cameras and the nuisance probe; `report` targets are scored only when asked (`evaluate(report=True)`).
+    on seen cameras and the nuisance probe; `report` targets are scored only when asked (`evaluate(report=True)`;
+    the hook asks at the end of training). A sweep's trials get no report targets: those never steer a choice.
     """
 
     select: list[EvalTarget] = field(default_factory=list)
@@ -81,15 +83,12 @@ class Evaluator:
     probe_targets: bool = False  # also probe the targets' features (`<role>/<target>/probe_<kind>_acc`): does
     # invariance learned on the source's cameras carry over to cameras never seen?
 
-    def due(self, step: int, last: int | None, final: bool) -> bool:
-        """Whether a check at `step` is an evaluation point (given the step of the last one, None if none yet)."""
+    def due(self, step: int, previous_step: int, final: bool) -> bool:
+        """Whether a check at `step` (the one before it at `previous_step`) is an evaluation point: the end of
+        training, or the first check at or past a multiple of `every_steps`."""
         if final:
             return True
-        if self.every_steps <= 0:
-            return False
-        if last is None:
-            return step % self.every_steps == 0
-        return step // self.every_steps > last // self.every_steps
+        return self.every_steps > 0 and step // self.every_steps > previous_step // self.every_steps
 
     def evaluate(self, model: ADINModel, config: TrainConfig, device: torch.device | str = "cpu", *,
                  report: bool = False) -> dict[str, float]:
@@ -114,6 +113,43 @@ class Evaluator:
         return out
 
 
+class EvaluationHook:
+    """A trainer hook that evaluates at the evaluator's cadence (and at the end) and hands the metrics on.
+
+    `sink(trainer, report, metrics, final)` is called on every rank at each evaluation point (a data-parallel
+    driver must report from all ranks); only rank 0 evaluates, so the metrics are empty elsewhere. The metrics are
+    the check's own (`CheckReport.metrics`), the adversary's grip averaged over every check since the previous
+    evaluation, the schedule's state, and the evaluator's scores.
+    """
+
+    def __init__(self, evaluator: Evaluator, sink, *, rank: int = 0, start_step: int = 0) -> None:
+        self.evaluator, self.sink, self.rank = evaluator, sink, rank
+        self.previous_step = start_step  # a resumed run starts at its checkpoint's step
+        self._grips: list[dict[str, float]] = []
+
+    def on_check(self, trainer, report) -> None:
+        if report.grip:
+            self._grips.append(report.grip)
+        final = report.next_phase == "done"
+        due = self.evaluator.due(report.step, self.previous_step, final)
+        self.previous_step = report.step
+        if not due:
+            return
+        metrics: dict[str, float | str] = {}
+        if self.rank == 0:
+            metrics.update({k: float(v) for k, v in report.metrics().items() if not k.startswith("grip/")})
+            for key in {k for g in self._grips for k in g}:
+                metrics[f"grip/{key}"] = float(np.mean([g[key] for g in self._grips if key in g]))
+            metrics.update(self.evaluator.evaluate(trainer.model, trainer.config, trainer.device, report=final))
+            metrics["phase"] = report.next_phase
+            metrics["phase_index"] = float(list(Phase).index(Phase(report.next_phase)))  # for charts
+            metrics["adversarial_rounds"] = float(trainer.schedule.rounds)
+            metrics["final"] = float(final)
+            metrics["world_size"] = float(trainer.world_size)
+        self._grips = []
+        self.sink(trainer, report, metrics, final)
+
+
 def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, float]]:
     """`<role>/<target>/<metric>` entries of flat metrics, as {target: {metric: value}}."""
     out: dict[str, dict[str, float]] = {}
@@ -124,4 +160,4 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["Evaluator", "EvalTarget", "OBJECTIVE", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]
+__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "OBJECTIVE", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]

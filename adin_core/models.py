@@ -185,6 +185,12 @@ class ADINModel(nn.Module):
         """The retrieval feature (concatenation of all branch features), before L2 normalisation."""
         return torch.cat([f.float() for f in self.backbone(x)], dim=1)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The retrieval feature of a normalised float batch (`normalise(uint8 NCHW)`): the embeddings of the images
+        and of their mirror images, summed and L2-normalised, as the evaluation computes it
+        (`adin_core.features.extract_features` does the same from uint8 arrays, in batches)."""
+        return torch.nn.functional.normalize(self.embed(x) + self.embed(torch.flip(x, dims=[3])), dim=1)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
 

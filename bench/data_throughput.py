@@ -135,7 +135,7 @@ def run_ray(local_uri: str, workers: int, epochs: int) -> tuple[float, float]:
 
 def start_moto() -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tests.conftest import free_port, wait_for_port
+    from orchestrator.net import free_port, wait_for_port
 
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     port = free_port()

@@ -1,15 +1,17 @@
 """`python -m orchestrator.best --export DIR [--sweep NAME] [--register MODEL_NAME]`: take a sweep's winner.
 
-Finds the sweep (its MLflow parent run; the latest sweep when no name is given), picks the finished trial with
-the best objective, fetches its checkpoint from local or S3 storage, and writes into DIR (which must not exist):
+Finds the sweep (its MLflow parent run; without --sweep, the latest sweep that has a finished trial), picks the
+winner with the rule the sweep used (`orchestrator.results.pick_winner`: the best finished trial by the space's
+metric and mode), fetches its checkpoint from local or S3 storage, and writes into DIR (which must not exist):
 
     model.pt       the weights (a plain state dict: torch.load(..., weights_only=True))
     config.json    the full TrainConfig and the model's class counts
-    model_card.md  metrics per target (select and report), data versions, parameters
+    model_card.md  metrics per target (select and report), the nuisance probe, data versions, how to load it
     model_card.json  the same, machine-readable
 
-With --register the export is logged to the sweep's MLflow run and registered under MODEL_NAME with the alias
-`champion`. Nothing here unpickles arbitrary objects.
+With --register the export is logged to the sweep's MLflow run under its own folder and registered as a new
+version of MODEL_NAME with the alias `champion`. Nothing here unpickles arbitrary objects.
+Exit codes: 0 exported; 2 nothing to export or bad input (the message says which).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,10 +34,14 @@ from adin_core.data.shards import ShardError
 from adin_core.data.storage import StorageError, resolve
 from adin_core.models import ADINModel
 from adin_core.train import model_from_state
-from orchestrator.tracking import ROLE_TAG, SWEEP_TAG, TrackingError, check_tracking_uri, redact
-from orchestrator.trial import OBJECTIVE, STATE_FILE, open_target, score_targets
+from orchestrator.results import TrialRow, pick_winner
+from orchestrator.space import Objective
+from orchestrator.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri,
+                                   redact)
+from orchestrator.tracking import schema as S
 
-DEFAULT_TRACKING = "sqlite:///runs/mlflow.db"
+STATE_FILE = "state.pt"  # a trial checkpoint's training state (orchestrator.trial writes it)
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 
 
 class ExportError(RuntimeError):
@@ -47,11 +54,16 @@ class Winner:
     parent_run_id: str
     run_id: str
     trial_id: str
+    metric: str
     objective: float
     checkpoint_uri: str
     params: dict[str, str]
     metrics: dict[str, float]
     parent_tags: dict[str, str]
+
+    @property
+    def partial(self) -> bool:
+        return self.parent_tags.get(S.SWEEP_STATE) != "complete"
 
 
 def load_state(checkpoint_uri: str) -> dict[str, Any]:
@@ -66,55 +78,106 @@ def load_state(checkpoint_uri: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def score_uris(model: ADINModel, config: TrainConfig, uris: list[str]) -> dict[str, dict[str, float]]:
-    """The winner's scores on shard-set URIs (the trials' own scoring, on the CPU)."""
+def score_uris(model: ADINModel, config: TrainConfig, targets: dict[str, str]) -> dict[str, dict[str, float]]:
+    """The winner's scores on shard sets ({uri: name}), as the trials score (on the CPU)."""
+    from orchestrator.plan import Target
+    from orchestrator.trial import open_target, score_targets
+
     size = (config.image_height, config.image_width)
-    return score_targets(model, [open_target(u, size) for u in uris], config)
+    return score_targets(model, [open_target(Target(u, n), size) for u, n in targets.items()], config)
 
 
-def find_winner(tracking_uri: str, sweep: str | None, metric: str = OBJECTIVE, mode: str = "max") -> Winner:
+def _trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
+    metric = parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{S.PARENT}` = '{parent.info.run_id}'",
+                                  max_results=10000)
+    rows, runs = [], {}
+    for c in children:
+        tid = c.data.tags.get(S.TRIAL, c.info.run_id)
+        outcome = c.data.tags.get(S.OUTCOME, "finished" if c.data.metrics.get(S.FINAL) else "pruned")
+        rows.append(TrialRow(tid, c.data.metrics.get(metric), outcome, params=dict(c.data.params),
+                             checkpoint=c.data.tags.get(S.CHECKPOINT)))
+        runs[tid] = c
+    return rows, runs
+
+
+def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
+    """The named sweep's winner; without a name, the latest sweep that has one."""
     from mlflow.tracking import MlflowClient
 
     check_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    parents = [r for exp in client.search_experiments()
-               for r in client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'"
-                                           + (f" and tags.`{SWEEP_TAG}` = '{sweep}'" if sweep else ""),
-                                           order_by=["attributes.start_time DESC"])]
+    query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
+    parents = sorted((r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], query)),
+                     key=lambda r: r.info.start_time, reverse=True)
     if not parents:
-        raise ExportError(f"no sweep named {sweep!r} in {tracking_uri}" if sweep else
-                          f"no sweep found in {tracking_uri}")
-    parent = max(parents, key=lambda r: r.info.start_time)
-    name = parent.data.tags[SWEEP_TAG]
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
-    done = [c for c in children if c.info.status == "FINISHED" and metric in c.data.metrics
-            and "checkpoint_uri" in c.data.tags]
-    if not done:
-        raise ExportError(f"sweep {name!r} has no finished trial with a checkpoint yet "
-                          f"({len(children)} trial runs)")
-    best = (max if mode == "max" else min)(done, key=lambda c: c.data.metrics[metric])
-    return Winner(name, parent.info.run_id, best.info.run_id, best.data.tags.get("adin.trial_id", ""),
-                  best.data.metrics[metric], best.data.tags["checkpoint_uri"], dict(best.data.params),
-                  dict(best.data.metrics), dict(parent.data.tags))
+        raise ExportError(f"no sweep named {sweep!r} in {tracking_uri}" if sweep else f"no sweep found in {tracking_uri}")
+    skipped = []
+    for parent in parents:
+        rows, runs = _trial_rows(client, parent)
+        objective = Objective(parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE),
+                              parent.data.tags.get(S.OBJECTIVE_MODE, "max"))
+        best = pick_winner(rows, objective)
+        name = parent.data.tags[S.SWEEP]
+        if best is None:
+            skipped.append(f"{name} ({len(rows)} trial runs, none finished)")
+            if sweep:
+                break
+            continue
+        run = runs[best.trial]
+        if skipped:
+            print(f"note: skipped newer sweeps without a finished trial: {', '.join(skipped)}", file=sys.stderr)
+        return Winner(name, parent.info.run_id, run.info.run_id, best.trial, objective.metric, best.objective,
+                      best.checkpoint, dict(run.data.params), dict(run.data.metrics), dict(parent.data.tags))
+    raise ExportError(f"sweep {skipped[0]}: nothing to export" if sweep else
+                      f"no sweep in {tracking_uri} has a finished trial: {', '.join(skipped)}")
 
 
-def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict) -> tuple[dict, str]:
+def _relative(uri: str) -> str:
+    """Data references in a card: URIs as they are, local paths relative to the working folder (no home paths)."""
+    if "://" in uri:
+        return uri
+    return os.path.relpath(uri)
+
+
+def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict,
+               probe: dict[str, float]) -> tuple[dict, str]:
     card = {"sweep": winner.sweep, "trial_id": winner.trial_id, "mlflow_run_id": winner.run_id,
-            "objective": {OBJECTIVE: winner.objective}, "select_targets": select, "report_targets": report,
-            "data_versions": data, "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri}
-    lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", "",
-             f"Chosen by mean direct-transfer mAP on the select targets ({winner.objective:.4f}); the report targets",
-             "were never used to choose.", "", "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+            "objective": {winner.metric: winner.objective}, "select_targets": select, "report_targets": report,
+            "nuisance_probe": probe, "data_versions": {_relative(k): v for k, v in data.items()},
+            "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
+            "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown")}
+    lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", ""]
+    if winner.partial:
+        lines += [f"> **Partial sweep** (state: {card['sweep_state']}): chosen among the trials that finished before "
+                  "the sweep was stopped.", ""]
+    lines += [f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}); the report targets were "
+              "never used to choose.", "", "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for role, scores in (("select", select), ("report", report)):
         for name, s in scores.items():
             lines.append(f"| {name} | {role} | {s.get('rank1', float('nan')):.4f} | {s.get('rank5', float('nan')):.4f}"
                          f" | {s.get('rank10', float('nan')):.4f} | {s['mAP']:.4f} | {s['mINP']:.4f} |")
-    lines += ["", "## Data versions", ""] + [f"- {k}: {v}" for k, v in data.items()]
-    lines += ["", "## Parameters", "", "```json", json.dumps(card["config"], indent=1), "```", "",
-              "Load: `ADINModel(TrainConfig.from_dict(config['train_config']), **config['model_meta'])` then "
-              "`load_state_dict(torch.load('model.pt', weights_only=True))`."]
+    if probe:
+        lines += ["", "## Nuisance probe", "",
+                  "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "
+                  "on disjoint identities: how much of each nuisance the features still carry (chance = guessing the "
+                  "most frequent class).", ""]
+        for kind in sorted({k.split("/")[1].rsplit("_", 1)[0] for k in probe}):
+            lines.append(f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
+                         f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})")
+    lines += ["", "## Data versions", ""] + [f"- {_relative(k)}: {v}" for k, v in data.items()]
+    lines += ["", "## Use", "", "```python",
+              "from orchestrator.best import load_export",
+              "from adin_core.features import extract_features",
+              "",
+              "model, config = load_export('THIS_FOLDER')  # weights + config only; eval mode, on the CPU",
+              "# images: uint8 array (N, H, W, 3); features: flip-summed, L2-normalised (the retrieval feature)",
+              "feats = extract_features(model, images, image_size=(config.image_height, config.image_width))",
+              "distances = 1 - feats @ feats.T  # cosine distance, as the evaluation ranks",
+              "```", "",
+              "`model(x)` on a normalised float batch (`model.normalise(uint8 NCHW)`) returns the same feature.",
+              "", "## Parameters", "", "```json", json.dumps(card["config"], indent=1), "```"]
     return card, "\n".join(lines) + "\n"
 
 
@@ -125,13 +188,25 @@ def write_model_files(folder: str, state: dict[str, Any]) -> None:
         json.dump({"train_config": state["config"], "model_meta": state["model_meta"]}, fh, indent=1)
 
 
+def check_export_dir(out_dir: str) -> str:
+    """The folder to create: it must not exist, and its parent must be writable (checked before any work)."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        raise ExportError(f"--export {out_dir} already exists; choose a new folder (exports are never overwritten)")
+    parent = os.path.dirname(out_dir)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"--export {out_dir}: cannot create {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"--export {out_dir}: {parent} is not writable")
+    return out_dir
+
+
 def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) -> None:
     """All files into a temporary sibling folder, then one rename: no half-written export under `out_dir`."""
-    if os.path.exists(out_dir):
-        raise ExportError(f"{out_dir} already exists; choose a new folder (exports are never overwritten)")
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    out_dir = check_export_dir(out_dir)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out_dir))
     try:
         write_model_files(tmp, state)
         with open(os.path.join(tmp, "model_card.json"), "w") as fh:
@@ -145,7 +220,7 @@ def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) 
 
 
 def load_export(export_dir: str) -> tuple[ADINModel, TrainConfig]:
-    """Rebuild an exported model from weights and config only."""
+    """Rebuild an exported model from weights and config only (eval mode)."""
     with open(os.path.join(export_dir, "config.json")) as fh:
         cfg = json.load(fh)
     state = {"config": cfg["train_config"], "model_meta": cfg["model_meta"],
@@ -155,23 +230,27 @@ def load_export(export_dir: str) -> tuple[ADINModel, TrainConfig]:
 
 def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
                   register: str | None = None) -> tuple[Winner, dict]:
+    if register is not None and not MODEL_NAME.match(register):
+        raise ExportError(f"--register {register!r}: a model name is letters, digits, '_', '.' and '-' (no '/')")
+    check_export_dir(out_dir)
+    tracking_uri = absolute_tracking_uri(tracking_uri)
     winner = find_winner(tracking_uri, sweep)
-    if os.path.exists(out_dir):
-        raise ExportError(f"{out_dir} already exists; choose a new folder (exports are never overwritten)")
     state = load_state(winner.checkpoint_uri)
     model, config = model_from_state(state)
-    select_uris = json.loads(winner.parent_tags.get("adin.select", "[]"))
-    report_uris = json.loads(winner.parent_tags.get("adin.report", "[]"))
-    select = {k.split("/")[1]: {} for k in winner.metrics if k.startswith("select/")}
+    names = json.loads(winner.parent_tags.get(S.TARGET_NAMES, "{}"))
+    select_uris = json.loads(winner.parent_tags.get(S.SELECT, "[]"))
+    report_uris = json.loads(winner.parent_tags.get(S.REPORT, "[]"))
+    select: dict[str, dict[str, float]] = {}
     for k, v in winner.metrics.items():
-        if k.startswith("select/"):
-            _, target, metric = k.split("/", 2)
-            select[target][metric] = v
+        parts = k.split("/")
+        if len(parts) == 3 and parts[0] == "select" and not parts[2].startswith("probe_"):
+            select.setdefault(parts[1], {})[parts[2]] = v
     if not select and select_uris:
-        select = score_uris(model, config, select_uris)
-    report = score_uris(model, config, report_uris)
-    data = json.loads(winner.parent_tags.get("adin.data_versions", "{}"))
-    card, md = model_card(winner, config, select, report, data)
+        select = score_uris(model, config, {u: names.get(u, u) for u in select_uris})
+    report = score_uris(model, config, {u: names.get(u, u) for u in report_uris})
+    probe = {k: v for k, v in winner.metrics.items() if k.startswith("probe/")}
+    data = json.loads(winner.parent_tags.get(S.DATA_VERSIONS, "{}"))
+    card, md = model_card(winner, config, select, report, data, probe)
     write_export(out_dir, state, card, md)
     if register:
         register_export(out_dir, tracking_uri, winner, register)
@@ -179,7 +258,8 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
 
 
 def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str) -> None:
-    """Log the export to the sweep's parent run and register that folder as a model version (alias `champion`).
+    """Log the export to the sweep's parent run, in a folder of its own, and register that folder as a new model
+    version (alias `champion`): earlier versions keep their own files.
 
     The export holds weights, not an MLflow flavour (no pickled model), so the version is created from the
     artifact location directly rather than through mlflow.register_model, which wants a logged model.
@@ -188,15 +268,16 @@ def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str) 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    client.log_artifacts(winner.parent_run_id, out_dir, "export")
-    source = client.get_run(winner.parent_run_id).info.artifact_uri.rstrip("/") + "/export"
+    folder = f"exports/{os.path.basename(os.path.abspath(out_dir))}"
+    client.log_artifacts(winner.parent_run_id, out_dir, folder)
+    source = client.get_run(winner.parent_run_id).info.artifact_uri.rstrip("/") + "/" + folder
     try:
-        client.create_registered_model(name, tags={"adin.sweep": winner.sweep})
+        client.create_registered_model(name, tags={S.SWEEP: winner.sweep})
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
     mv = client.create_model_version(name, source=source, run_id=winner.parent_run_id,
-                                     tags={"adin.trial_id": winner.trial_id, "objective": f"{winner.objective:.6f}"})
+                                     tags={S.TRIAL: winner.trial_id, "objective": f"{winner.objective:.6f}"})
     client.set_registered_model_alias(name, "champion", mv.version)
     print(f"registered {name} version {mv.version} (alias 'champion') from {source}")
 
@@ -205,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m orchestrator.best", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", required=True, metavar="DIR", help="folder to create (must not exist)")
-    ap.add_argument("--sweep", help="sweep name (default: the latest sweep)")
+    ap.add_argument("--sweep", help="sweep name (default: the latest sweep with a finished trial)")
     ap.add_argument("--register", metavar="MODEL_NAME", help="register in the MLflow model registry")
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING))
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     args = ap.parse_args(argv)
     try:
         winner, card = export_winner(args.export, tracking_uri=args.tracking_uri, sweep=args.sweep,
@@ -215,11 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, StorageError, ShardError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"exported sweep {winner.sweep!r} trial {winner.trial_id} ({OBJECTIVE} {winner.objective:.4f}) "
-          f"to {args.export}")
+    except KeyboardInterrupt:
+        print("interrupted; nothing was exported", file=sys.stderr)
+        return 130
+    partial = " (from a PARTIAL sweep)" if winner.partial else ""
+    print(f"exported sweep {winner.sweep!r} trial {winner.trial_id} ({winner.metric} {winner.objective:.4f})"
+          f"{partial} to {args.export}")
     for role in ("select_targets", "report_targets"):
         for name, s in card[role].items():
             print(f"  {role.split('_')[0]:<6} {name:<28} mAP {s['mAP']:.4f}  rank-1 {s.get('rank1', 0):.4f}")
+    for key, value in sorted(card["nuisance_probe"].items()):
+        print(f"  {key:<35} {value:.3f}")
     return 0
 
 

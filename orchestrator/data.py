@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except DATA_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was committed (a version exists only once its manifest is written)",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,13 +1,14 @@
-"""The sweep's live table of trials (state, evaluations, latest objective, key parameters) and its leaderboard."""
+"""What the sweep prints while it runs: a live table of trials (state, evaluations, the objective, the camera
+probe, the searched parameters) and, for a trial that has waited long for resources, what it waits for."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
-from ray.tune import Callback
+from orchestrator.tracking.callback import LiveCallback
 
-from orchestrator.trial import OBJECTIVE
+WAIT_WARNING_S = 60.0  # a trial with no report after this long gets a reason in the table
 
 
 def _fmt(v: Any) -> str:
@@ -16,33 +17,36 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def format_table(rows: dict[str, dict], params: list[str], limit: int = 30) -> str:
-    head = ["trial", "status", "evals", OBJECTIVE] + params
-    lines = [head]
-    for tid, r in list(rows.items())[:limit]:
-        obj = "-" if r["obj"] is None else f"{r['obj']:.4f}"
-        lines.append([tid, r["status"], str(r["iter"]), obj] + [_fmt(r["config"].get(p, "")) for p in params])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+def format_table(head: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
+    rows = [list(head)] + [[_fmt(c) for c in line] for line in lines]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-class ProgressTable(Callback):
+class ProgressTable(LiveCallback):
     """A Tune callback printing the table when a trial ends, and at most every `every_s` seconds otherwise."""
 
-    def __init__(self, params: list[str], every_s: float = 15.0) -> None:
-        self.params, self.every_s, self.last = params, every_s, 0.0
-        self.rows: dict[str, dict] = {}
+    def __init__(self, sweep: str, metric: str, params: list[str], *, every_s: float = 15.0,
+                 waiting_reason: Callable[[], str | None] | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.metric, self.params, self.every_s = metric, params, every_s
+        self.waiting_reason, self.log = waiting_reason, log
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.last = 0.0
+        self.register(f"progress:{sweep}")
 
     def _row(self, trial, status: str, result: dict | None = None) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"status": "PENDING", "iter": 0, "obj": None,
-                                                    "config": trial.config})
+        row = self.rows.setdefault(trial.trial_id, {"status": "PENDING", "evals": 0, "obj": None, "probe": None,
+                                                    "config": trial.config, "since": time.monotonic()})
         row["status"] = status
         if result:
-            row["iter"] = result.get("training_iteration", row["iter"])
-            row["obj"] = result.get(OBJECTIVE, row["obj"])
+            row["evals"] = result.get("training_iteration", row["evals"])
+            row["obj"] = result.get(self.metric, row["obj"])
+            row["probe"] = result.get("probe/camera_acc", row["probe"])
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._row(trial, "RUNNING")
+        self.rows[trial.trial_id]["since"] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._row(trial, "RUNNING", result)
@@ -56,8 +60,29 @@ class ProgressTable(Callback):
         self._row(trial, "ERROR")
         self._print(force=True)
 
+    def on_step_end(self, iteration, trials, **info) -> None:
+        for trial in trials:
+            if trial.trial_id not in self.rows and trial.status == "PENDING":
+                self._row(trial, "PENDING")
+        self._print()
+
+    def table(self) -> str:
+        head = ["trial", "status", "evals", self.metric, "probe camera", *self.params]
+        lines = [[tid, r["status"], r["evals"], "-" if r["obj"] is None else f"{r['obj']:.4f}",
+                  "-" if r["probe"] is None else f"{r['probe']:.3f}", *[r["config"].get(p, "") for p in self.params]]
+                 for tid, r in list(self.rows.items())[:30]]
+        return format_table(head, lines)
+
     def _print(self, force: bool = False) -> None:
-        if not force and time.time() - self.last < self.every_s:
+        if not force and time.monotonic() - self.last < self.every_s:
             return
-        self.last = time.time()
-        print(format_table(self.rows, self.params), flush=True)
+        self.last = time.monotonic()
+        out = self.table()
+        now = time.monotonic()
+        waiting = [tid for tid, r in self.rows.items()
+                   if r["status"] in ("PENDING", "RUNNING") and r["evals"] == 0 and now - r["since"] > WAIT_WARNING_S]
+        reason = self.waiting_reason() if waiting and self.waiting_reason is not None else None
+        if reason:
+            oldest = max(now - self.rows[t]["since"] for t in waiting)
+            out += f"\n  {len(waiting)} trial(s) without a report for up to {oldest:.0f} s: {reason}"
+        self.log(out)

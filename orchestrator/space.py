@@ -1,56 +1,131 @@
-"""Search-space files: YAML -> a validated `SearchSpace` -> an Optuna define-by-run function.
+"""Search-space files: YAML -> a validated, frozen `SearchSpace` -> an Optuna define-by-run function.
 
 ```yaml
 name: thresholds                 # MLflow experiment; Tune experiment prefix
-objective: {metric: transfer_mAP, mode: max}   # mean direct-transfer mAP over the `select` targets
-source: synthetic:hard/source    # a shard-set URI (<root>/<dataset>/<version>), or synthetic:<preset>/<domain>
+objective: {metric: transfer_mAP, mode: max}   # the mean direct-transfer mAP over the `select` targets
+source: synthetic:shortcut/source    # a shard-set URI (<root>/<dataset>/<version>) or synthetic:<preset>/<domain>
 targets:
-  select: [synthetic:hard/select]   # choose hyper-parameters on these
-  report: [synthetic:hard/report]   # scored for the winner only, never used to choose
+  select: [synthetic:shortcut/select]   # choose hyper-parameters on these
+  report: [synthetic:shortcut/report]   # scored for the winner only, never used to choose
 search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0}   # sampler: tpe | random | cmaes | gp
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}      # or {type: none}
 resources: {workers: 1, cpus_per_worker: 0.49, gpus_per_worker: 0}
 training: {epochs: 8, eval_every_epochs: 2, checkpoints_to_keep: 2}
 parameters:
   beta: {type: float, low: 0.1, high: 10, log: true}
-  adv_loss: {type: categorical, choices: [cane, ne]}
-  prior_temperature: {type: float, low: 0, high: 2, when: {adv_loss: cane}}   # conditional
+  adv_loss: {type: categorical, choices: [kl, ne]}
+  prior_temperature: {type: float, low: 0, high: 2, when: {adv_loss: kl}}   # conditional on a choice above
 fixed: {backbone: small_cnn, image_height: 64, image_width: 32}
 ```
 
-Parameters and fixed values are `adin_core.config.TrainConfig` fields; everything is checked before any Ray
-work starts, including that the extreme corners of the space make valid configs.
+Parameters and fixed values are `adin_core.config.TrainConfig` fields. Everything is checked before any Ray
+work starts, including that the extreme corners of the space make valid configs; an error names the file (or the
+command-line flag that set the value), the key and what is allowed. The objective may be `transfer_mAP`,
+`source/<metric>` (the source's own cross-camera test), `probe/<kind>_acc` (usually with `mode: min`) or
+`select/<target>/<metric>`.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from adin_core.config import ConfigError, TrainConfig
+from adin_core.evaluation import OBJECTIVE, PROBE_KINDS
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "int", "categorical")
 TOP_KEYS = {"name", "description", "objective", "source", "targets", "search", "scheduler", "resources", "training",
             "parameters", "fixed"}
-TRAIN_FIELDS = {f for f in TrainConfig.__dataclass_fields__}
+TRAIN_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 RESERVED_FIXED = {"epochs"}  # set through training.epochs
+RANK_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
+MAX_CORNERS = 4096  # 2**12: every corner of a 12-parameter space; larger spaces are checked on the first ones
+
+
+class FrozenDict(dict):
+    """A read-only dict that pickles (MappingProxyType does not, and Ray pickles the plan to every trial)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a search space is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
 
 
 class SpaceError(ValueError):
-    """A malformed search-space file; the message names the file, the key and what is allowed."""
+    """A malformed search space or flag; the message names the file or flag, the key and what is allowed."""
 
 
-def make_train_config(fixed: dict[str, Any], sampled: dict[str, Any], epochs: float) -> TrainConfig:
+def make_train_config(fixed: Mapping[str, Any], sampled: Mapping[str, Any], epochs: float) -> TrainConfig:
     """A trial's TrainConfig: fixed values, then sampled ones, then the training budget. The one rule shared by
-    the corner check (before Ray starts) and the trials, so what was checked is what runs."""
+    the corner check (before Ray starts), the trials, their tracking and the verification of the winner."""
     return TrainConfig.from_dict({**fixed, **{k: v for k, v in sampled.items() if k in TRAIN_FIELDS},
                                   "epochs": epochs})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the sections of a space
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Objective:
+    metric: str = OBJECTIVE
+    mode: str = "max"
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+
+@dataclass(frozen=True)
+class Targets:
+    source: str
+    select: tuple[str, ...]
+    report: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    sampler: str = "tpe"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+
+    def make_sampler(self):
+        import optuna
+
+        cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[self.sampler]
+        return cls(seed=self.seed)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    max_t: int = 1  # evaluations in a full trial: training.epochs / training.eval_every_epochs
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: float = 8.0
+    eval_every_epochs: float = 1.0
+    checkpoints_to_keep: int = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +139,7 @@ class Param:
     choices: tuple[Any, ...] = ()
     when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (parameter, allowed values) pairs, all must hold
 
-    def active(self, values: dict[str, Any]) -> bool:
+    def active(self, values: Mapping[str, Any]) -> bool:
         return all(name in values and values[name] in allowed for name, allowed in self.when)
 
     def suggest(self, trial: Any) -> Any:
@@ -78,88 +153,126 @@ class Param:
     def corners(self) -> list[Any]:
         return list(self.choices) if self.type == "categorical" else [self.low, self.high]
 
+    def distribution(self):
+        """The Optuna distribution this parameter is suggested from."""
+        import optuna.distributions as d
+
+        if self.type == "float":
+            return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return d.CategoricalDistribution(list(self.choices))
+
 
 @dataclass(frozen=True)
 class DefineByRun:
     """Optuna define-by-run: suggests the active parameters in file order (so `when:` conditions see the values
-    chosen above them) and returns the fixed values. A plain class, so Tune can pickle the searcher for --resume."""
+    chosen above them). Fixed values are not Tune's business: trials get them from the plan. A plain class, so
+    Tune can pickle the searcher for --resume."""
 
     params: tuple[Param, ...]
-    fixed: dict[str, Any]
 
-    def __call__(self, trial: Any) -> dict[str, Any]:
+    def __call__(self, trial: Any) -> None:
         values: dict[str, Any] = {}
         for p in self.params:
             if p.active(values):
                 values[p.name] = p.suggest(trial)
-        return dict(self.fixed)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSpace:
     path: str
     name: str
-    metric: str
-    mode: str
-    source: str
-    select: list[str]
-    report: list[str]
-    sampler: str
-    num_samples: int
-    max_concurrent: int
-    seed: int
-    scheduler: dict[str, Any]
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    epochs: float
-    eval_every_epochs: float
-    checkpoints_to_keep: int
-    params: list[Param]
-    fixed: dict[str, Any]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    objective: Objective
+    targets: Targets
+    search: SearchSettings
+    scheduler: SchedulerSettings
+    resources: Resources
+    training: TrainingSettings
+    params: tuple[Param, ...]
+    fixed: Mapping[str, Any]
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
-    # --------------------------------------------------------------------------------------------------
-    def define_by_run(self) -> "DefineByRun":
-        return DefineByRun(tuple(self.params), dict(self.fixed))
+    def define_by_run(self) -> DefineByRun:
+        return DefineByRun(self.params)
 
-    def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return make_train_config(self.fixed, sampled, self.epochs)
+    def train_config(self, sampled: Mapping[str, Any]) -> TrainConfig:
+        return make_train_config(self.fixed, sampled, self.training.epochs)
 
-    def make_sampler(self):
-        import optuna
+    def sampled(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The searched parameters of a Tune trial config (Tune adds its own keys)."""
+        names = {p.name for p in self.params}
+        return {k: v for k, v in config.items() if k in names}
 
-        if self.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=self.seed)
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        if self.sampler == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=self.seed)
-        return optuna.samplers.GPSampler(seed=self.seed)
-
-    def with_overrides(self, **changes: Any) -> "SearchSpace":
-        """Command-line overrides (dataset URIs, resources, budget), validated like the file."""
-        raw = yaml.safe_load(yaml.safe_dump(self.raw))
-        for key, value in changes.items():
-            if value is None:
-                continue
+    def with_overrides(self, changes: Mapping[str, tuple[str, Any]]) -> "SearchSpace":
+        """Command-line overrides, `{"section.key": (flag, value)}`, validated like the file; an error names the
+        flag, not the file, since the flag set the value."""
+        raw = yaml.safe_load(yaml.safe_dump(_plain(self.raw)))
+        flags = {}
+        for key, (flag, value) in changes.items():
             section, _, sub = key.partition(".")
             if sub:
                 raw.setdefault(section, {})[sub] = value
             else:
                 raw[section] = value
-        return parse_space(raw, self.path)
+            flags[key] = flag
+        try:
+            return parse_space(raw, self.path)
+        except SpaceError as exc:
+            msg = str(exc)
+            for key, flag in flags.items():
+                prefix = f"{self.path}: {key}"
+                if msg.startswith(prefix):
+                    raise SpaceError(f"{flag}{msg[len(prefix):]}") from None
+            given = " ".join(f"{flag} {_plain(changes[k][1])}" for k, flag in flags.items())
+            raise SpaceError(f"{msg} (with the command line's {given})") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def load_space(path: str) -> SearchSpace:
+    if os.path.isdir(path):
+        raise SpaceError(f"--space {path} is a folder; give a search-space YAML file (search_spaces/*.yaml)")
     try:
-        with open(path) as fh:
-            raw = yaml.safe_load(fh)
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.load(fh, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
-        raise SpaceError(f"search-space file {path} does not exist") from None
+        raise SpaceError(f"--space {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"--space {path} is not a text (YAML) file") from None
+    except OSError as exc:
+        raise SpaceError(f"--space {path} cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise SpaceError(f"{where}: not valid YAML: {what or exc}") from None
     return parse_space(raw, path)
 
 
@@ -167,13 +280,13 @@ def _err(path: str, key: str, msg: str) -> SpaceError:
     return SpaceError(f"{path}: {key}: {msg}")
 
 
-def _section(raw: dict, path: str, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _section(raw: Mapping, path: str, key: str, allowed: set[str], required: frozenset[str] = frozenset()) -> dict:
     sec = raw.get(key, {})
     if sec is None:
         sec = {}
     if not isinstance(sec, dict):
         raise _err(path, key, f"must be a mapping with keys {sorted(allowed)}")
-    unknown = sorted(set(sec) - allowed)
+    unknown = sorted(set(sec) - allowed, key=str)
     if unknown:
         raise _err(path, f"{key}.{unknown[0]}", f"unknown key; allowed: {sorted(allowed)}")
     missing = sorted(required - set(sec))
@@ -186,17 +299,36 @@ def _number(path: str, key: str, value: Any, *, integer: bool = False, low: floa
             low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise _err(path, key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise _err(path, key, f"must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise _err(path, key, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
     return int(value) if integer else float(value)
 
 
-def _uri_list(path: str, key: str, value: Any) -> list[str]:
+def _uri_list(path: str, key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _err(path, key, "must be a URI or a list of URIs")
-    return list(value)
+    if len(set(value)) != len(value):
+        raise _err(path, key, "lists a target twice")
+    return tuple(value)
+
+
+def _check_metric(path: str, metric: Any) -> str:
+    if not isinstance(metric, str) or not metric:
+        raise _err(path, "objective.metric", "must be a metric name")
+    parts = metric.split("/")
+    ok = (metric == OBJECTIVE
+          or (len(parts) == 2 and parts[0] == "source" and parts[1] in RANK_METRICS)
+          or (len(parts) == 2 and parts[0] == "probe" and parts[1] in {f"{k}_acc" for k in PROBE_KINDS})
+          or (len(parts) == 3 and parts[0] == "select" and parts[1] and parts[2] in RANK_METRICS))
+    if not ok:
+        raise _err(path, "objective.metric", f"{metric!r} is not a metric a trial reports; choose {OBJECTIVE}, "
+                                             f"source/<{'|'.join(RANK_METRICS)}>, probe/<camera|time>_acc or "
+                                             "select/<target>/<metric>")
+    return metric
 
 
 def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> Param:
@@ -207,7 +339,7 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
     if not isinstance(spec, dict):
         raise _err(path, key, "must be a mapping like {type: float, low: 0.1, high: 10}")
     allowed = {"type", "low", "high", "log", "step", "choices", "when"}
-    unknown = sorted(set(spec) - allowed)
+    unknown = sorted(set(spec) - allowed, key=str)
     if unknown:
         raise _err(path, f"{key}.{unknown[0]}", f"unknown key; allowed: {sorted(allowed)}")
     ptype = spec.get("type")
@@ -233,6 +365,8 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _err(path, f"{key}.choices", "must be a non-empty list")
+        if len({repr(c) for c in choices}) != len(choices):
+            raise _err(path, f"{key}.choices", "lists a choice twice")
         return Param(name, ptype, choices=tuple(choices), when=tuple(when))
     if "choices" in spec:
         raise _err(path, f"{key}.choices", f"does not apply to a {ptype} parameter")
@@ -259,68 +393,64 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
 def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: the file must hold a mapping with keys {sorted(TOP_KEYS)}")
-    unknown = sorted(set(raw) - TOP_KEYS)
+    unknown = sorted(set(raw) - TOP_KEYS, key=str)
     if unknown:
-        raise _err(path, unknown[0], f"unknown key; allowed: {sorted(TOP_KEYS)}")
+        raise _err(path, str(unknown[0]), f"unknown key; allowed: {sorted(TOP_KEYS)}")
     for key in ("name", "source", "targets", "parameters"):
         if key not in raw:
             raise _err(path, key, "is required")
     name = raw["name"]
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise _err(path, "name", f"must be letters, digits, '-' or '_', got {name!r}")
     obj = _section(raw, path, "objective", {"metric", "mode"})
-    metric = obj.get("metric", "transfer_mAP")
     mode = obj.get("mode", "max")
     if mode not in ("max", "min"):
         raise _err(path, "objective.mode", f"{mode!r} is not allowed; choose 'max' or 'min'")
-    if not isinstance(metric, str):
-        raise _err(path, "objective.metric", "must be a metric name")
+    objective = Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode)
     if not isinstance(raw["source"], str) or not raw["source"]:
         raise _err(path, "source", "must be a shard-set URI")
-    targets = _section(raw, path, "targets", {"select", "report"}, {"select"})
-    select = _uri_list(path, "targets.select", targets["select"])
-    report = _uri_list(path, "targets.report", targets.get("report", []))
-    overlap = sorted(set(select) & set(report))
+    tsec = _section(raw, path, "targets", {"select", "report"}, frozenset({"select"}))
+    targets = Targets(raw["source"], _uri_list(path, "targets.select", tsec["select"]),
+                      _uri_list(path, "targets.report", tsec.get("report", [])))
+    overlap = sorted(set(targets.select) & set(targets.report))
     if overlap:
         raise _err(path, "targets.report", f"{overlap[0]} is also a select target: a target used to choose "
                                             "cannot report generalisation")
-    search = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed"})
-    sampler = search.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise _err(path, "search.sampler", f"{sampler!r} is not allowed; choose one of {list(SAMPLERS)}")
-    num_samples = _number(path, "search.num_samples", search.get("num_samples", 8), integer=True, low=1)
-    max_conc = _number(path, "search.max_concurrent", search.get("max_concurrent", 2), integer=True, low=1)
-    seed = _number(path, "search.seed", search.get("seed", 0), integer=True, low=0)
+    if targets.source in targets.select + targets.report:
+        raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
+    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed"})
+    if s.get("sampler", "tpe") not in SAMPLERS:
+        raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
+    search = SearchSettings(s.get("sampler", "tpe"),
+                            _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1),
+                            _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1),
+                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0))
+    t = _section(raw, path, "training", {"epochs", "eval_every_epochs", "checkpoints_to_keep"})
+    training = TrainingSettings(
+        _number(path, "training.epochs", t.get("epochs", 8), low=0, low_open=True),
+        _number(path, "training.eval_every_epochs", t.get("eval_every_epochs", 1), low=0, low_open=True),
+        _number(path, "training.checkpoints_to_keep", t.get("checkpoints_to_keep", 2), integer=True, low=1))
     sched = _section(raw, path, "scheduler", {"type", "grace_period", "reduction_factor"})  # max_t: the epochs
     stype = sched.get("type", "asha")
     if stype not in SCHEDULERS:
         raise _err(path, "scheduler.type", f"{stype!r} is not allowed; choose one of {list(SCHEDULERS)}")
-    scheduler = {"type": stype}
-    if stype == "asha":
-        scheduler["grace_period"] = _number(path, "scheduler.grace_period", sched.get("grace_period", 1),
-                                            integer=True, low=1)
-        scheduler["reduction_factor"] = _number(path, "scheduler.reduction_factor",
-                                                sched.get("reduction_factor", 2), low=1, low_open=True)
-    elif len(sched) > 1:
+    if stype == "none" and len(sched) > 1:
         raise _err(path, "scheduler", "type 'none' takes no other settings")
-    res = _section(raw, path, "resources", {"workers", "cpus_per_worker", "gpus_per_worker"})
-    workers = _number(path, "resources.workers", res.get("workers", 1), integer=True, low=1)
-    cpus = _number(path, "resources.cpus_per_worker", res.get("cpus_per_worker", 1), low=0, low_open=True)
-    gpus = _number(path, "resources.gpus_per_worker", res.get("gpus_per_worker", 0), low=0)
-    training = _section(raw, path, "training", {"epochs", "eval_every_epochs", "checkpoints_to_keep"})
-    epochs = _number(path, "training.epochs", training.get("epochs", 8), low=0, low_open=True)
-    eval_every = _number(path, "training.eval_every_epochs", training.get("eval_every_epochs", 1), low=0,
-                         low_open=True)
-    keep = _number(path, "training.checkpoints_to_keep", training.get("checkpoints_to_keep", 2), integer=True,
-                   low=1)
-    if scheduler["type"] == "asha":
-        scheduler["max_t"] = max(1, math.ceil(epochs / eval_every))
+    scheduler = SchedulerSettings(
+        stype, _number(path, "scheduler.grace_period", sched.get("grace_period", 1), integer=True, low=1),
+        _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True),
+        max(1, math.ceil(training.epochs / training.eval_every_epochs)))
+    r = _section(raw, path, "resources", {"workers", "cpus_per_worker", "gpus_per_worker"})
+    resources = Resources(_number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
+                          _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0,
+                                  low_open=True),
+                          _number(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), low=0))
     params_raw = raw["parameters"]
     if not isinstance(params_raw, dict) or not params_raw:
         raise _err(path, "parameters", "must map TrainConfig fields to {type: ...} specs")
     params: dict[str, Param] = {}
     for pname, spec in params_raw.items():
-        params[pname] = _parse_param(path, str(pname), spec, params)
+        params[str(pname)] = _parse_param(path, str(pname), spec, params)
     fixed = raw.get("fixed", {}) or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must map TrainConfig fields to values")
@@ -330,16 +460,11 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                        "is set by training.epochs")
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
-    space = SearchSpace(path=path, name=name, metric=metric, mode=mode, source=raw["source"], select=select,
-                        report=report, sampler=sampler, num_samples=num_samples, max_concurrent=max_conc, seed=seed,
-                        scheduler=scheduler, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                        epochs=epochs, eval_every_epochs=eval_every, checkpoints_to_keep=keep,
-                        params=list(params.values()), fixed=dict(fixed), raw=raw)
+    space = SearchSpace(path=path, name=name, objective=objective, targets=targets, search=search,
+                        scheduler=scheduler, resources=resources, training=training, params=tuple(params.values()),
+                        fixed=FrozenDict(fixed), raw=FrozenDict(raw))
     _check_corners(space)
     return space
-
-
-MAX_CORNERS = 4096  # 2**12: every corner of a 12-parameter space; larger spaces are checked on the first ones
 
 
 def _check_corners(space: SearchSpace) -> None:

@@ -1,9 +1,10 @@
 """One sweep trial: a Tune function that launches a Ray Train `TorchTrainer` running adin_core's loop.
 
 Every worker trains (gradients all-reduced by adin_core over the process group Ray Train sets up: gloo on CPU,
-NCCL on GPU). At each evaluation point rank 0 scores direct transfer to the `select` targets and every rank calls
-`ray.train.report`, rank 0 with the metrics and a checkpoint; `TuneReportCallback` forwards them to Tune. The
-objective (`transfer_mAP`) is the mean mAP over the select targets; report targets are never scored here.
+NCCL on GPU). adin_core's `EvaluationHook` decides when to evaluate and rank 0 scores (direct transfer to the
+`select` targets, the source's own test split and the nuisance probe); this module only reports to Ray and
+checkpoints: every rank calls `ray.train.report`, rank 0 with the metrics and a checkpoint, and
+`TuneReportCallback` forwards them to Tune. Report targets are never scored here.
 
 The Train run is named after the Tune trial, under the sweep's storage: a restarted trial (worker lost, sweep
 resumed) finds its own run and continues from the last checkpoint. Rank 0 also keeps `progress.json` there (the
@@ -18,61 +19,37 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from adin_core.config import TrainConfig
+from adin_core.data.memory import EvalTarget
 from adin_core.data.shards import ShardSet
 from adin_core.data.storage import StorageUnavailable
-from adin_core.data.memory import EvalTarget
-from adin_core.evaluation import OBJECTIVE, Evaluator, score_target
+from adin_core.evaluation import EvaluationHook, Evaluator, score_target
 from adin_core.train import ADINTrainer, CheckReport
-from orchestrator.retry import DEFAULT_BUDGET_S, Backoff, RetryStats, call_with_backoff
-from orchestrator.space import make_train_config
+from orchestrator.retry import Backoff, RetryStats, call_with_backoff
+
+if TYPE_CHECKING:
+    from orchestrator.plan import SweepPlan, Target
 
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer (DESIGN 3)
-PHASES = ("pretrain_id", "pretrain_nuisance", "adversarial", "rescue", "refresh", "done")
+MAX_WORKER_FAILURES = 2  # Train restarts a trial's worker group this often from its last checkpoint
 
 
-@dataclass(frozen=True)
-class TrialSettings:
-    """Everything a trial needs besides its sampled parameters; the same for every trial of a sweep."""
-
-    sweep: str
-    storage: str  # sweep storage root URI (local path or s3://bucket/prefix)
-    source: str
-    select: tuple[str, ...]
-    fixed: dict[str, Any]
-    epochs: float
-    eval_every_epochs: float
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float
-    checkpoints_to_keep: int
-    max_failures: int = 2
-    retry_budget_s: float = DEFAULT_BUDGET_S
-
-    def train_config(self, sampled: dict[str, Any]) -> TrainConfig:
-        return make_train_config(self.fixed, sampled, self.epochs)
-
-
-def open_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
-    """A shard set's test split as a direct-transfer target, named by its dataset (the key of its metrics)."""
-    shards = ShardSet.open(uri)
-    t = shards.eval_target(image_size)
-    return EvalTarget(shards.manifest["dataset"], t.query, t.gallery)
+def open_target(target: "Target", image_size: tuple[int, int]) -> EvalTarget:
+    """A planned target's test split, named as the plan names it (the key of its metrics)."""
+    return ShardSet.open(target.uri).eval_target(image_size, name=target.name)
 
 
 def source_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
     """The training dataset's own test split: cross-camera retrieval on seen cameras, and the nuisance probe."""
-    t = ShardSet.open(uri).eval_target(image_size)
-    return EvalTarget("source", t.query, t.gallery)
+    return ShardSet.open(uri).eval_target(image_size, name="source")
 
 
 def score_targets(model, targets: list[EvalTarget], config: TrainConfig,
@@ -140,37 +117,24 @@ class TrialProgress:
                 "faults/resumed_from_step": float(self.resumed_from_step)}
 
 
-class RayReportHook:
-    """At evaluation points (every `eval_every_steps`, and at the end): evaluate on rank 0, report from all."""
+class RaySink:
+    """What the evaluation hook hands each evaluation to: every rank calls `ray.train.report` (Train needs all of
+    them), rank 0 with the metrics and a checkpoint, uploaded through `upload` (with backoff); the progress record
+    and the storage retries ride along as `faults/*`."""
 
-    def __init__(self, evaluator: Evaluator, eval_every_steps: int, rank: int, progress: TrialProgress | None,
-                 stats: RetryStats, upload: Callable) -> None:
-        self.evaluator, self.every, self.rank = evaluator, max(1, eval_every_steps), rank
-        self.progress, self.stats, self.upload = progress, stats, upload  # progress: rank 0 only
-        self.next_eval: int | None = None
+    def __init__(self, rank: int, progress: TrialProgress | None, stats: RetryStats, upload: Callable) -> None:
+        self.rank, self.progress, self.stats, self.upload = rank, progress, stats, upload
 
     def on_check(self, trainer: ADINTrainer, report: CheckReport) -> None:
-        import ray.train
-
         if self.progress is not None:
             self.progress.write(report.step)
-        if self.next_eval is None:  # first check of this process (fresh or resumed)
-            self.next_eval = (report.step // self.every + 1) * self.every if report.step % self.every else report.step
-        final = report.next_phase == "done"
-        if report.step < self.next_eval and not final:
-            return
-        self.next_eval = (report.step // self.every + 1) * self.every
-        metrics: dict[str, Any] = {}
+
+    def __call__(self, trainer: ADINTrainer, report: CheckReport, metrics: dict[str, Any], final: bool) -> None:
+        import ray.train
+
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
-                metrics = {k: float(v) for k, v in report.metrics().items()}
-                metrics.update(self.evaluator.evaluate(trainer.model, trainer.config, trainer.device))
-                metrics["phase"] = report.next_phase
-                metrics["phase_index"] = float(PHASES.index(report.next_phase))
-                metrics["adversarial_rounds"] = float(trainer.schedule.rounds)
-                metrics["final"] = float(final)
-                metrics["world_size"] = float(trainer.world_size)
                 if self.progress is not None:
                     metrics.update(self.progress.metrics())
                 torch.save(trainer.state_dict(), os.path.join(tmp, STATE_FILE))
@@ -218,21 +182,23 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    plan: SweepPlan = loop_config["plan"]
+    config: TrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    config = TrainConfig.from_dict(loop_config["train_config"])
     size = (config.image_height, config.image_width)
     stats = RetryStats()
     storage_retry = functools.partial(call_with_backoff, service="storage", retry_on=STORAGE_TRANSIENT,
-                                      backoff=Backoff(budget_s=loop_config["retry_budget_s"]), stats=stats)
-    source = loop_config["source"]
-    data = storage_retry(lambda: ShardSet.open(source).training_data(config.nuisance, size),
-                         what=f"reading the training data {source}")
-    evaluator = Evaluator()
+                                      backoff=Backoff(budget_s=plan.retry_budget_s), stats=stats)
+    data = storage_retry(lambda: ShardSet.open(plan.source).training_data(config.nuisance, size),
+                         what=f"reading the training data {plan.source}")
+    evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
+                                                    * data.steps_per_epoch(config.batch_size, world))))
     if rank == 0:  # rank 0 evaluates: the select targets, and the source's own test split with the probe
-        evaluator.select = [storage_retry(functools.partial(open_target, uri, size), what=f"reading target {uri}")
-                            for uri in loop_config["select"]]
-        evaluator.source = storage_retry(lambda: source_target(source, size), what=f"reading {source}'s test split")
+        evaluator.select = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
+                            for t in plan.select]
+        evaluator.source = storage_retry(lambda: source_target(plan.source, size),
+                                         what=f"reading {plan.source}'s test split")
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run() if rank == 0 else None
 
@@ -240,14 +206,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         return storage_retry(functools.partial(_persist, storage, checkpoint, dir_name),
                              what=f"uploading checkpoint {dir_name}")
 
-    steps_per_epoch = data.steps_per_epoch(config.batch_size, world)
-    hook = RayReportHook(evaluator, round(loop_config["eval_every_epochs"] * steps_per_epoch), rank,
-                         progress=progress, stats=stats, upload=upload)
-    trainer = ADINTrainer(config, data, hooks=[hook], device=ray.train.torch.get_device(), rank=rank,
+    sink = RaySink(rank, progress, stats, upload)
+    hook = EvaluationHook(evaluator, sink, rank=rank)
+    trainer = ADINTrainer(config, data, hooks=[sink, hook], device=ray.train.torch.get_device(), rank=rank,
                           world_size=world)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         trainer.load_state_dict(storage_retry(lambda: _load_checkpoint(checkpoint), what="restoring the checkpoint"))
+    hook.previous_step = trainer.schedule.step
     if progress is not None:
         progress.start(trainer.schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
     if not trainer.schedule.done:
@@ -258,8 +224,9 @@ def train_run_name(trial_id: str) -> str:
     return f"trial-{trial_id}"
 
 
-def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
-    """The Tune function trainable: one TorchTrainer per trial."""
+def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
+    """The Tune function trainable: one TorchTrainer per trial. Its TrainConfig is built (and validated) here,
+    once, from the plan's fixed values and the sampled ones."""
     import ray.tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -268,26 +235,23 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     from orchestrator.storage import train_storage
 
     trial_id = ray.tune.get_context().get_trial_id()
-    config = settings.train_config(sampled)
+    config = plan.space.train_config(plan.space.sampled(tune_config))
     storage_path, storage_fs = call_with_backoff(
-        lambda: train_storage(settings.storage, settings.sweep, settings.retry_budget_s), service="storage",
-        retry_on=STORAGE_TRANSIENT,
-        what=f"opening the sweep storage {settings.storage}", backoff=Backoff(budget_s=settings.retry_budget_s))
-    use_gpu = settings.gpus_per_worker > 0
-    resources = {"CPU": settings.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = settings.gpus_per_worker
+        lambda: train_storage(plan.storage, plan.sweep, plan.retry_budget_s), service="storage",
+        retry_on=STORAGE_TRANSIENT, what=f"opening the sweep storage {plan.storage}",
+        backoff=Backoff(budget_s=plan.retry_budget_s))
+    res = plan.space.resources
+    use_gpu = res.gpus_per_worker > 0
+    resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"train_config": config.to_dict(), "source": settings.source,
-                           "select": list(settings.select), "eval_every_epochs": settings.eval_every_epochs,
-                           "retry_budget_s": settings.retry_budget_s},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config={"config": config, "plan": plan},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=train_run_name(trial_id), storage_path=storage_path, storage_filesystem=storage_fs,
             callbacks=[TuneReportCallback()],
-            checkpoint_config=CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=settings.max_failures)),
+            checkpoint_config=CheckpointConfig(num_to_keep=plan.space.training.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)),
     )
     trainer.fit()

@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README_JOB = "python -m orchestrator.sweep --space search_spaces/thresholds.yaml"
@@ -27,14 +27,17 @@ def _load(path: str):
         return list(yaml.safe_load_all(fh))
 
 
-def _job_space(entrypoint: str):
+def _job_resources(entrypoint: str):
+    """The search space a job's command line runs: the file with the command's experiment flags applied."""
+    from orchestrator.plan import _overrides, _space_changes
     from orchestrator.space import load_space
-    from orchestrator.sweep import apply_overrides, parse_args
+    from orchestrator.sweep import parse_args
 
     argv = shlex.split(entrypoint)
     assert argv[:3] == ["python", "-m", "orchestrator.sweep"]
     args = parse_args(argv[3:])
-    return apply_overrides(load_space(os.path.join(REPO, args.space)), args)
+    space = load_space(os.path.join(REPO, args.space))
+    return space.with_overrides(_space_changes(space, _overrides(args))).resources
 
 
 def test_aws_cluster_config():
@@ -53,11 +56,11 @@ def test_aws_cluster_config():
     assert any(f"cd {mount}" in c and "pip install" in c and "-e ." in c for c in cfg["setup_commands"])
     # the documented job's trial workers fit on each GPU node type
     (job,) = _load("cluster/kuberay/rayjob.yaml")
-    space = _job_space(job["spec"]["entrypoint"])
+    res = _job_resources(job["spec"]["entrypoint"])
     for name, t in gpu_types.items():
         per_gpu_cpus = t["resources"]["CPU"] / t["resources"]["GPU"]
-        assert space.gpus_per_worker <= t["resources"]["GPU"], name
-        assert space.cpus_per_worker * space.gpus_per_worker <= per_gpu_cpus, name
+        assert res.gpus_per_worker <= t["resources"]["GPU"], name
+        assert res.cpus_per_worker * res.gpus_per_worker <= per_gpu_cpus, name
 
 
 def test_kuberay_manifests():
@@ -80,13 +83,13 @@ def test_kuberay_manifests():
     entry = job["spec"]["entrypoint"]
     assert entry.startswith(README_JOB) and README_JOB in open(os.path.join(REPO, "README.md")).read()
     assert "AWS_SECRET_ACCESS_KEY" not in json.dumps(job)
-    space = _job_space(entry)
+    res = _job_resources(entry)
     gpu_group = groups[0]
     limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(gpu_group["rayStartParams"]["num-gpus"]) == int(limits["nvidia.com/gpu"])
-    assert space.gpus_per_worker <= int(limits["nvidia.com/gpu"])
-    assert space.cpus_per_worker <= int(gpu_group["rayStartParams"]["num-cpus"])
-    assert space.workers <= gpu_group["maxReplicas"]
+    assert res.gpus_per_worker <= int(limits["nvidia.com/gpu"])
+    assert res.cpus_per_worker <= int(gpu_group["rayStartParams"]["num-cpus"])
+    assert res.workers <= gpu_group["maxReplicas"]
 
 
 # --- faults at start: a clear error within seconds, before any trial ------------------------------------------
@@ -224,7 +227,7 @@ def test_two_node_cluster_end_to_end(local_cluster):
     children = [r for r in runs if r.data.tags.get("adin.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
-    assert all(c.data.tags["checkpoint_uri"].startswith("s3://adin-sweeps/sweeps/") for c in children)
+    assert all(c.data.tags["adin.checkpoint"].startswith("s3://adin-sweeps/sweeps/") for c in children)
     # the exported winner (checkpoint fetched from the S3 endpoint)
     out = os.path.join(state, "export")
     best = subprocess.run([sys.executable, "-m", "orchestrator.best", "--export", out], cwd=REPO, env=env,
@@ -340,7 +343,7 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
     assert status == "SUCCEEDED", _job_logs(env, job)[-4000:]
     parent, children = _sweep_runs(env, sweep)
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.tags["checkpoint_uri"].startswith(f"s3://adin-sweeps/sweeps/{sweep}/") for c in children)
+    assert all(c.data.tags["adin.checkpoint"].startswith(f"s3://adin-sweeps/sweeps/{sweep}/") for c in children)
     restarted = [c for c in children if c.data.metrics.get("faults/restarts", 0) >= 1]
     assert restarted, [c.data.metrics for c in children]
     m = restarted[0].data.metrics
@@ -365,7 +368,7 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
     for name in names:
         parent, children = _sweep_runs(env, name)
         assert parent is not None and parent.info.status == "FINISHED" and len(children) == 1
-        uris = [c.data.tags["checkpoint_uri"] for c in children]
+        uris = [c.data.tags["adin.checkpoint"] for c in children]
         assert all(u.startswith(f"s3://adin-sweeps/sweeps/{name}/") for u in uris)
         checkpoints |= set(uris)
         assert parent.data.tags["adin.best_checkpoint"] in uris
@@ -375,8 +378,11 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
 
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    from adin_core.data.datasets import SyntheticURI
+
     for domain in ("source", "select", "report"):
-        prefix = f"two-sweeps/synthetic-tiny-{domain}/v1/"
+        spec = SyntheticURI.parse(f"synthetic:tiny/{domain}")
+        prefix = f"two-sweeps/{spec.dataset}/{spec.version}/"
         keys = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket="adin-data", Prefix=prefix)["Contents"]}
         manifest = json.loads(s3.get_object(Bucket="adin-data", Key=prefix + "manifest.json")["Body"].read())
         listed = {f["path"] for split in manifest["splits"].values() for f in split["files"]}

@@ -13,7 +13,7 @@ from adin_core.data.synthetic import generate_benchmark, write_layout
 from adin_core.nuisance import NuisanceError
 from orchestrator.data import main as data_cli
 from adin_core.data.datasets import shard_dataset, write_synthetic
-from tests.conftest import LAYOUT_BUILDERS, make_market, make_msmt
+from tests.helpers import LAYOUT_BUILDERS, make_market, make_msmt
 
 
 # --- readers of the real layouts ------------------------------------------------------------------------------
@@ -251,9 +251,36 @@ def test_interrupted_run_leaves_no_complete_looking_dataset(tmp_path):
     dest = str(tmp_path / "store")
     with pytest.raises(ImageDecodeError):
         shard_dataset("market1501", src, dest, show_progress=False)
-    assert os.path.isdir(os.path.join(dest, "market1501", "v1"))  # some parts were written ...
-    with pytest.raises(ShardError, match="no manifest.json .* interrupted shard run"):
-        ShardSet.open(os.path.join(dest, "market1501", "v1"))  # ... but it is not a dataset
+    # the parts written before the failure are gone, and so are the folders made for them
+    assert not os.path.exists(os.path.join(dest, "market1501"))
+    with pytest.raises(ShardError, match="no manifest.json"):
+        ShardSet.open(os.path.join(dest, "market1501", "v1"))
+
+
+@pytest.mark.parametrize("tree,fmt", [("market1501", "dukemtmc"), ("dukemtmc", "market1501"),
+                                      ("market1501", "veri776"), ("veri776", "market1501")])
+def test_a_tree_read_with_the_wrong_format_is_refused(tmp_path, tree, fmt):
+    src = LAYOUT_BUILDERS[tree](str(tmp_path / "src"))
+    if tree != fmt:  # give the reader the folder names it looks for, so only the file names can tell
+        from adin_core.data.layouts import market1501, veri776
+
+        folders = {"market1501": market1501.FOLDERS, "dukemtmc": market1501.FOLDERS, "veri776": veri776.FOLDERS}
+        base = next(os.path.join(src, d) for d in os.listdir(src))
+        wanted = {"market1501": "Market-1501-v15.09.15", "dukemtmc": "DukeMTMC-reID", "veri776": "VeRi"}[fmt]
+        os.rename(base, os.path.join(src, wanted))
+        for split, folder in folders[tree].items():
+            os.rename(os.path.join(src, wanted, folder), os.path.join(src, wanted, folders[fmt][split]))
+    with pytest.raises(LayoutError, match="does not follow the .* pattern"):
+        read_layout(fmt, src)
+
+
+@pytest.mark.parametrize("fmt,missing", [("msmt17", "MSMT17_V1/test/0000/0000_000_15_0302afternoon_1020_0.jpg"),
+                                         ("vehicleid", "VehicleID_V1.0/image/0000011.jpg")])
+def test_a_listed_file_that_is_missing_is_named_before_any_image_is_read(tmp_path, fmt, missing):
+    src = LAYOUT_BUILDERS[fmt](str(tmp_path / "src"))
+    os.remove(os.path.join(src, missing))
+    with pytest.raises(LayoutError, match=r"list_?\w*\.txt:\d+: .* is listed but missing"):
+        read_layout(fmt, src)
 
 
 def test_two_writers_of_one_version_never_damage_it(tmp_path):
@@ -354,7 +381,7 @@ def test_s3_missing_credentials(monkeypatch):
 def test_s3_unreachable_endpoint_fails_fast(monkeypatch):
     import time
 
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
@@ -377,7 +404,7 @@ def test_batch_decoding_matches_pil_and_handles_png(tmp_path):
     from PIL import Image
 
     from adin_core.data.memory import EncodedImages, decode_image
-    from tests.conftest import jpeg_bytes
+    from tests.helpers import jpeg_bytes
 
     blobs = [jpeg_bytes(i, size=(32, 16)) for i in range(5)] + [jpeg_bytes(9, size=(40, 20))]
     png = io.BytesIO()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import TcpProxy, free_port, wait_for_port
+from tests.helpers import TcpProxy, free_port, wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_pa
     trial_faults = next(iter(faults["trials"].values()))
     assert trial_faults["faults/storage_retries"] >= 1, faults
     assert child.data.metrics["faults/storage_retries"] >= 1
-    assert child.data.tags["checkpoint_uri"].startswith(f"s3://{s3_env}/sweeps/outage/")
+    assert child.data.tags["adin.checkpoint"].startswith(f"s3://{s3_env}/sweeps/outage/")
     print(f"\noutage {outage_s} s: MLflow outage recorded as {outage['seconds']} s ({outage['attempts']} retries); "
           f"storage: {trial_faults['faults/storage_retries']:.0f} retries, {trial_faults['faults/storage_wait_s']:.1f}"
           f" s waited; {len(steps)} reports, all in MLflow; sweep exit 0")

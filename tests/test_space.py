@@ -1,5 +1,6 @@
 import copy
 import glob
+import os
 import pickle
 
 import optuna
@@ -34,16 +35,30 @@ def with_(path: str, value):
     return raw
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("search_spaces/*.yaml")))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = sorted(glob.glob(os.path.join(REPO, "search_spaces", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_spaces_are_valid(path):
     space = load_space(path)
-    assert space.params and space.select
-    assert set(space.select).isdisjoint(space.report)
+    assert space.params and space.targets.select
+    assert set(space.targets.select).isdisjoint(space.targets.report)
 
 
 def test_required_spaces_exist():
-    names = {load_space(p).name for p in glob.glob("search_spaces/*.yaml")}
-    assert {"smoke", "thresholds", "adin"} <= names
+    assert {load_space(p).name for p in SHIPPED} == {"smoke", "thresholds", "adin"}
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if not p.endswith("smoke.yaml")], ids=os.path.basename)
+def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
+    """thresholds/adin fix what adin_core.benchmark trains with, so a sweep's default trial is the README's ADIN."""
+    from adin_core.benchmark import SYNTHETIC_TRAINING
+
+    space = load_space(path)
+    expected = {k: v for k, v in SYNTHETIC_TRAINING.items() if k != "epochs"}
+    assert {k: space.fixed[k] for k in expected} == expected and space.training.epochs == SYNTHETIC_TRAINING["epochs"]
+    assert (space.fixed["image_height"], space.fixed["image_width"]) == (64, 32)
 
 
 @pytest.mark.parametrize("path,value,match", [
@@ -97,38 +112,42 @@ def test_define_by_run_conditions_and_pickles(tmp_path):
     seen = []
     for _ in range(30):
         trial = study.ask()
-        fixed = define(trial)
+        assert define(trial) is None  # fixed values reach trials through the plan, not Tune's config
         seen.append(dict(trial.params))
         study.tell(trial, 0.0)
-        assert fixed == BASE["fixed"]
     assert any(p["adv_loss"] == "ne" for p in seen) and any(p["adv_loss"] == "kl" for p in seen)
     for p in seen:
         assert ("prior_temperature" in p) == (p["adv_loss"] == "kl")
         assert 0.1 <= p["beta"] <= 10
     cfg = space.train_config(seen[0])
-    assert cfg.backbone == "small_cnn" and cfg.epochs == space.epochs
+    assert cfg.backbone == "small_cnn" and cfg.epochs == space.training.epochs
 
 
-def test_command_line_overrides_are_validated():
+def test_command_line_overrides_are_validated_and_errors_name_the_flag():
     space = parse_space(BASE, "space.yaml")
-    moved = space.with_overrides(**{"source": "s3://b/msmt17/v1", "resources.workers": 4,
-                                    "resources.gpus_per_worker": 1.0, "targets.select": ["s3://b/duke/v1"]})
-    assert moved.source == "s3://b/msmt17/v1" and moved.workers == 4 and moved.select == ["s3://b/duke/v1"]
-    with pytest.raises(SpaceError, match="resources.workers: must be >= 1"):
-        space.with_overrides(**{"resources.workers": 0})
+    moved = space.with_overrides({"source": ("--source", "s3://b/msmt17/v1"), "resources.workers": ("--workers", 4),
+                                  "resources.gpus_per_worker": ("--gpus-per-worker", 1.0),
+                                  "targets.select": ("--select", ["s3://b/duke/v1"])})
+    assert moved.targets.source == "s3://b/msmt17/v1" and moved.resources.workers == 4
+    assert moved.targets.select == ("s3://b/duke/v1",) and space.resources.workers == 1  # the original is frozen
+    with pytest.raises(SpaceError, match=r"^--workers: must be >= 1, got 0$"):
+        space.with_overrides({"resources.workers": ("--workers", 0)})
+    with pytest.raises(SpaceError, match=r"^--epochs: must be > 0, got -1$"):
+        space.with_overrides({"training.epochs": ("--epochs", -1)})
+    with pytest.raises(TypeError):
+        space.fixed["backbone"] = "resnet50"
 
 
 def test_scheduler_override_from_the_command_line():
-    from orchestrator.sweep import apply_overrides, parse_args
+    from orchestrator.plan import _space_changes
 
-    space = load_space("search_spaces/smoke.yaml")
-    assert space.scheduler["type"] == "asha"
-    off = apply_overrides(space, parse_args(["--space", space.path, "--scheduler", "none"]))
-    assert off.scheduler == {"type": "none"}
-    on = apply_overrides(off, parse_args(["--space", space.path, "--scheduler", "asha"]))
-    assert on.scheduler["type"] == "asha" and on.scheduler["grace_period"] == 1  # defaults when the file has none
-    same = apply_overrides(space, parse_args(["--space", space.path, "--scheduler", "asha"]))
-    assert same.scheduler == space.scheduler  # the file's own ASHA settings are kept
+    space = load_space(os.path.join(REPO, "search_spaces", "smoke.yaml"))
+    assert space.scheduler.type == "asha"
+    off = space.with_overrides(_space_changes(space, {"--scheduler": "none"}))
+    assert off.scheduler.type == "none"
+    on = off.with_overrides(_space_changes(off, {"--scheduler": "asha"}))
+    assert on.scheduler.type == "asha" and on.scheduler.grace_period == 1  # defaults when the file has none
+    assert not _space_changes(space, {"--scheduler": "asha"})  # the file's own ASHA settings are kept
 
 
 def test_file_errors(tmp_path):
@@ -170,7 +189,7 @@ def test_sweep_refuses_an_existing_name_before_ray(tmp_path, capsys):
 
 def test_sweep_checks_nuisance_labels_against_the_source_manifest(tmp_path):
     from adin_core.data.datasets import resolve_dataset
-    from orchestrator.sweep import check_nuisance_labels
+    from orchestrator.plan import check_nuisance_labels
     from adin_core.data.shards import ShardSet
 
     source = ShardSet.open(resolve_dataset("synthetic:tiny/source?with_time=false", str(tmp_path)))  # no time

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.helpers import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,10 @@ def test_smoke_sweep_runs_trials_of_two_workers_and_asha_stops_some(local_sweep)
         history = client.get_metric_history(c.info.run_id, "transfer_mAP")
         evals.append(len(history))
         assert "select/synthetic-tiny-select/rank1" in c.data.metrics and "id_acc" in c.data.metrics
-        assert c.data.tags["checkpoint_uri"].startswith(str(root))
+        assert {"probe/camera_acc", "probe/camera_chance", "source/mAP"} <= set(c.data.metrics)
+        assert c.data.tags["adin.checkpoint"].startswith(str(root / "sweeps" / "smoke-local" / "train"))
+        assert c.data.tags["adin.outcome"] in ("finished", "pruned")
+        assert {"lr_backbone", "seed", "image_height", "calibration"} <= set(c.data.params)  # the full TrainConfig
     assert max(evals) == 4 and min(evals) < 4, f"ASHA stopped no trial: evaluations per trial {evals}"
     print(f"\nsmoke sweep wall time {seconds:.1f} s; {proc.stdout[proc.stdout.find('times:'):].splitlines()[0]}")
 
@@ -81,12 +84,17 @@ def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     client, (parent,), _ = mlflow_runs(f"sqlite:///{root}/mlflow.db")
     tags, metrics = parent.data.tags, parent.data.metrics
     assert tags["adin.best_trial"] and "adin.code_version" in tags
-    assert "synthetic-tiny-source/v1" in tags["adin.data_versions"]
-    assert any(k.startswith("best/report/synthetic-tiny-report/") for k in metrics)
+    assert "synthetic-tiny-source/g2-" in tags["adin.data_versions"] and tags["adin.state"] == "complete"
+    assert any(k.startswith("report/synthetic-tiny-report/") for k in metrics) and "transfer_mAP" in metrics
     artifacts = {a.path for d in ("space", "winner", "plots") for a in client.list_artifacts(parent.info.run_id, d)}
     assert {"space/smoke.yaml", "space/data_versions.json", "winner/model.pt", "winner/config.json",
             "plots/optimization_history.png"} <= artifacts
     assert not any("secret" in k.lower() for k in parent.data.params)
+    inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs  # the runs table's Dataset column
+    assert sorted(i.dataset.name.split("/")[0] for i in inputs) == [
+        "synthetic-tiny-report", "synthetic-tiny-select", "synthetic-tiny-source"]
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
 
 
 def test_export_reload_and_score(local_sweep, tmp_path):
@@ -100,15 +108,19 @@ def test_export_reload_and_score(local_sweep, tmp_path):
     card = json.load(open(out / "model_card.json"))
     assert set(card["report_targets"]) == {"synthetic-tiny-report"}
     # reload from weights + config only and score the select target: the card's figure comes back
+    from adin_core.data.datasets import resolve_dataset
     from adin_core.data.shards import ShardSet
-    from adin_core.features import evaluate_transfer
+    from adin_core.evaluation import score_target
     from orchestrator.best import load_export
 
     model, config = load_export(str(out))
-    target = ShardSet.open(str(root / "data" / "synthetic-tiny-select" / "v1")).eval_target(
+    target = ShardSet.open(resolve_dataset("synthetic:tiny/select", str(root / "data"))).eval_target(
         (config.image_height, config.image_width))
-    scored = evaluate_transfer(model, target, image_size=(config.image_height, config.image_width))
-    assert scored.mAP == pytest.approx(card["select_targets"]["synthetic-tiny-select"]["mAP"], abs=1e-6)
+    scored, _ = score_target(model, target, config)
+    assert scored["mAP"] == pytest.approx(card["select_targets"]["synthetic-tiny-select"]["mAP"], abs=1e-6)
+    assert set(card["nuisance_probe"]) >= {"probe/camera_acc", "probe/camera_chance"}
+    md = open(out / "model_card.md").read()
+    assert "load_export" in md and "extract_features" in md and str(root) not in md  # no absolute data paths
     # registered with an alias; and an export never overwrites
     from mlflow.tracking import MlflowClient
 
@@ -142,7 +154,7 @@ def test_sweep_on_s3_api_server(tmp_path, s3_env):
     proc = run_cli("orchestrator.sweep", *args, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _, _, children = mlflow_runs(uri)
-    assert len(children) == 2 and all(c.data.tags["checkpoint_uri"].startswith(f"s3://{s3_env}/sweeps/")
+    assert len(children) == 2 and all(c.data.tags["adin.checkpoint"].startswith(f"s3://{s3_env}/sweeps/")
                                       for c in children)
     out = tmp_path / "winner"
     proc = run_cli("orchestrator.best", "--export", str(out), "--tracking-uri", uri, env=env)

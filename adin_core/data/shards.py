@@ -35,6 +35,7 @@ from adin_core.nuisance import LABEL_KINDS, NuisanceError, NuisanceLabeler
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("dataset", "version", "format", "splits", "priors")
 SCHEMA = pa.schema([
     ("image", pa.binary()),
     ("pid", pa.int64()),
@@ -106,7 +107,10 @@ def check_destination(dest: str, dataset: str, version: str, *, overwrite: bool)
     for name, value in (("dataset", dataset), ("version", version)):
         if not value or "/" in value or value.startswith("."):
             raise ShardError(f"{name} {value!r} must be a plain name (no '/')")
-    root = resolve(dest).join(dataset, version)
+    base = resolve(dest)
+    if isinstance(base.fs, pafs.LocalFileSystem) and os.path.isfile(base.path):
+        raise ShardError(f"--dest {dest} is a file; give a folder (or s3://bucket/prefix) to write datasets under")
+    root = base.join(dataset, version)
     manifest_loc = root.join(MANIFEST)
     if manifest_loc.exists() and not overwrite:
         raise ShardError(f"{manifest_loc.uri} already exists: dataset {dataset} version {version} is complete; "
@@ -216,9 +220,17 @@ def _part_files(root: Location) -> list[pafs.FileInfo]:
 
 
 def _delete_run_parts(root: Location, run_id: str) -> None:
+    """A failed or losing write takes back its own parts, and on a local disk the folders it left empty."""
     for info in _part_files(root):
         if info.base_name.endswith(f"-{run_id}.parquet"):
             root.fs.delete_file(info.path)
+    if isinstance(root.fs, pafs.LocalFileSystem) and os.path.isdir(root.path):
+        for folder, _, _ in sorted(os.walk(root.path), key=lambda w: -len(w[0])):  # deepest first
+            if not os.listdir(folder):
+                os.rmdir(folder)
+        parent = os.path.dirname(root.path)  # <root>/<dataset>: this run may have made it too
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
 
 
 def _delete_stale(root: Location, replaced: set[str], keep: set[str]) -> None:
@@ -258,11 +270,17 @@ class ShardSet:
             raise StorageUnavailable(f"cannot read {mloc.uri}: {exc}") from None
         try:
             manifest = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ShardError(f"{mloc.uri} is not valid JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise ShardError(f"{mloc.uri} is not a manifest (a JSON object), it holds a {type(manifest).__name__}")
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise ShardError(f"{mloc.uri}: schema_version {manifest.get('schema_version')!r} is not "
                              f"{SCHEMA_VERSION}; re-shard with this version of the code")
+        missing = [k for k in MANIFEST_KEYS if k not in manifest]
+        if missing or not isinstance(manifest["splits"], dict):
+            raise ShardError(f"{mloc.uri}: not a complete manifest (missing {missing or ['splits as a mapping']}); "
+                             "re-shard the dataset")
         return cls(loc, manifest)
 
     @property

@@ -17,12 +17,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from orchestrator.net import free_port, port_open
 
 # Two loopback addresses, one per node. In multi-node mode Ray replaces 127.0.0.1/localhost with the machine's
 # routed interface address; other addresses of 127.0.0.0/8 are left alone, so all traffic stays on loopback.
@@ -30,12 +31,6 @@ HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 STATE = os.environ.get("ADIN_CLUSTER_STATE", os.path.join("runs", "cluster"))
 BUCKETS = ("adin-data", "adin-sweeps", "adin-mlflow")
 ACCESS_KEY, SECRET_KEY = "adin-local", "adin-local-secret"  # moto accepts any; local cluster only
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check, what: str, timeout: float = 120.0) -> None:
@@ -48,14 +43,6 @@ def wait_until(check, what: str, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _start(cmd: list[str], log: str, env: dict[str, str]) -> int:

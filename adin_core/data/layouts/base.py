@@ -66,33 +66,43 @@ def scan_images(folder: str, split: str, parse: Callable[[str], ImageRecord | No
     return out
 
 
-def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int, frame: re.Pattern[str] | None = None,
+def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int,
                         dataset: str) -> Callable[[str], ImageRecord | None]:
-    """Parse `<pid>_c<cam>...` names; pid -1 marks junk (skipped, as torchreid does); cameras become 0-based."""
+    """Parse whole file names `<pid>_c<cam>...<frame>...`: the pattern's groups are pid, camera and frame. pid -1
+    marks junk (skipped, as torchreid does); cameras become 0-based. A name of another dataset does not match, so
+    a tree sharded with the wrong --format is refused at its first image."""
 
     def parse(path: str) -> ImageRecord | None:
         name = os.path.basename(path)
         m = pattern.match(name)
         if m is None:
-            raise LayoutError(f"{path}: file name does not follow the {dataset} pattern {pattern.pattern!r}")
-        pid, cam = int(m.group(1)), int(m.group(2))
+            raise LayoutError(f"{path}: file name does not follow the {dataset} pattern {pattern.pattern!r} "
+                              "(another dataset's tree, or the wrong --format?)")
+        pid, cam, frame = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if pid == -1:
             return None
         if not 1 <= cam <= max_cam:
             raise LayoutError(f"{path}: camera {cam} outside 1..{max_cam} for {dataset}")
-        f = frame.search(name) if frame is not None else None
-        return ImageRecord(path, pid, cam - 1, split, None, int(f.group(1)) if f else None)
+        return ImageRecord(path, pid, cam - 1, split, None, frame)
 
     return parse
 
 
+def check_listed_files(records: list[ImageRecord], where: dict[str, str]) -> None:
+    """Every file a list names must exist, checked before any image is read: a missing one is named with its list
+    file and line (`where`: path -> "list:line") at once, not after decoding every earlier split."""
+    for rec in records:
+        if not os.path.isfile(rec.path):
+            raise LayoutError(f"{where.get(rec.path, 'a list file')}: {rec.path} is listed but missing")
+
+
 def read_pattern_layout(src: str, *, candidates: Iterable[str], folders: dict[str, str], pattern: re.Pattern[str],
-                        frame: re.Pattern[str] | None, max_cam: int, dataset: str) -> list[ImageRecord]:
+                        max_cam: int, dataset: str) -> list[ImageRecord]:
     """The layouts that keep one folder per split and encode labels in file names (Market-1501, DukeMTMC-reID,
     VeRi-776): find the dataset folder, then parse every image name of every split folder."""
     root = find_dataset_dir(src, candidates, next(iter(folders.values())))
     out: list[ImageRecord] = []
     for split, folder in folders.items():
-        parse = name_pattern_parser(pattern, split, max_cam=max_cam, frame=frame, dataset=dataset)
+        parse = name_pattern_parser(pattern, split, max_cam=max_cam, dataset=dataset)
         out += scan_images(require_dir(root, folder), split, parse)
     return out

@@ -7,10 +7,9 @@ import re
 from adin_core.data.layouts.base import ImageRecord, read_pattern_layout
 from adin_core.data.layouts.market1501 import FOLDERS
 
-PATTERN = re.compile(r"^([-\d]+)_c(\d)")
-FRAME = re.compile(r"_f(\d+)")
+PATTERN = re.compile(r"^(\d{4})_c(\d)_f(\d{7})\.(?:jpg|jpeg|png)$")  # the whole name: Market names do not match
 
 
 def read(src: str) -> list[ImageRecord]:
     return read_pattern_layout(src, candidates=("DukeMTMC-reID", "dukemtmcreid"), folders=FOLDERS,
-                               pattern=PATTERN, frame=FRAME, max_cam=8, dataset="DukeMTMC-reID")
+                               pattern=PATTERN, max_cam=8, dataset="DukeMTMC-reID")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 
-from adin_core.data.layouts.base import PERIODS, ImageRecord, LayoutError, require_dir, require_file
+from adin_core.data.layouts.base import (PERIODS, ImageRecord, LayoutError, check_listed_files, require_dir,
+                                        require_file)
 
 VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 LISTS = {"train": 0, "val": 0, "query": 1, "gallery": 1}  # which image folder each list refers to
@@ -52,6 +53,7 @@ def read(src: str) -> list[ImageRecord]:
     root, train_dir, test_dir = locate(src)
     folders = (require_dir(root, train_dir), require_dir(root, test_dir))
     out: list[ImageRecord] = []
+    where: dict[str, str] = {}
     for split, which in LISTS.items():
         list_path = require_file(root, f"list_{split}.txt")
         with open(list_path) as fh:
@@ -62,6 +64,8 @@ def read(src: str) -> list[ImageRecord]:
                 if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                     raise LayoutError(f"{list_path}:{lineno}: expected '<path> <pid>', got {line.strip()!r}")
                 cam, period, frame = parse_name(parts[0], list_path, lineno)
-                out.append(ImageRecord(os.path.join(folders[which], parts[0]), int(parts[1]), cam, split, period,
-                                       frame))
+                path = os.path.join(folders[which], parts[0])
+                where[path] = f"{list_path}:{lineno}"
+                out.append(ImageRecord(path, int(parts[1]), cam, split, period, frame))
+    check_listed_files(out, where)
     return out

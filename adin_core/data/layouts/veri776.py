@@ -7,11 +7,10 @@ import re
 
 from adin_core.data.layouts.base import ImageRecord, read_pattern_layout
 
-PATTERN = re.compile(r"^([-\d]+)_c(\d\d\d)")
-FRAME = re.compile(r"^[-\d]+_c\d{3}_(\d+)")
+PATTERN = re.compile(r"^(\d{4})_c(\d{3})_(\d{8})_\d\.(?:jpg|jpeg|png)$")  # the whole name
 FOLDERS = {"train": "image_train", "query": "image_query", "gallery": "image_test"}
 
 
 def read(src: str) -> list[ImageRecord]:
     return read_pattern_layout(src, candidates=("VeRi", "veri", "VeRi-776"), folders=FOLDERS, pattern=PATTERN,
-                               frame=FRAME, max_cam=20, dataset="VeRi-776")
+                               max_cam=20, dataset="VeRi-776")

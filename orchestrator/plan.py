@@ -1,0 +1,261 @@
+"""Everything a sweep needs, resolved and checked before Ray starts: the `SweepPlan`.
+
+The search space (with the command line's overrides), the sweep's name, one storage location, the tracking URI
+and every dataset URI, all absolute, so that a trial (running in Ray's own working folder), a resumed sweep and a
+Ray job on another machine's working folder all mean the same places. Trials receive the plan and nothing else.
+
+What can be wrong with the input is found here, each with one line naming the flag, file or key and what is
+allowed: `PlanError` (a SpaceError). A resumed sweep replays the overrides its first run was given (stored with
+the sweep as `sweep.json`) and refuses different ones, so `--resume` cannot silently change the experiment.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from adin_core.data.datasets import is_synthetic, resolve_dataset
+from adin_core.data.layouts import LayoutError
+from adin_core.data.shards import ShardError, ShardSet
+from adin_core.data.storage import StorageError
+from adin_core.nuisance import heads_for
+from orchestrator.space import SearchSpace, SpaceError, load_space
+from orchestrator.storage import location
+from orchestrator.tracking.store import TrackingError, absolute_tracking_uri, check_tracking_uri
+
+SWEEP_FILE = "sweep.json"  # <storage>/<sweep>/sweep.json: the space file and the overrides of the first run
+# command-line flags that change the experiment (replayed by --resume): flag -> (space key, parse)
+EXPERIMENT_FLAGS: dict[str, str] = {
+    "--source": "source", "--select": "targets.select", "--report": "targets.report",
+    "--workers": "resources.workers", "--cpus-per-worker": "resources.cpus_per_worker",
+    "--gpus-per-worker": "resources.gpus_per_worker", "--num-samples": "search.num_samples",
+    "--max-concurrent": "search.max_concurrent", "--epochs": "training.epochs", "--scheduler": "scheduler",
+}
+
+
+class PlanError(SpaceError):
+    """The input cannot make a sweep; the message names the flag, file or key."""
+
+
+@dataclass(frozen=True)
+class Target:
+    uri: str  # a shard set, absolute
+    name: str  # the <target> of select/<target>/<metric>: its dataset's name, with the version if two share it
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    space: SearchSpace
+    sweep: str
+    resume: bool
+    storage: str  # the sweep storage root, absolute (a folder or s3://bucket/prefix)
+    data_root: str
+    tracking_uri: str
+    source: str  # shard-set URIs, absolute
+    select: tuple[Target, ...]
+    report: tuple[Target, ...]
+    data_versions: Mapping[str, Mapping[str, Any]]  # URI -> dataset, version, manifest file hashes
+    overrides: Mapping[str, Any]  # the experiment flags in force (given now, or replayed on --resume)
+    retry_budget_s: float
+    ray_address: str | None = None
+    quiet: bool = False
+    wait_for_resources: bool = False
+    space_file: str = ""
+
+    @property
+    def sweep_uri(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.sweep}"
+
+    def resume_command(self) -> str:
+        return f"python -m orchestrator.sweep --space {self.space_file} --resume {self.sweep}" + \
+            ("" if self.storage == os.path.abspath("runs/sweeps") else f" --storage {self.storage}")
+
+
+def absolute(uri: str) -> str:
+    """Local paths become absolute; URIs with a scheme (s3://, synthetic:) are kept."""
+    if "://" in uri or is_synthetic(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
+
+
+def _writable_folder(uri: str, flag: str) -> str:
+    """An absolute local folder that exists (made now) and can be written, or an s3:// root that answers."""
+    uri = absolute(uri)
+    if uri.startswith("s3://"):
+        location(uri)  # credentials, endpoint, bucket: StorageError names the setting
+        return uri
+    if os.path.exists(uri) and not os.path.isdir(uri):
+        raise PlanError(f"{flag} {uri} is a file; give a folder")
+    try:
+        os.makedirs(uri, exist_ok=True)
+    except OSError as exc:
+        raise PlanError(f"{flag} {uri} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(uri, os.W_OK):
+        raise PlanError(f"{flag} {uri} is not writable")
+    return uri
+
+
+def _overrides(args: Any) -> dict[str, Any]:
+    """The experiment flags given on this command line, as flag -> value."""
+    out = {}
+    for flag in EXPERIMENT_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out[flag] = value
+    return out
+
+
+def _space_changes(space: SearchSpace, overrides: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    changes: dict[str, tuple[str, Any]] = {}
+    for flag, value in overrides.items():
+        key = EXPERIMENT_FLAGS[flag]
+        if flag in ("--select", "--report"):
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if flag == "--scheduler":
+            if value == space.scheduler.type:
+                continue
+            value = {"type": value}
+        changes[key] = (flag, value)
+    return changes
+
+
+def new_sweep_name(space: SearchSpace, name: str | None) -> str:
+    if name is not None:
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise PlanError(f"--name {name!r}: use letters, digits, '-' and '_'")
+        return name
+    # the random part keeps two sweeps started in the same second (same storage) apart
+    return f"{space.name}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def latest_sweep(storage: str, space_name: str) -> str:
+    import pyarrow.fs as pafs
+
+    root = location(storage)
+    infos = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                   and i.base_name.startswith(space_name + "-") and root.join(i.base_name, SWEEP_FILE).exists())
+    if not names:
+        raise PlanError(f"--resume: no sweep of space {space_name!r} under {root.uri}")
+    return names[-1]
+
+
+def read_sweep_file(storage: str, sweep: str) -> dict[str, Any]:
+    loc = location(storage).join(sweep, SWEEP_FILE)
+    try:
+        return json.loads(loc.read_bytes())
+    except FileNotFoundError:
+        raise PlanError(f"--resume {sweep}: no sweep of that name under {storage} (no {loc.uri})") from None
+    except ValueError as exc:
+        raise PlanError(f"--resume {sweep}: {loc.uri} is not valid JSON: {exc}") from None
+
+
+def write_sweep_file(plan: SweepPlan) -> None:
+    """Written once, before Ray starts: what --resume replays."""
+    record = {"sweep": plan.sweep, "space_file": plan.space_file, "space": plan.space.name,
+              "overrides": dict(plan.overrides),
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    location(plan.storage).join(plan.sweep, SWEEP_FILE).write_bytes_atomic(json.dumps(record, indent=1).encode())
+
+
+def _targets(uris: tuple[str, ...], shards: dict[str, ShardSet], taken: set[str]) -> tuple[Target, ...]:
+    out = []
+    for uri in uris:
+        m = shards[uri].manifest
+        name = m["dataset"] if m["dataset"] not in taken else f"{m['dataset']}.{m['version']}"
+        if name in taken:
+            raise PlanError(f"targets: {uri} is listed twice")
+        taken.add(name)
+        out.append(Target(uri, name))
+    return tuple(out)
+
+
+def check_nuisance_labels(space: SearchSpace, source: ShardSet) -> None:
+    """Every `nuisance` value the space can produce must be a label kind the source provides; read from the
+    manifest, so no data is read before the sweep starts."""
+    searched = next((p for p in space.params if p.name == "nuisance"), None)
+    values = list(searched.choices) if searched else [space.train_config({}).nuisance]
+    available = set(source.manifest["priors"])
+    for value in values:
+        missing = [k for k in heads_for(value) if k not in available]
+        if missing:
+            raise PlanError(f"{space.path}: nuisance {value!r} needs label kind(s) {missing}, which source "
+                            f"{source.name} does not provide (it has {sorted(available) or 'none'})")
+
+
+def make_plan(args: Any) -> SweepPlan:
+    """Validate the command line, the space file, the stores and the datasets; raise PlanError (or StorageError,
+    TrackingError, ShardError, LayoutError) with one line saying what is wrong."""
+    if args.retry_budget < 0:
+        raise PlanError(f"--retry-budget must be >= 0 seconds, got {args.retry_budget:g}")
+    space = load_space(args.space)
+    if args.ray_address:
+        from orchestrator.ray_session import check_address
+
+        check_address(args.ray_address)
+    storage = _writable_folder(args.storage, "--storage")
+    data_root = _writable_folder(args.data_root, "--data-root")
+    tracking_uri = absolute_tracking_uri(args.tracking_uri)
+    check_tracking_uri(tracking_uri)
+    given = _overrides(args)
+    if args.resume is not None:
+        if args.name:
+            raise PlanError("--name and --resume: give the name to --resume")
+        sweep = args.resume or latest_sweep(storage, space.name)
+        stored = read_sweep_file(storage, sweep)
+        if stored.get("space") != space.name:
+            raise PlanError(f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not "
+                            f"{space.name!r} ({args.space})")
+        replay = stored.get("overrides", {})
+        conflicts = [f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
+                     for flag in given if replay.get(flag) != given[flag]]
+        if conflicts:
+            raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
+                            + ", ".join(conflicts))
+        overrides = dict(replay)
+        from orchestrator.storage import tune_storage
+
+        path, fs = tune_storage(storage)
+        from ray.tune import Tuner
+
+        exp = os.path.join(path, sweep) if fs is None else f"{path}/{sweep}"
+        if not Tuner.can_restore(exp, storage_filesystem=fs):
+            raise PlanError(f"--resume {sweep}: no restorable sweep state at {exp} (did it start any trial?)")
+    else:
+        sweep = new_sweep_name(space, args.name)
+        if location(storage).join(sweep).exists():
+            raise PlanError(f"--name: sweep {sweep!r} already exists under {storage}; use --resume {sweep} to "
+                            "continue it, or another name")
+        overrides = given
+    space = space.with_overrides(_space_changes(space, overrides)) if overrides else space
+    uris = [space.targets.source, *space.targets.select, *space.targets.report]
+    resolved = {u: absolute(resolve_dataset(absolute(u), data_root)) for u in uris}
+    shards = {resolved[u]: ShardSet.open(resolved[u]) for u in uris}
+    source = resolved[space.targets.source]
+    if source in [resolved[u] for u in space.targets.select + space.targets.report]:
+        raise PlanError(f"targets: {space.targets.source} resolves to the source itself; direct transfer is scored "
+                        "on other datasets")
+    check_nuisance_labels(space, shards[source])
+    taken: set[str] = set()
+    select = _targets(tuple(resolved[u] for u in space.targets.select), shards, taken)
+    report = _targets(tuple(resolved[u] for u in space.targets.report), shards, taken)
+    metric = space.objective.metric
+    if metric.startswith("select/") and metric.split("/")[1] not in {t.name for t in select}:
+        raise PlanError(f"{args.space}: objective.metric {metric!r} names no select target; they are "
+                        f"{sorted(t.name for t in select)}")
+    versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
+                    "files": dict(sorted(s.file_hashes().items()))} for u, s in shards.items()}
+    return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
+                     data_root=data_root, tracking_uri=tracking_uri, source=source, select=select, report=report,
+                     data_versions=versions, overrides=overrides, retry_budget_s=args.retry_budget,
+                     ray_address=args.ray_address, quiet=args.quiet,
+                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space)
+
+
+PLAN_ERRORS = (SpaceError, StorageError, TrackingError, ShardError, LayoutError)
+
+__all__ = ["PLAN_ERRORS", "PlanError", "SweepPlan", "Target", "make_plan", "write_sweep_file"]

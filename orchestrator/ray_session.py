@@ -1,0 +1,113 @@
+"""The sweep's Ray: a local one bound to this sweep, or the cluster it is submitted to, checked before Tune starts.
+
+Bound: a local Ray is started with its own dashboard port, and `RAY_API_SERVER_ADDRESS` (the State API, which Ray
+Train uses to clean up a finished trial's placement group) points every process of the sweep at it. Without this,
+another Ray on the same host (a notebook's `ray.init()`, the local cluster) makes that cleanup fail ("Found
+multiple active Ray instances"), finished trials keep their CPUs, and the next trials wait for ever.
+
+Checked: an address that does not answer is an error within seconds, and a trial that no node could ever hold
+(more CPUs or GPUs per worker than any node has, or more in all than the cluster has) is refused before the
+sweep starts, unless the cluster autoscales (`--wait-for-resources`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from typing import Any
+
+from orchestrator.net import free_port
+from orchestrator.plan import PlanError, SweepPlan
+from orchestrator.trial import TRIAL_DRIVER_RESOURCES
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """A Ray address (host:port, ray://host:port, http://host:port) must answer before ray.init is asked to join
+    it (ray.init retries a dead address for minutes)."""
+    if address in ("auto", "local"):
+        return
+    parsed = urllib.parse.urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise PlanError(f"--ray-address {address!r}: expected host:port, ray://host:port or http://host:port")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as exc:
+        raise PlanError(f"--ray-address {address}: nothing answers at {parsed.hostname}:{parsed.port} ({exc}); "
+                        "start the cluster, or leave --ray-address out to run on a local Ray") from None
+
+
+def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
+    """ray.init, bound to this sweep; returns what to log about it."""
+    import ray
+
+    if plan.ray_address:  # make_plan has checked that it answers
+        ctx = ray.init(address=plan.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None,
+                       log_to_driver=False)
+        if ctx.dashboard_url and "RAY_API_SERVER_ADDRESS" not in os.environ:
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{ctx.dashboard_url}"
+        return {"ray": plan.ray_address}
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    os.environ["RAY_API_SERVER_ADDRESS"] = api
+    # The dashboard serves the State API; without it a finished trial's resources can stay held.
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             _node_ip_address="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {**env_vars, "RAY_API_SERVER_ADDRESS": api}})
+    return {"ray": f"local, dashboard {api}"}
+
+
+def trial_needs(plan: SweepPlan) -> dict[str, float]:
+    r = plan.space.resources
+    need = {"CPU": r.workers * r.cpus_per_worker + TRIAL_DRIVER_RESOURCES["cpu"]}
+    if r.gpus_per_worker:
+        need["GPU"] = r.workers * r.gpus_per_worker
+    return need
+
+
+def check_resources(plan: SweepPlan) -> None:
+    """Refuse a trial no node or the whole cluster could hold (unless it autoscales: --wait-for-resources)."""
+    import ray
+
+    r = plan.space.resources
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    per_node = {k: max((n["Resources"].get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
+    total = ray.cluster_resources()
+    problems = []
+    if r.cpus_per_worker > per_node["CPU"]:
+        problems.append(f"{r.cpus_per_worker:g} CPUs per worker, but the largest node has {per_node['CPU']:g}")
+    if r.gpus_per_worker > per_node["GPU"]:
+        problems.append(f"{r.gpus_per_worker:g} GPUs per worker, but the largest node has {per_node['GPU']:g}"
+                        + (" (no GPU here)" if not per_node["GPU"] else ""))
+    for key, amount in trial_needs(plan).items():
+        if amount > total.get(key, 0.0) + 1e-9:
+            problems.append(f"{amount:g} {key} for one trial ({r.workers} workers), but the cluster has "
+                            f"{total.get(key, 0.0):g}")
+    if not problems:
+        return
+    if plan.wait_for_resources:
+        print(f"warning: the cluster cannot hold a trial yet ({'; '.join(problems)}); waiting for the autoscaler "
+              "(--wait-for-resources)", flush=True)
+        return
+    raise PlanError(f"resources: {'; '.join(problems)}. Lower --workers/--cpus-per-worker/--gpus-per-worker, or "
+                    "pass --wait-for-resources if the cluster autoscales")
+
+
+def waiting_reason(plan: SweepPlan) -> str | None:
+    """Why trials may not be reporting: placement groups (Train's worker groups) waiting for resources, with what
+    one trial needs against what is free; None when nothing waits (the trials are training to their first report).
+    """
+    import ray
+    from ray.util.state import list_placement_groups
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        pending = list_placement_groups(filters=[("state", "=", "PENDING")], timeout=5, raise_on_missing_output=False)
+    except (RayStateApiException, ConnectionError, TimeoutError) as exc:
+        return f"the State API did not answer ({type(exc).__name__}); cannot tell"
+    if not pending:
+        return None
+    need, free = trial_needs(plan), ray.available_resources()
+    return (f"{len(pending)} worker group(s) wait for resources: one trial needs "
+            + ", ".join(f"{v:g} {k}" for k, v in need.items()) + "; free now: "
+            + ", ".join(f"{free.get(k, 0.0):g} {k}" for k in need))

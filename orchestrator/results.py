@@ -1,0 +1,114 @@
+"""A sweep's outcome: its trials as rows (from Tune's results or from MLflow), the one rule that picks the winner
+(the sweep's report and `orchestrator.best` both use it), and the plots of the search."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from orchestrator.space import Objective, SearchSpace
+from orchestrator.tracking import schema
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial: str
+    objective: float | None
+    outcome: str  # finished | pruned | failed | killed (see schema.OUTCOMES)
+    evals: int = 0
+    params: dict[str, Any] = field(default_factory=dict)  # the searched parameters
+    checkpoint: str | None = None  # URI
+    order: float = 0.0  # when the trial started: plots draw the search in this order
+
+
+def pick_winner(rows: Iterable[TrialRow], objective: Objective) -> TrialRow | None:
+    """The best trial that trained its whole budget (a pruned trial's objective is from an earlier rung, not
+    comparable) and left a checkpoint, by the space's metric and mode; None when there is none."""
+    best = None
+    for row in rows:
+        if row.outcome != "finished" or row.objective is None or not row.checkpoint:
+            continue
+        if best is None or objective.better(row.objective, best.objective):
+            best = row
+    return best
+
+
+def rank(rows: Sequence[TrialRow], objective: Objective) -> list[TrialRow]:
+    """Best first; trials without an objective last."""
+    sign = -1.0 if objective.mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (r.objective is None, sign * (r.objective or 0.0)))
+
+
+def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[TrialRow]:
+    """Tune's ResultGrid as rows. A trial that ended without its final report was pruned (or stopped by an
+    interrupt: `interrupted` marks the ones that did not end)."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        if r.error:
+            outcome = "failed"
+        elif m.get(schema.FINAL):
+            outcome = "finished"
+        else:
+            outcome = "pruned"
+        ckpt = m.get("checkpoint_path")
+        rows.append(TrialRow(trial=str(m.get("trial_id") or (r.path or "?").rsplit("_", 1)[-1]),
+                             objective=m.get(space.objective.metric), outcome=outcome,
+                             evals=int(m.get("training_iteration", 0)), params=space.sampled(r.config or {}),
+                             checkpoint=checkpoint_uri(ckpt) if ckpt else None,
+                             order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0))))
+    return rows
+
+
+def study_of(rows: Sequence[TrialRow], space: SearchSpace):
+    """An Optuna study of the trials with an objective, in the order they started (for the plots)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dists = {p.name: p.distribution() for p in space.params}
+    study = optuna.create_study(direction="maximize" if space.objective.mode == "max" else "minimize")
+    for row in sorted(rows, key=lambda r: r.order):
+        if row.objective is None:
+            continue
+        params = {k: v for k, v in row.params.items() if k in dists}
+        states = {"finished": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
+        state = states.get(row.outcome, optuna.trial.TrialState.PRUNED)
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dists[k] for k in params}, state=state,
+            value=row.objective if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values={max(0, row.evals - 1): row.objective}, user_attrs={"trial": row.trial}))
+    return study
+
+
+def save_plots(study, out_dir: str, log=print) -> list[str]:
+    """Optimisation history (in trial order), parameter importances and parallel coordinates, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as vis
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
+    paths = []
+    for name, fn in (("optimization_history", vis.plot_optimization_history),
+                     ("param_importances", vis.plot_param_importances),
+                     ("parallel_coordinate", vis.plot_parallel_coordinate)):
+        try:
+            fn(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
+            log(f"  (no {name} plot: {exc})")
+            continue
+        path = os.path.join(out_dir, f"{name}.png")
+        plt.gcf().set_size_inches(9, 5)
+        plt.tight_layout()
+        plt.savefig(path, dpi=90)
+        plt.close("all")
+        paths.append(path)
+    return paths
+
+
+__all__ = ["TrialRow", "pick_winner", "rank", "rows_from_results", "save_plots", "study_of"]

@@ -1,0 +1,48 @@
+"""Every MLflow tag, parameter and metric name the sweep writes and `orchestrator.best` reads: one place to look.
+
+A sweep is one MLflow experiment per search space (`name:` in the space file); each sweep is a parent run, each
+trial a child run (MLflow's `mlflow.parentRunId` tag nests them in the UI).
+"""
+
+from __future__ import annotations
+
+from adin_core.evaluation import OBJECTIVE
+
+# --- tags on every run -------------------------------------------------------------------------------------------
+ROLE = "adin.role"  # "sweep" (parent) or "trial" (child)
+ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
+SWEEP = "adin.sweep"  # the sweep's name, on the parent and on every child
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+
+# --- tags on a trial's run ---------------------------------------------------------------------------------------
+TRIAL = "adin.trial_id"  # Tune's trial id
+CHECKPOINT = "adin.checkpoint"  # URI of the trial's latest checkpoint (local path or s3://)
+PHASE = "adin.phase"  # the schedule's phase at the latest evaluation
+OUTCOME = "adin.outcome"  # finished | pruned (stopped early by the scheduler) | failed | killed
+OUTCOMES = ("finished", "pruned", "failed", "killed")
+
+# --- tags on a sweep's run ---------------------------------------------------------------------------------------
+SPACE_FILE = "adin.space_file"
+CODE_VERSION = "adin.code_version"
+SOURCE = "adin.source"  # shard-set URI of the training data
+SELECT = "adin.select"  # JSON list of the select targets' URIs
+REPORT = "adin.report"  # JSON list of the report targets' URIs
+TARGET_NAMES = "adin.target_names"  # JSON {URI: name}: the <target> in select/<target>/<metric>
+STORAGE = "adin.storage"
+DATA_VERSIONS = "adin.data_versions"  # JSON {URI: "<dataset>/<version>"}
+OVERRIDES = "adin.overrides"  # JSON of the command-line overrides, replayed by --resume
+FAULTS = "adin.faults"  # JSON: tracking outages survived, each trial's faults/* metrics
+SWEEP_STATE = "adin.state"  # running | complete | partial (interrupted; --resume continues it) | failed
+BEST_TRIAL = "adin.best_trial"
+BEST_CHECKPOINT = "adin.best_checkpoint"
+OBJECTIVE_METRIC = "adin.objective"  # the space's objective metric name, and its mode
+OBJECTIVE_MODE = "adin.objective_mode"
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+FINAL = "final"  # 1 on a trial's last report when it trained its whole budget
+WORLD_SIZE = "world_size"
+REPORT_PREFIX = "report/"  # report/<target>/<metric>: the winner's report targets, on the parent
+TIMING_PREFIX = "timing/"  # the sweep's phases, seconds, on the parent
+
+__all__ = [name for name in dir() if name.isupper()] + ["OBJECTIVE"]

@@ -1,0 +1,46 @@
+"""The model card and the exported model, without a sweep (the end-to-end export is in test_sweep)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from adin_core.config import TrainConfig
+from adin_core.features import extract_features
+from adin_core.models import ADINModel
+from orchestrator.best import Winner, load_export, model_card, write_export
+
+
+def _winner(state: str) -> Winner:
+    return Winner("s1", "p", "r", "t7", "transfer_mAP", 0.31, "s3://b/sweeps/s1/train/trial-t7/checkpoint_000003",
+                  {}, {}, {"adin.state": state})
+
+
+def test_card_says_what_a_user_needs(tmp_path):
+    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
+    data = {os.path.abspath("runs/data/synthetic-tiny-select/g2-x"): "synthetic-tiny-select/g2-x"}
+    scores = {"rank1": 0.5, "rank5": 0.7, "rank10": 0.8, "mAP": 0.31, "mINP": 0.2}
+    probe = {"probe/camera_acc": 0.41, "probe/camera_chance": 0.34}
+    card, md = model_card(_winner("complete"), cfg, {"sel": scores}, {"rep": scores}, data, probe)
+    assert card["nuisance_probe"] == probe and card["sweep_state"] == "complete"
+    assert "camera: accuracy 0.410 (chance 0.340)" in md and "Partial sweep" not in md
+    assert "from orchestrator.best import load_export" in md and "extract_features" in md
+    assert os.path.abspath("runs") not in md and "runs/data/synthetic-tiny-select/g2-x" in md  # relative
+    _, partial = model_card(_winner("partial"), cfg, {}, {}, {}, {})
+    assert "**Partial sweep**" in partial
+
+
+def test_export_loads_and_model_call_is_the_retrieval_feature(tmp_path):
+    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
+    model = ADINModel(cfg, 5, {"camera": 3})
+    state = {"config": cfg.to_dict(), "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
+             "model": model.state_dict()}
+    write_export(str(tmp_path / "x"), state, {"k": 1}, "# card\n")
+    loaded, config = load_export(str(tmp_path / "x"))
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 16, 3), dtype=np.uint8)
+    feats = extract_features(loaded, images, image_size=(config.image_height, config.image_width))
+    direct = loaded(loaded.normalise(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    torch.testing.assert_close(feats, direct.detach())
+    assert torch.allclose(feats.norm(dim=1), torch.ones(4))

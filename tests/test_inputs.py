@@ -1,0 +1,181 @@
+"""A user's mistake ends in one line naming the input and what is allowed, exit 2, before any Ray work: one case
+per mistake, through the real command-line entry points (in-process, so each costs well under a second or two)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from tests.helpers import free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "search_spaces", "smoke.yaml")
+
+
+def _space(tmp_path, edit) -> str:
+    raw = yaml.safe_load(open(SMOKE))
+    edit(raw)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def _write(tmp_path, name: str, data: bytes | str) -> str:
+    path = tmp_path / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return str(path)
+
+
+def _metric_foo(raw):
+    raw["objective"]["metric"] = "foo"
+
+
+def _infinite_high(raw):
+    raw["parameters"]["beta"]["high"] = float("inf")
+
+
+def _select_is_source(raw):
+    raw["targets"]["select"] = [raw["source"]]
+
+
+SWEEP_CASES = {
+    "objective metric no trial reports": (lambda t: ["--space", _space(t, _metric_foo)],
+                                          "objective.metric: 'foo' is not a metric a trial reports"),
+    "a bound that is infinite": (lambda t: ["--space", _space(t, _infinite_high)],
+                                 "parameters.beta.high: must be a finite number"),
+    "a tracking URI of no known scheme": (lambda t: ["--space", SMOKE, "--tracking-uri", "foo://x"],
+                                          "scheme foo:// is not one MLflow stores runs in"),
+    "--resume of an unknown sweep": (lambda t: ["--space", SMOKE, "--resume", "smoke-nope"],
+                                     "--resume smoke-nope: no sweep of that name"),
+    "the space is a folder": (lambda t: ["--space", str(t)], "is a folder; give a search-space YAML file"),
+    "the space is binary": (lambda t: ["--space", _write(t, "x.yaml", b"\xff\xfe\x00\x81binary")],
+                            "is not a text (YAML) file"),
+    "a parameter given twice": (lambda t: ["--space", _write(t, "d.yaml", open(SMOKE).read().replace(
+        "parameters:\n", "parameters:\n  beta: {type: float, low: 1, high: 2}\n"))], "key 'beta' is given twice"),
+    "a select target that is the source": (lambda t: ["--space", _space(t, _select_is_source)], "is the source"),
+    "--storage not writable": (lambda t: ["--space", SMOKE, "--storage", "/proc/adin"], "--storage /proc/adin"),
+    "--storage a file": (lambda t: ["--space", SMOKE, "--storage", _write(t, "f", "x")], "is a file; give a folder"),
+    "--data-root not writable": (lambda t: ["--space", SMOKE, "--data-root", "/proc/adin"], "--data-root /proc/adin"),
+    "--tracking-uri SQLite file not writable": (lambda t: ["--space", SMOKE, "--tracking-uri", "sqlite:////proc/x/m.db"],
+                                                "--tracking-uri sqlite:////proc/x/m.db"),
+    "--epochs negative": (lambda t: ["--space", SMOKE, "--epochs", "-1"], "--epochs: must be > 0, got -1"),
+    "--workers zero": (lambda t: ["--space", SMOKE, "--workers", "0"], "--workers: must be >= 1, got 0"),
+    "--retry-budget negative": (lambda t: ["--space", SMOKE, "--retry-budget", "-1"], "--retry-budget must be >= 0"),
+    "--name with a slash": (lambda t: ["--space", SMOKE, "--name", "a/b"], "--name 'a/b': use letters"),
+    "--ray-address that nothing answers": (lambda t: ["--space", SMOKE, "--ray-address", f"127.0.0.1:{free_port()}"],
+                                           "nothing answers at 127.0.0.1"),
+    "--select not a dataset": (lambda t: ["--space", SMOKE, "--select", str(t / "nothing")],
+                               "no manifest.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_sweep_input_mistakes_fail_before_ray(tmp_path, capsys, case):
+    import ray
+
+    from orchestrator.sweep import main
+
+    make_args, message = SWEEP_CASES[case]
+    args = make_args(tmp_path)
+    base = {"--storage": str(tmp_path / "sweeps"), "--data-root": str(tmp_path / "data"),
+            "--tracking-uri": f"sqlite:///{tmp_path}/m.db"}
+    for flag, value in base.items():
+        if flag not in args:
+            args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line
+    assert not ray.is_initialized()
+
+
+def test_resume_refuses_different_settings_and_replays_its_own(tmp_path, capsys):
+    """The first run's experiment flags are stored with the sweep; --resume replays them and refuses others."""
+    from orchestrator.plan import SWEEP_FILE, make_plan, write_sweep_file
+    from orchestrator.sweep import parse_args
+
+    base = ["--space", SMOKE, "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    plan = make_plan(parse_args([*base, "--name", "smoke-r", "--epochs", "3", "--num-samples", "2"]))
+    write_sweep_file(plan)
+    assert os.path.exists(tmp_path / "s" / "smoke-r" / SWEEP_FILE)
+    assert plan.space.training.epochs == 3 and plan.space.search.num_samples == 2
+    from orchestrator.plan import PlanError
+
+    with pytest.raises(PlanError, match=r"keeps its first run's settings; drop --epochs 5.0 \(the sweep ran with 3.0\)"):
+        make_plan(parse_args([*base, "--resume", "smoke-r", "--epochs", "5"]))
+    # the same value is accepted; no value replays the stored one (restorability is checked last: none here)
+    with pytest.raises(PlanError, match="no restorable sweep state"):
+        make_plan(parse_args([*base, "--resume", "smoke-r", "--epochs", "3"]))
+
+
+def test_plan_paths_are_absolute(tmp_path, monkeypatch):
+    """Relative storage, data root and tracking paths mean the same place in Ray's per-trial working folders."""
+    from orchestrator.plan import make_plan
+    from orchestrator.sweep import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    plan = make_plan(parse_args(["--space", SMOKE, "--storage", "rel/s", "--data-root", "rel/d",
+                                 "--tracking-uri", "sqlite:///rel/m.db"]))
+    assert plan.storage == str(tmp_path / "rel" / "s") and plan.data_root == str(tmp_path / "rel" / "d")
+    assert plan.tracking_uri == f"sqlite:///{tmp_path}/rel/m.db"
+    assert all(os.path.isabs(u) for u in [plan.source, *[t.uri for t in plan.select + plan.report]])
+    assert [t.name for t in plan.select] == ["synthetic-tiny-select"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--register", "a/b"], "--register 'a/b': a model name is letters"),
+    (["--export", "/proc/adin/x"], "--export /proc/adin/x: cannot create /proc/adin"),
+    (["--sweep", "nope"], "no sweep named 'nope'"),
+])
+def test_best_input_mistakes_fail_before_any_export(tmp_path, capsys, args, message):
+    from orchestrator.best import main
+
+    full = ["--export", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    for i in range(0, len(args), 2):
+        if args[i] in full:
+            full[full.index(args[i]) + 1] = args[i + 1]
+        else:
+            full += args[i:i + 2]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_data_cli_mistakes(tmp_path, capsys):
+    from orchestrator.data import main
+    from tests.helpers import make_market
+
+    src = make_market(str(tmp_path / "src"))
+    dest_file = _write(tmp_path, "dest", "x")
+    assert main(["shard", "--format", "market1501", "--src", src, "--dest", dest_file]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    for content, message in (("[1, 2]", "is not a manifest (a JSON object), it holds a list"),
+                             ('{"schema_version": 1}', "not a complete manifest (missing ['dataset'")):
+        folder = tmp_path / "store" / "x" / "v1"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "manifest.json").write_text(content)
+        assert main(["inspect", str(folder)]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "beta=[1,"], "cannot read value '[1,'"),
+    (["--set", "device=cuda"], "CUDA is not available"),
+    (["--set", "adv_loss=cane"], "the paper's CaNE is adv_loss=ne with calibration=class_prior"),
+    (["--gen", "colour=red"], "colour"),
+])
+def test_adin_core_cli_mistakes(capsys, monkeypatch, args, message):
+    import torch
+
+    from adin_core.__main__ import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "tiny", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

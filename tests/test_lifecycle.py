@@ -1,0 +1,157 @@
+"""A sweep's life cycle through the real command line: Ctrl-C and SIGTERM end it with the right exit code, the runs
+closed and the resume command printed; --resume finishes it from the trials' checkpoints; a sweep in which no
+trial finishes exits 1; another Ray instance on the host does not disturb it; a trial no node can hold is refused."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.helpers import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "search_spaces", "smoke.yaml")
+
+
+def _args(root, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.sweep", "--space", SMOKE, "--storage", str(root / "sweeps"),
+            "--data-root", str(root / "data"), "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--quiet", *extra]
+
+
+def _env(**extra) -> dict[str, str]:
+    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1", **extra)
+
+
+def _runs(root):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return ([r for r in runs if r.data.tags.get("adin.role") == "sweep"],
+            [r for r in runs if r.data.tags.get("adin.role") == "trial"], client)
+
+
+def _wait_for_reports(exp_dir: str, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until the sweep's trials have reported `n` evaluations in all."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        count = sum(sum(1 for _ in open(p)) for p in glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json")))
+        if count >= n:
+            return
+        assert proc.poll() is None, f"the sweep ended early: {proc.communicate()[0][-3000:]}"
+        time.sleep(0.5)
+    pytest.fail(f"fewer than {n} reports within {timeout} s")
+
+
+def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoints(tmp_path):
+    proc = subprocess.Popen(_args(tmp_path, "--name", "life", "--num-samples", "2", "--max-concurrent", "1",
+                                  "--epochs", "6", "--scheduler", "none"),
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for_reports(str(tmp_path / "sweeps" / "life"), 2, proc)
+        t0 = time.perf_counter()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends: the whole foreground group
+        out, _ = proc.communicate(timeout=120)
+        stop_s = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-4000:]
+    assert "--resume life" in out and "Traceback" not in out, out[-4000:]
+    (parent,), children, client = _runs(tmp_path)
+    assert parent.info.status == "KILLED" and parent.data.tags["adin.state"] == "partial"
+    assert children and all(c.info.status == "KILLED" and c.data.tags["adin.outcome"] == "killed"
+                            for c in children if c.data.tags["adin.outcome"] != "finished")
+    # the resumed sweep replays --epochs 6 --num-samples 2 (stored with the sweep) and finishes
+    t1 = time.perf_counter()
+    resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
+    (parent,), children, client = _runs(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.tags["adin.state"] == "complete"
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.params["epochs"] == "6.0" for c in children)
+    first = min(children, key=lambda c: c.info.start_time)
+    assert first.data.metrics["faults/resumed_from_step"] > 0  # it went on from its checkpoint, not from 0
+    assert first.data.tags["adin.checkpoint"].startswith(str(tmp_path / "sweeps" / "life" / "train" / "trial-"))
+    history = [m.step for m in client.get_metric_history(first.info.run_id, "transfer_mAP")]
+    assert history == sorted(set(history)), history  # appended after the resume, none twice
+    print(f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed from step "
+          f"{first.data.metrics['faults/resumed_from_step']:.0f}; resume finished in {time.perf_counter() - t1:.0f} s")
+
+
+def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_143(tmp_path):
+    """Another Ray instance (as a notebook's would be) is up: trials still start one after the other (the first
+    trial's resources are released), and `ray job stop`'s SIGTERM ends the sweep with 143."""
+    ray_tmp = tempfile.mkdtemp(prefix="rayo", dir="/tmp")
+    port, dash = free_port(), free_port()
+    other = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
+                              str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus",
+                              "1", "--temp-dir", ray_tmp, "--include-dashboard", "true"],
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = None
+    try:
+        wait_for_port(dash, timeout=90)
+        proc = subprocess.Popen(_args(tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1",
+                                      "--scheduler", "none"),
+                                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        exp_dir = str(tmp_path / "sweeps" / "beside")
+        deadline = time.time() + 600
+        while time.time() < deadline and len(glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json"))) < 2:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        assert len(glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json"))) >= 2, "the second trial never ran"
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `ray job stop` does
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(other.pid, signal.SIGTERM)  # the instance this test started, and only it
+        try:
+            other.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 143, out[-4000:]
+    assert "--resume beside" in out and "multiple active Ray" not in out
+    (parent,), children, _ = _runs(tmp_path)
+    assert parent.info.status == "KILLED" and len(children) >= 2
+
+
+def test_a_sweep_in_which_no_trial_finishes_exits_1(tmp_path):
+    """A source whose part was damaged after sharding: every trial fails reading it; the sweep says so, exits 1
+    and offers no export (README command 1's `&&` then stops)."""
+    from adin_core.data.datasets import resolve_dataset
+
+    source = resolve_dataset("synthetic:tiny/source", str(tmp_path / "data"))
+    part = sorted(glob.glob(os.path.join(source, "train", "*.parquet")))[0]
+    with open(part, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"damaged")
+    proc = subprocess.run(_args(tmp_path, "--num-samples", "1"), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no trial finished (1 failed" in proc.stderr and "orchestrator.best" not in proc.stdout
+    (parent,), (child,), _ = _runs(tmp_path)
+    assert parent.info.status == "FAILED" and child.data.tags["adin.outcome"] == "failed"
+
+
+def test_a_trial_no_node_can_hold_is_refused_at_start(tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run(_args(tmp_path, "--gpus-per-worker", "1"), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 GPUs per worker, but the largest node has 0 (no GPU here)" in proc.stderr
+    assert time.perf_counter() - t0 < 60

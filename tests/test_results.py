@@ -1,0 +1,32 @@
+"""The one winner rule, shared by the sweep's report and `orchestrator.best`, and the plots' trial order."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.results import TrialRow, pick_winner, rank, study_of
+from orchestrator.space import Objective, parse_space
+from tests.test_space import BASE
+
+
+def _rows():
+    return [TrialRow("a", 0.30, "finished", 4, {"beta": 1.0, "adv_loss": "kl"}, "/c/a", order=3),
+            TrialRow("b", 0.50, "pruned", 1, {"beta": 2.0, "adv_loss": "ne"}, "/c/b", order=1),  # early rung: no
+            TrialRow("c", 0.20, "finished", 4, {"beta": 3.0, "adv_loss": "kl"}, "/c/c", order=2),
+            TrialRow("d", 0.90, "failed", 2, {"beta": 4.0, "adv_loss": "kl"}, "/c/d", order=4),
+            TrialRow("e", 0.40, "finished", 4, {"beta": 5.0, "adv_loss": "kl"}, None, order=5)]  # no checkpoint
+
+
+def test_the_winner_is_the_best_finished_trial_with_a_checkpoint_by_metric_and_mode():
+    assert pick_winner(_rows(), Objective("transfer_mAP", "max")).trial == "a"
+    assert pick_winner(_rows(), Objective("probe/camera_acc", "min")).trial == "c"
+    assert pick_winner([r for r in _rows() if r.outcome != "finished"], Objective()) is None
+    assert [r.trial for r in rank(_rows(), Objective("m", "min"))][:2] == ["c", "a"]
+
+
+def test_the_history_plot_study_is_in_trial_order():
+    space = parse_space(BASE, "space.yaml")
+    study = study_of(_rows(), space)
+    assert [t.user_attrs["trial"] for t in study.trials] == ["b", "c", "a", "d", "e"]
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert study.best_trial.user_attrs["trial"] == "e" and study.best_trial.value == pytest.approx(0.4)
