@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,14 +27,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
+from adin_core.stats import Paired
+
 import numpy as np
 
 DEFAULT_ARMS = (
     "baseline:adv_loss=none",
-    "adin:",  # the default config: adv_loss kl, class-prior calibration
+    "adin:",  # the default config: adv_loss kl (KL(u || c)), beta 0.1
     "control:shuffle_nuisance=true",  # the default config on permuted nuisance labels
-    "paper_cane:adv_loss=ne,calibration=class_prior",
-    "rg:adv_loss=rg,beta=0.1",
+    "kl_class_prior:calibration=class_prior",  # the paper's calibration on the non-saturating form
+    "paper_cane:adv_loss=ne,calibration=class_prior,freeze_encoder_for_nuisance=true,beta=1",  # PAPER_CANE
 )
 COLUMNS = (("source", "source/mAP"), ("select", "select/select/mAP"), ("report", "report/report/mAP"),
            ("transfer", "transfer"), ("probe camera", "probe/camera_acc"),
@@ -88,35 +89,6 @@ def parse_arm(text: str) -> Arm:
     if not sep or not name:
         raise ValueError(f"--arm {text!r}: expected NAME:FIELD=VALUE,... (or NAME: for the defaults)")
     return Arm(name, parse_assignments(rest, f"--arm {name}"))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# statistics
-# ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Paired:
-    diffs: tuple[float, ...]
-    mean: float
-    low: float
-    high: float
-    positive: int
-
-    @classmethod
-    def of(cls, a: list[float], b: list[float]) -> "Paired":
-        """a - b per seed; a paired-t 95% interval of the mean difference."""
-        from scipy import stats
-
-        d = np.asarray(a, float) - np.asarray(b, float)
-        mean = float(d.mean())
-        if len(d) > 1 and d.std(ddof=1) > 0:
-            half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-        else:
-            half = 0.0 if len(d) > 1 else math.inf
-        return cls(tuple(float(x) for x in d), mean, mean - half, mean + half, int((d > 0).sum()))
-
-    def __str__(self) -> str:
-        return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {self.positive}/{len(self.diffs)} > 0 "
-                f"({', '.join(f'{x:+.3f}' for x in self.diffs)})")
 
 
 def value(run: dict[str, Any], key: str) -> float:

@@ -28,6 +28,7 @@ from adin_core.probe import ProbeResult, nuisance_probe
 from adin_core.schedule import Phase
 
 OBJECTIVE = "transfer_mAP"
+REPORT_MAP = "report_mAP"  # the mean mAP over the report targets, when they are scored (verification, the end)
 PROBE_KINDS = ("camera", "time")  # the base nuisance kinds; camera_x_time is their product
 
 
@@ -110,6 +111,8 @@ class Evaluator:
                     out[f"{role}/{t.name}/probe_{kind}_chance"] = result.chance
         if self.select:
             out[OBJECTIVE] = float(np.mean([out[f"select/{t.name}/mAP"] for t in self.select]))
+        if report and self.report:
+            out[REPORT_MAP] = float(np.mean([out[f"report/{t.name}/mAP"] for t in self.report]))
         return out
 
 
@@ -160,4 +163,4 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "OBJECTIVE", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]
+__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]

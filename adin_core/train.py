@@ -119,6 +119,9 @@ class ADINTrainer:
         self.aug_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
         self.history: list[CheckReport] = []
         self.phase_seconds: dict[str, float] = {}
+        self._rng_state = torch.get_rng_state()  # this trainer's own stream (run_check swaps it in)
+        self._batches: Iterator[Batch] | None = None
+        self._t0 = 0.0
         self._sums: dict[str, torch.Tensor] = {}  # per-check running sums (tensors: no device sync per step)
         self._counts: dict[str, int] = {}
         if self.distributed:
@@ -357,44 +360,64 @@ class ADINTrainer:
             epoch, offset = epoch + 1, 0
 
     def run(self) -> FitResult:
+        """Train to the end of the schedule (from wherever a loaded state left off)."""
+        while not self.schedule.done:
+            self.run_check()
+        return FitResult(self.model, self.history, list(self.schedule.transitions))
+
+    def run_check(self) -> CheckReport:
+        """Train up to the next validation check, take the schedule's transition, call the hooks. Several trainers
+        can take turns (a trial's seeds): each keeps its own torch RNG stream, so a seed trains the same whichever
+        trainers run beside it."""
+        if self.schedule.done:
+            raise RuntimeError("the schedule is done")
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._rng_state)
+        try:
+            return self._check()
+        finally:
+            self._rng_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def _check(self) -> CheckReport:
         sched = self.schedule
-        batches = prefetch(self._batches_from(sched.step))
-        self.model.train()
-        t0 = time.perf_counter()
-        while not sched.done:
-            phase = sched.phase
-            n = sched.steps_until_check()
-            t_phase = time.perf_counter()
-            for _ in range(n):
-                x, pids, labels = self._prepare(next(batches), train=True)
-                if phase in (Phase.PRETRAIN_ID, Phase.RESCUE):
-                    self._step_identity(x, pids)
-                elif phase in (Phase.PRETRAIN_NUISANCE, Phase.REFRESH):
-                    if self.config.freeze_encoder_for_nuisance:
-                        self._step_nuisance(x, labels)
-                    else:  # f_E keeps learning identity while f_N learns the nuisance off the same features
-                        self._step_nuisance(x, labels, feats=self._step_identity(x, pids))
-                else:
-                    self._step_adversarial(x, pids, labels)
-            sched.advance(n)
-            self.phase_seconds[phase.value] = self.phase_seconds.get(phase.value, 0.0) + time.perf_counter() - t_phase
-            id_acc, by_kind = self._validate_synced()
-            nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
-            transition = sched.observe(id_acc, nuisance_acc)
-            if transition is not None and transition.target == Phase.REFRESH.value:
-                self.model.reset_nuisance_heads()
-                self.opt_nuisance = self._make_nuisance_optimizer()
-            report = CheckReport(
-                step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
-                next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
-                nuisance_acc_by_kind=by_kind, losses=self._take_means("loss"),
-                transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - t0,
-                grip=self._take_means("grip"), phase_steps=dict(sched.phase_steps),
-                phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
-            self.history.append(report)
-            for hook in self.hooks:
-                hook.on_check(self, report)
-        return FitResult(self.model, self.history, list(sched.transitions))
+        if self._batches is None:
+            self._batches = prefetch(self._batches_from(sched.step))
+            self._t0 = time.perf_counter()
+            self.model.train()
+        phase = sched.phase
+        n = sched.steps_until_check()
+        t_phase = time.perf_counter()
+        for _ in range(n):
+            x, pids, labels = self._prepare(next(self._batches), train=True)
+            if phase in (Phase.PRETRAIN_ID, Phase.RESCUE):
+                self._step_identity(x, pids)
+            elif phase in (Phase.PRETRAIN_NUISANCE, Phase.REFRESH):
+                if self.config.freeze_encoder_for_nuisance:
+                    self._step_nuisance(x, labels)
+                else:  # f_E keeps learning identity while f_N learns the nuisance off the same features
+                    self._step_nuisance(x, labels, feats=self._step_identity(x, pids))
+            else:
+                self._step_adversarial(x, pids, labels)
+        sched.advance(n)
+        self.phase_seconds[phase.value] = self.phase_seconds.get(phase.value, 0.0) + time.perf_counter() - t_phase
+        id_acc, by_kind = self._validate_synced()
+        nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
+        transition = sched.observe(id_acc, nuisance_acc)
+        if transition is not None and transition.target == Phase.REFRESH.value:
+            self.model.reset_nuisance_heads()
+            self.opt_nuisance = self._make_nuisance_optimizer()
+        report = CheckReport(
+            step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
+            next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
+            nuisance_acc_by_kind=by_kind, losses=self._take_means("loss"),
+            transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - self._t0,
+            grip=self._take_means("grip"), phase_steps=dict(sched.phase_steps),
+            phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
+        self.history.append(report)
+        for hook in self.hooks:
+            hook.on_check(self, report)
+        return report
 
     # ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -408,7 +431,7 @@ class ADINTrainer:
             "opt_main": self.opt_main.state_dict(),
             "opt_nuisance": self.opt_nuisance.state_dict(),
             "schedule": self.schedule.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self._rng_state,
             "aug_rng": self.aug_rng.get_state(),
             "phase_seconds": dict(self.phase_seconds),
             "history": [_report_to_dict(r) for r in self.history],
@@ -421,7 +444,7 @@ class ADINTrainer:
         self.opt_main.load_state_dict(state["opt_main"])
         self.opt_nuisance.load_state_dict(state["opt_nuisance"])
         self.schedule = Schedule.from_state_dict(self.schedule.config, state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
+        self._rng_state = state["torch_rng"]
         self.aug_rng.set_state(state["aug_rng"])
         self.phase_seconds = dict(state.get("phase_seconds", {}))
         self.history = [_report_from_dict(r) for r in state["history"]]

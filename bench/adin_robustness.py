@@ -16,7 +16,8 @@ import json
 import os
 import time
 
-from adin_core.compare import Arm, Paired, run_all, value
+from adin_core.compare import Arm, run_all, value
+from adin_core.stats import Paired
 
 VARIATIONS: dict[str, dict] = {
     "shortcut": {},

@@ -142,7 +142,9 @@ def _relative(uri: str) -> str:
 
 def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict,
                probe: dict[str, float]) -> tuple[dict, str]:
+    verification = json.loads(winner.parent_tags.get(S.VERIFICATION, "null"))
     card = {"sweep": winner.sweep, "trial_id": winner.trial_id, "mlflow_run_id": winner.run_id,
+            "verification": verification,
             "objective": {winner.metric: winner.objective}, "select_targets": select, "report_targets": report,
             "nuisance_probe": probe, "data_versions": {_relative(k): v for k, v in data.items()},
             "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
@@ -158,6 +160,15 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
         for name, s in scores.items():
             lines.append(f"| {name} | {role} | {s.get('rank1', float('nan')):.4f} | {s.get('rank5', float('nan')):.4f}"
                          f" | {s.get('rank10', float('nan')):.4f} | {s['mAP']:.4f} | {s['mINP']:.4f} |")
+    lines += ["", "## Verified against the baseline", ""]
+    if verification and "summary" in verification:
+        lines += [f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
+                  "baseline (the winner's parameters, `adv_loss: none`) and the paper's default ADIN (CaNE); mean mAP "
+                  "over the report targets, paired differences with a 95% interval:", ""]
+        lines += [f"- {line}" for line in verification["summary"]]
+    else:
+        lines.append("Not verified" + (f": {verification['error']}" if verification else
+                                       " (the sweep ran with verify.seeds: 0)") + ".")
     if probe:
         lines += ["", "## Nuisance probe", "",
                   "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "

@@ -34,6 +34,7 @@ EXPERIMENT_FLAGS: dict[str, str] = {
     "--workers": "resources.workers", "--cpus-per-worker": "resources.cpus_per_worker",
     "--gpus-per-worker": "resources.gpus_per_worker", "--num-samples": "search.num_samples",
     "--max-concurrent": "search.max_concurrent", "--epochs": "training.epochs", "--scheduler": "scheduler",
+    "--seeds": "search.seeds", "--verify-seeds": "verify.seeds",
 }
 
 
@@ -55,6 +56,7 @@ class SweepPlan:
     storage: str  # the sweep storage root, absolute (a folder or s3://bucket/prefix)
     data_root: str
     tracking_uri: str
+    study_storage: str  # where the Optuna study of record lives (an SQLAlchemy URL or a journal file)
     source: str  # shard-set URIs, absolute
     select: tuple[Target, ...]
     report: tuple[Target, ...]
@@ -97,6 +99,37 @@ def _writable_folder(uri: str, flag: str) -> str:
     if not os.access(uri, os.W_OK):
         raise PlanError(f"{flag} {uri} is not writable")
     return uri
+
+
+def default_study_storage(tracking_uri: str) -> str:
+    """Beside an SQLite tracking database (runs/optuna.db by default), else ./runs/optuna.db."""
+    if tracking_uri.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///"):]), "optuna.db")
+    return "sqlite:///" + os.path.abspath(os.path.join("runs", "optuna.db"))
+
+
+def open_study_storage(url: str):
+    """An Optuna storage: an SQLAlchemy URL (sqlite:///, postgresql://, mysql://) or a journal file (a path ending
+    in .log or .journal); opened (tables created) now, so a wrong URL fails before any work."""
+    import optuna
+
+    try:
+        if "://" not in url:
+            if not url.endswith((".log", ".journal")):
+                raise PlanError(f"--study-storage {url!r}: give an SQLAlchemy URL (sqlite:///FILE, postgresql://...) or a "
+                                "journal file path ending in .log or .journal")
+            path = os.path.abspath(url)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        if url.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except PlanError:
+        raise
+    except Exception as exc:  # SQLAlchemy, driver and file errors alike: the user's URL does not open
+        raise PlanError(f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _overrides(args: Any) -> dict[str, Any]:
@@ -201,6 +234,12 @@ def make_plan(args: Any) -> SweepPlan:
     data_root = _writable_folder(args.data_root, "--data-root")
     tracking_uri = absolute_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
+    study_storage = args.study_storage or default_study_storage(tracking_uri)
+    if "://" not in study_storage:
+        study_storage = os.path.abspath(study_storage)
+    elif study_storage.startswith("sqlite:///"):
+        study_storage = absolute_tracking_uri(study_storage)  # the same rule: an absolute SQLite path
+    open_study_storage(study_storage)
     given = _overrides(args)
     if args.resume is not None:
         if args.name:
@@ -250,7 +289,7 @@ def make_plan(args: Any) -> SweepPlan:
     versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
                     "files": dict(sorted(s.file_hashes().items()))} for u, s in shards.items()}
     return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
-                     data_root=data_root, tracking_uri=tracking_uri, source=source, select=select, report=report,
+                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source, select=select, report=report,
                      data_versions=versions, overrides=overrides, retry_budget_s=args.retry_budget,
                      ray_address=args.ray_address, quiet=args.quiet,
                      wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space)
@@ -258,4 +297,4 @@ def make_plan(args: Any) -> SweepPlan:
 
 PLAN_ERRORS = (SpaceError, StorageError, TrackingError, ShardError, LayoutError)
 
-__all__ = ["PLAN_ERRORS", "PlanError", "SweepPlan", "Target", "make_plan", "write_sweep_file"]
+__all__ = ["PLAN_ERRORS", "PlanError", "SweepPlan", "Target", "make_plan", "open_study_storage", "write_sweep_file"]

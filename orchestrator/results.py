@@ -21,6 +21,8 @@ class TrialRow:
     params: dict[str, Any] = field(default_factory=dict)  # the searched parameters
     checkpoint: str | None = None  # URI
     order: float = 0.0  # when the trial started: plots draw the search in this order
+    probe: float | None = None  # the camera probe's accuracy at the trial's last evaluation
+    spread: float | None = None  # the objective's standard error over the trial's seeds (search.seeds > 1)
 
 
 def pick_winner(rows: Iterable[TrialRow], objective: Objective) -> TrialRow | None:
@@ -58,12 +60,14 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
                              objective=m.get(space.objective.metric), outcome=outcome,
                              evals=int(m.get("training_iteration", 0)), params=space.sampled(r.config or {}),
                              checkpoint=checkpoint_uri(ckpt) if ckpt else None,
-                             order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0))))
+                             order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
+                             probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se")))
     return rows
 
 
 def study_of(rows: Sequence[TrialRow], space: SearchSpace):
-    """An Optuna study of the trials with an objective, in the order they started (for the plots)."""
+    """An in-memory Optuna study of the trials, in the order they started: the plots' source when the study of
+    record cannot be read (its storage gone)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,31 +86,52 @@ def study_of(rows: Sequence[TrialRow], space: SearchSpace):
     return study
 
 
+PNG_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
+HTML_PLOTS = ("optimization_history", "intermediate_values", "timeline", "param_importances", "parallel_coordinate")
+
+
 def save_plots(study, out_dir: str, log=print) -> list[str]:
-    """Optimisation history (in trial order), parameter importances and parallel coordinates, as PNG."""
+    """The search in pictures: PNGs (history in trial order, parameter importances, parallel coordinates) and one
+    interactive page, `search.html` (the same plus every trial's intermediate values and the timeline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
+    import optuna.visualization as interactive
     import optuna.visualization.matplotlib as vis
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
-    paths = []
-    for name, fn in (("optimization_history", vis.plot_optimization_history),
-                     ("param_importances", vis.plot_param_importances),
-                     ("parallel_coordinate", vis.plot_parallel_coordinate)):
-        try:
-            fn(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
-            log(f"  (no {name} plot: {exc})")
-            continue
-        path = os.path.join(out_dir, f"{name}.png")
-        plt.gcf().set_size_inches(9, 5)
-        plt.tight_layout()
-        plt.savefig(path, dpi=90)
-        plt.close("all")
+    paths, figures = [], []
+    with warnings.catch_warnings():  # few trials: Optuna and matplotlib warn about what a plot can show
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name in PNG_PLOTS:
+            try:
+                getattr(vis, f"plot_{name}")(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
+                log(f"  (no {name} plot: {exc})")
+                continue
+            fig = plt.gcf()
+            fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5)
+            for ax in fig.axes:  # parameter names on the parallel-coordinate axes must not overlap
+                ax.tick_params(axis="x", labelsize=7, labelrotation=20)
+            fig.tight_layout()
+            path = os.path.join(out_dir, f"{name}.png")
+            fig.savefig(path, dpi=90)
+            plt.close("all")
+            paths.append(path)
+        for name in HTML_PLOTS:
+            try:
+                figures.append(getattr(interactive, f"plot_{name}")(study))
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+                log(f"  (no interactive {name} plot: {exc})")
+    if figures:
+        path = os.path.join(out_dir, "search.html")
+        with open(path, "w") as fh:  # plotly.js once, embedded: the page works offline
+            fh.write("<html><head><meta charset='utf-8'><title>search</title></head><body>")
+            for i, fig in enumerate(figures):
+                fh.write(fig.to_html(full_html=False, include_plotlyjs=i == 0))
+            fh.write("</body></html>")
         paths.append(path)
     return paths
 

@@ -7,7 +7,9 @@ source: synthetic:shortcut/source    # a shard-set URI (<root>/<dataset>/<versio
 targets:
   select: [synthetic:shortcut/select]   # choose hyper-parameters on these
   report: [synthetic:shortcut/report]   # scored for the winner only, never used to choose
-search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0}   # sampler: tpe | random | cmaes | gp
+search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, seeds: 2}   # sampler: tpe|random|cmaes|gp;
+                                 # seeds: training seeds per trial (the same for all; the objective is their mean)
+verify: {seeds: 3}               # retrain winner, baseline and the paper's default on 3 fresh seeds (0: off)
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}      # or {type: none}
 resources: {workers: 1, cpus_per_worker: 0.49, gpus_per_worker: 0}
 training: {epochs: 8, eval_every_epochs: 2, checkpoints_to_keep: 2}
@@ -42,7 +44,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp")
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "int", "categorical")
 TOP_KEYS = {"name", "description", "objective", "source", "targets", "search", "scheduler", "resources", "training",
-            "parameters", "fixed"}
+            "verify", "parameters", "fixed"}
 TRAIN_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 RESERVED_FIXED = {"epochs"}  # set through training.epochs
 RANK_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -96,7 +98,8 @@ class SearchSettings:
     sampler: str = "tpe"
     num_samples: int = 8
     max_concurrent: int = 2
-    seed: int = 0
+    seed: int = 0  # the sampler's
+    seeds: int = 1  # training seeds per trial, the same for every trial (paired); the objective is their mean
 
     def make_sampler(self):
         import optuna
@@ -104,6 +107,14 @@ class SearchSettings:
         cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[self.sampler]
         return cls(seed=self.seed)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """After the search: the winner, the identity-only baseline and the paper's default ADIN retrained on `seeds`
+    fresh seeds and scored on the report targets (0: off)."""
+
+    seeds: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,7 @@ class SearchSpace:
     scheduler: SchedulerSettings
     resources: Resources
     training: TrainingSettings
+    verify: VerifySettings
     params: tuple[Param, ...]
     fixed: Mapping[str, Any]
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
@@ -418,13 +430,20 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                                             "cannot report generalisation")
     if targets.source in targets.select + targets.report:
         raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
-    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed"})
+    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds"})
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
     search = SearchSettings(s.get("sampler", "tpe"),
                             _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1),
                             _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1),
-                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0))
+                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0),
+                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1))
+    v = _section(raw, path, "verify", {"seeds"})
+    verify = VerifySettings(_number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0))
+    if verify.seeds == 1:
+        raise _err(path, "verify.seeds", "must be 0 (off) or >= 2: one seed gives no interval")
+    if verify.seeds and not targets.report:
+        raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
     t = _section(raw, path, "training", {"epochs", "eval_every_epochs", "checkpoints_to_keep"})
     training = TrainingSettings(
         _number(path, "training.epochs", t.get("epochs", 8), low=0, low_open=True),
@@ -460,8 +479,12 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                        "is set by training.epochs")
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
+    if verify.seeds and fixed.get("adv_loss") == "none":
+        raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
+                                         "verify against (set verify.seeds: 0)")
     space = SearchSpace(path=path, name=name, objective=objective, targets=targets, search=search,
-                        scheduler=scheduler, resources=resources, training=training, params=tuple(params.values()),
+                        scheduler=scheduler, resources=resources, training=training, verify=verify,
+                        params=tuple(params.values()),
                         fixed=FrozenDict(fixed), raw=FrozenDict(raw))
     _check_corners(space)
     return space

@@ -42,7 +42,9 @@ os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV loggers (JSON is added back)
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes: the sweep prints its own
 
+from adin_core.evaluation import REPORT_MAP  # noqa: E402
 from orchestrator.plan import PLAN_ERRORS, PlanError, SweepPlan, make_plan, write_sweep_file  # noqa: E402
 from orchestrator.retry import DEFAULT_BUDGET_S  # noqa: E402
 from orchestrator.tracking.store import DEFAULT_TRACKING_URI  # noqa: E402
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--storage", default=os.environ.get("ADIN_STORAGE", DEFAULT_STORAGE))
     ap.add_argument("--data-root", default=os.environ.get("ADIN_DATA_ROOT", DEFAULT_DATA_ROOT))
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    ap.add_argument("--study-storage", default=os.environ.get("ADIN_STUDY_STORAGE"), metavar="URL",
+                    help="the Optuna study of record: an SQLAlchemy URL or a journal file (default: optuna.db beside "
+                    "an SQLite tracking database, else runs/optuna.db; ADIN_STUDY_STORAGE)")
     ap.add_argument("--source")
     ap.add_argument("--select", help="comma-separated shard URIs")
     ap.add_argument("--report", help="comma-separated shard URIs")
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-samples", type=int)
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--epochs", type=float)
+    ap.add_argument("--seeds", type=int, help="training seeds per trial (the space's search.seeds)")
+    ap.add_argument("--verify-seeds", type=int, help="fresh seeds to verify the winner on (the space's verify.seeds; "
+                    "0: off)")
     ap.add_argument("--scheduler", choices=["asha", "none"],
                     help="early stopping: the space's ASHA settings (or defaults), or none (every trial runs out)")
     ap.add_argument("--retry-budget", type=float, default=DEFAULT_BUDGET_S,
@@ -138,7 +146,9 @@ def build_tuner(plan: SweepPlan, callbacks: list):
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.plan import open_study_storage
+    from orchestrator.search import StudySearch
 
     from orchestrator.storage import tune_storage
     from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_trial
@@ -151,8 +161,9 @@ def build_tuner(plan: SweepPlan, callbacks: list):
         path = os.path.join(storage_path, plan.sweep) if storage_fs is None else f"{storage_path}/{plan.sweep}"
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=storage_fs)
-    searcher = OptunaSearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
-                            sampler=space.search.make_sampler(), study_name=plan.sweep)
+    searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
+                           sampler=space.search.make_sampler(), study_name=plan.sweep,
+                           storage=open_study_storage(plan.study_storage))
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent)
     s = space.scheduler
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
@@ -278,6 +289,7 @@ class Sweep:
         plan = self.plan
         parent = SweepRun(queue, experiment_id(plan.tracking_uri, plan.space.name, queue.backoff), plan.sweep)
         parent.open()
+        parent.save_view(plan.space.objective.metric, plan.space.objective.mode, [p.name for p in plan.space.params])
         targets = {t.uri: t.name for t in plan.select + plan.report}
         parent.set_tags({
             S.SPACE_FILE: plan.space_file, S.CODE_VERSION: code_version(), S.SOURCE: plan.source,
@@ -333,10 +345,14 @@ class Sweep:
         plan = self.plan
         rows = rows_from_results(results, plan.space, self._checkpoint_uri)
         names = [p.name for p in plan.space.params]
-        print(f"\nleaderboard ({plan.space.objective.metric}, {plan.space.objective.mode})")
-        print(format_table(["trial", "outcome", "evals", plan.space.objective.metric, *names],
-                           [[r.trial, r.outcome, r.evals, "-" if r.objective is None else f"{r.objective:.4f}",
-                             *[r.params.get(n, "") for n in names]] for r in rank(rows, plan.space.objective)]))
+        metric = plan.space.objective.metric
+        print(f"\nleaderboard ({metric}, {plan.space.objective.mode}"
+              + (f"; mean over {plan.space.search.seeds} seeds +/- standard error)" if plan.space.search.seeds > 1
+                 else ")"))
+        print(format_table(["trial", "outcome", "evals", metric, "probe camera", *names],
+                           [[r.trial, r.outcome, r.evals, _objective_cell(r), "-" if r.probe is None else
+                             f"{r.probe:.3f}", *[r.params.get(n, "") for n in names]]
+                            for r in rank(rows, plan.space.objective)]))
         faults = tracking.queue.faults_summary()
         print_faults(faults)
         if self.stops.received:
@@ -353,27 +369,75 @@ class Sweep:
                   f"export. The trials' errors are in {plan.sweep_uri}/*/error.txt", file=sys.stderr)
             return "FAILED", EXIT_NO_TRIAL
         self._summarise_winner(parent, rows, winner)
+        self.t["verified"] = self.t["winner"] = time.perf_counter()
+        if plan.space.verify.seeds:
+            outcome = self._verify(parent, winner)
+            if outcome is not None:
+                return outcome
         self.t["end"] = time.perf_counter()
         t = self.t
         timing = {"timing/checks_s": t["checked"] - t["start"], "timing/ray_start_s": t["ray"] - t["checked"],
-                  "timing/trials_s": t["fit"] - t["ray"], "timing/wrap_up_s": t["end"] - t["fit"],
+                  "timing/trials_s": t["fit"] - t["ray"], "timing/verification_s": t["verified"] - t["winner"],
+                  "timing/wrap_up_s": t["end"] - t["fit"] - (t["verified"] - t["winner"]),
                   "timing/total_s": t["end"] - t["start"]}
         parent.log_metrics(timing, step=int(time.time()))  # a resumed sweep adds a point, it does not overwrite
+        k = plan.space.search.seeds
         print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s,"
-              f" trials {timing['timing/trials_s']:.1f} s, wrap-up {timing['timing/wrap_up_s']:.1f} s")
+              f" trials {timing['timing/trials_s']:.1f} s (repeats: {100 * (k - 1) / k:.0f}% of it, {k} seeds a trial),"
+              f" verification {timing['timing/verification_s']:.1f} s "
+              f"({100 * timing['timing/verification_s'] / max(timing['timing/total_s'], 1e-9):.0f}% of the sweep), "
+              f"wrap-up {timing['timing/wrap_up_s']:.1f} s")
+        from orchestrator.tracking import ui_url
+
         uri = plan.tracking_uri
-        ui = (f"open {uri} in a browser" if uri.startswith(("http://", "https://"))
-              else f"mlflow ui --backend-store-uri {uri} --workers 1")
-        print(f"\nopen the MLflow UI:   {ui}")
+        if uri.startswith(("http://", "https://")):
+            print(f"\nthe sweep in MLflow:  {ui_url(uri, parent.experiment_id, plan.sweep)}")
+        else:
+            print(f"\nthe sweep in MLflow:  mlflow ui --backend-store-uri {uri} --workers 1   then open\n"
+                  f"                      {ui_url('http://127.0.0.1:5000', parent.experiment_id, plan.sweep)}")
+        print(f"the study in Optuna:  optuna-dashboard {plan.study_storage}")
         print(f"export the winner:    python -m orchestrator.best --export runs/export-{plan.sweep} --sweep {plan.sweep}"
               + ("" if uri == _default_tracking() else f" --tracking-uri {uri}"))
         return "FINISHED", EXIT_OK
+
+    def _verify(self, parent, winner) -> tuple[str, int] | None:
+        """Retrain winner, baseline and the paper's default on fresh seeds; log the paired differences. Returns an
+        outcome when it was interrupted or failed (the search's result stays, unverified)."""
+        from orchestrator import verify
+        from orchestrator.progress import ProgressTable
+        from orchestrator.tracking import schema as S
+
+        plan = self.plan
+        print(f"\nverifying the winner: winner, baseline and the paper's default ADIN on {plan.space.verify.seeds} "
+              "fresh seeds, scored on the report targets", flush=True)
+        callbacks: list = [_signal_watcher(self.stops)]
+        if not plan.quiet:
+            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm"], every_s=30.0))
+        results = verify.build(plan, winner.params, callbacks).fit()
+        self.t["verified"] = time.perf_counter()
+        if self.stops.received:
+            code = EXIT_SIGNAL.get(self.stops.received, 130)
+            print(f"\ninterrupted during the verification (exit {code}); the search is done. Continue with:\n"
+                  f"  {plan.resume_command()}", file=sys.stderr)
+            return "KILLED", code
+        try:
+            outcome = verify.collect(results, plan.space.verify.seeds)
+        except verify.VerificationError as exc:
+            print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
+            parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})
+            return None
+        print(f"verification on {outcome.seeds} fresh seeds, report-target mAP:")
+        for line in outcome.lines():
+            print(f"  {line}")
+        parent.set_tags({S.VERIFICATION: verify.to_json(outcome)})
+        parent.log_metrics(outcome.metrics())
+        return None
 
     def _summarise_winner(self, parent, rows, winner) -> None:
         """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
         from adin_core.train import model_from_state
         from orchestrator.best import load_state, write_model_files
-        from orchestrator.results import save_plots, study_of
+        from orchestrator.results import save_plots
         from orchestrator.tracking import schema as S
         from orchestrator.trial import open_target, score_targets
 
@@ -393,8 +457,27 @@ class Sweep:
         write_model_files(out, state)
         parent.log_artifact(os.path.join(out, "model.pt"), "winner")
         parent.log_artifact(os.path.join(out, "config.json"), "winner")
-        for path in save_plots(study_of(rows, plan.space), self._tmp):
+        for path in save_plots(self._study(rows), self._tmp):
             parent.log_artifact(path, "plots")
+
+    def _study(self, rows):
+        """The study of record (real times, every intermediate value), or one made from the rows if unreadable."""
+        import optuna
+
+        from orchestrator.plan import open_study_storage
+        from orchestrator.results import study_of
+
+        try:
+            return optuna.load_study(study_name=self.plan.sweep, storage=open_study_storage(self.plan.study_storage))
+        except (KeyError, PlanError) as exc:
+            print(f"  (plots from the trials' results: the study of record is unreadable: {exc})")
+            return study_of(rows, self.plan.space)
+
+
+def _objective_cell(row) -> str:
+    if row.objective is None:
+        return "-"
+    return f"{row.objective:.4f}" + (f" +/- {row.spread:.4f}" if row.spread is not None else "")
 
 
 def _default_tracking() -> str:

@@ -27,7 +27,8 @@ from adin_core.config import TrainConfig
 from adin_core.data.memory import EvalTarget
 from adin_core.data.shards import ShardSet
 from adin_core.data.storage import StorageUnavailable
-from adin_core.evaluation import EvaluationHook, Evaluator, score_target
+from adin_core.evaluation import Evaluator, score_target
+from adin_core.repeats import SeedGroup, seed_list
 from adin_core.train import ADINTrainer, CheckReport
 from orchestrator.retry import Backoff, RetryStats, call_with_backoff
 
@@ -40,6 +41,7 @@ PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bo
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer (DESIGN 3)
 MAX_WORKER_FAILURES = 2  # Train restarts a trial's worker group this often from its last checkpoint
+VERIFY_SEED_OFFSET = 1000  # verification seeds: fresh, never the search's (config.seed + k, k < search.seeds)
 
 
 def open_target(target: "Target", image_size: tuple[int, int]) -> EvalTarget:
@@ -118,9 +120,9 @@ class TrialProgress:
 
 
 class RaySink:
-    """What the evaluation hook hands each evaluation to: every rank calls `ray.train.report` (Train needs all of
-    them), rank 0 with the metrics and a checkpoint, uploaded through `upload` (with backoff); the progress record
-    and the storage retries ride along as `faults/*`."""
+    """What the seed group hands each evaluation to: every rank calls `ray.train.report` (Train needs all of
+    them), rank 0 with the metrics and a checkpoint of every seed's state, uploaded through `upload` (with
+    backoff); the progress record and the storage retries ride along as `faults/*`."""
 
     def __init__(self, rank: int, progress: TrialProgress | None, stats: RetryStats, upload: Callable) -> None:
         self.rank, self.progress, self.stats, self.upload = rank, progress, stats, upload
@@ -129,7 +131,8 @@ class RaySink:
         if self.progress is not None:
             self.progress.write(report.step)
 
-    def __call__(self, trainer: ADINTrainer, report: CheckReport, metrics: dict[str, Any], final: bool) -> None:
+    def __call__(self, trainers: list[ADINTrainer], reports: list[CheckReport], metrics: dict[str, Any],
+                 final: bool) -> None:
         import ray.train
 
         checkpoint = None
@@ -137,7 +140,8 @@ class RaySink:
             if self.rank == 0:
                 if self.progress is not None:
                     metrics.update(self.progress.metrics())
-                torch.save(trainer.state_dict(), os.path.join(tmp, STATE_FILE))
+                for k, trainer in enumerate(trainers):
+                    torch.save(trainer.state_dict(), os.path.join(tmp, state_file(k)))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
 
             def upload(ckpt, dir_name: str):
@@ -148,9 +152,14 @@ class RaySink:
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)
 
 
-def _load_checkpoint(checkpoint) -> dict[str, Any]:
+def state_file(k: int) -> str:
+    """Seed k's training state in a trial checkpoint (seed 0's is the trial's model: the export takes it)."""
+    return STATE_FILE if k == 0 else f"state-seed{k}.pt"
+
+
+def _load_checkpoint(checkpoint, seeds: int) -> list[dict[str, Any]]:
     with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, STATE_FILE), weights_only=True)
+        return [torch.load(os.path.join(d, state_file(k)), weights_only=True) for k in range(seeds)]
 
 
 def _fail_fast(run_fs):
@@ -178,12 +187,13 @@ def _persist(storage, checkpoint, dir_name: str):
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's per-worker loop."""
+    """Ray Train's per-worker loop: the trial's config on each of its seeds, in turns (adin_core.repeats)."""
     import ray.train
     import ray.train.torch
 
     plan: SweepPlan = loop_config["plan"]
     config: TrainConfig = loop_config["config"]
+    seeds: list[int] = loop_config["seeds"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     size = (config.image_height, config.image_width)
@@ -199,6 +209,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             for t in plan.select]
         evaluator.source = storage_retry(lambda: source_target(plan.source, size),
                                          what=f"reading {plan.source}'s test split")
+        if loop_config.get("report"):  # verification: the report targets, at the end
+            evaluator.report = [storage_retry(functools.partial(open_target, t, size),
+                                              what=f"reading target {t.uri}") for t in plan.report]
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run() if rank == 0 else None
 
@@ -207,17 +220,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                              what=f"uploading checkpoint {dir_name}")
 
     sink = RaySink(rank, progress, stats, upload)
-    hook = EvaluationHook(evaluator, sink, rank=rank)
-    trainer = ADINTrainer(config, data, hooks=[sink, hook], device=ray.train.torch.get_device(), rank=rank,
-                          world_size=world)
+    device = ray.train.torch.get_device()
+    trainers = [ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank,
+                            world_size=world) for seed in seeds]
+    group = SeedGroup(trainers, evaluator, sink, objective=plan.space.objective.metric, rank=rank)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        trainer.load_state_dict(storage_retry(lambda: _load_checkpoint(checkpoint), what="restoring the checkpoint"))
-    hook.previous_step = trainer.schedule.step
+        states = storage_retry(lambda: _load_checkpoint(checkpoint, len(seeds)), what="restoring the checkpoint")
+        for trainer, state in zip(trainers, states):
+            trainer.load_state_dict(state)
+        group.restored()
     if progress is not None:
-        progress.start(trainer.schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
-    if not trainer.schedule.done:
-        trainer.run()
+        progress.start(trainers[0].schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
+    group.run()
 
 
 def train_run_name(trial_id: str) -> str:
@@ -225,8 +240,22 @@ def train_run_name(trial_id: str) -> str:
 
 
 def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
-    """The Tune function trainable: one TorchTrainer per trial. Its TrainConfig is built (and validated) here,
-    once, from the plan's fixed values and the sampled ones."""
+    """The Tune function trainable: one TorchTrainer per trial, training the search's seeds. Its TrainConfig is
+    built (and validated) here, once, from the plan's fixed values and the sampled ones."""
+    config = plan.space.train_config(plan.space.sampled(tune_config))
+    _train(plan, config, seed_list(config, plan.space.search.seeds), report=False)
+
+
+def run_verification(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
+    """A verification trial: one arm (the winner, the baseline, the paper's default) on fresh seeds, scored on the
+    report targets at the end."""
+    from orchestrator.verify import arm_config
+
+    config = arm_config(plan, tune_config["arm"], tune_config["params"])
+    _train(plan, config, seed_list(config, plan.space.verify.seeds, offset=VERIFY_SEED_OFFSET), report=True)
+
+
+def _train(plan: "SweepPlan", config: TrainConfig, seeds: list[int], *, report: bool) -> None:
     import ray.tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -235,7 +264,6 @@ def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
     from orchestrator.storage import train_storage
 
     trial_id = ray.tune.get_context().get_trial_id()
-    config = plan.space.train_config(plan.space.sampled(tune_config))
     storage_path, storage_fs = call_with_backoff(
         lambda: train_storage(plan.storage, plan.sweep, plan.retry_budget_s), service="storage",
         retry_on=STORAGE_TRANSIENT, what=f"opening the sweep storage {plan.storage}",
@@ -245,7 +273,7 @@ def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config, "plan": plan},
+        train_loop_config={"config": config, "plan": plan, "seeds": seeds, "report": report},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(

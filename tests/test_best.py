@@ -13,9 +13,14 @@ from adin_core.models import ADINModel
 from orchestrator.best import Winner, load_export, model_card, write_export
 
 
-def _winner(state: str) -> Winner:
+VERIFIED = ('{"seeds": 3, "summary": ["winner - baseline:      +0.031 mAP [+0.012, +0.050], 3/3 seeds", '
+            '"winner - paper default: +0.004 mAP [-0.020, +0.028], 2/3 seeds: not distinguishable"]}')
+
+
+def _winner(state: str, verification: str | None = VERIFIED) -> Winner:
+    tags = {"adin.state": state, **({"adin.verification": verification} if verification else {})}
     return Winner("s1", "p", "r", "t7", "transfer_mAP", 0.31, "s3://b/sweeps/s1/train/trial-t7/checkpoint_000003",
-                  {}, {}, {"adin.state": state})
+                  {}, {}, tags)
 
 
 def test_card_says_what_a_user_needs(tmp_path):
@@ -28,8 +33,9 @@ def test_card_says_what_a_user_needs(tmp_path):
     assert "camera: accuracy 0.410 (chance 0.340)" in md and "Partial sweep" not in md
     assert "from orchestrator.best import load_export" in md and "extract_features" in md
     assert os.path.abspath("runs") not in md and "runs/data/synthetic-tiny-select/g2-x" in md  # relative
-    _, partial = model_card(_winner("partial"), cfg, {}, {}, {}, {})
-    assert "**Partial sweep**" in partial
+    assert "- winner - baseline:      +0.031 mAP [+0.012, +0.050], 3/3 seeds" in md and "3 fresh seeds" in md
+    _, partial = model_card(_winner("partial", None), cfg, {}, {}, {}, {})
+    assert "**Partial sweep**" in partial and "Not verified (the sweep ran with verify.seeds: 0)" in partial
 
 
 def test_export_loads_and_model_call_is_the_retrieval_feature(tmp_path):

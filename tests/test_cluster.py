@@ -140,7 +140,19 @@ def local_cluster():
     for pid in info["pids"].values():  # down stopped exactly what up started
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    assert not os.path.exists(os.path.join(state, "env.sh")) and not os.path.exists(os.path.join(state, "pids.json"))
+    if info.get("database"):  # its own PostgreSQL database is gone too
+        assert info["database"] not in _pg_databases()
     shutil.rmtree(state, ignore_errors=True)
+
+
+def _pg_databases() -> set[str]:
+    import psycopg2
+
+    with psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3) as c:
+        with c.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            return {r[0] for r in cur.fetchall()}
 
 
 def _submit(state: str, env: dict, *sweep_args: str, wait: bool = True) -> subprocess.CompletedProcess:
@@ -241,6 +253,18 @@ def test_two_node_cluster_end_to_end(local_cluster):
     assert secret not in job.stdout + job.stderr
     assert all(secret not in open(os.path.join(out, f), errors="ignore").read()
                for f in ("model_card.md", "model_card.json", "config.json"))
+    # runs and the study of record in the cluster's own database: PostgreSQL where the machine runs one
+    import optuna
+
+    info = json.load(open(os.path.join(state, "pids.json")))
+    sweep = parents[0].data.tags["adin.sweep"]
+    study = optuna.load_study(study_name=sweep, storage=env["ADIN_STUDY_STORAGE"])
+    assert len(study.trials) == len(children) == 4
+    if info["database"]:
+        assert env["ADIN_STUDY_STORAGE"] == f"postgresql://postgres@127.0.0.1:5432/{info['database']}"
+        assert info["database"] in _pg_databases()
+    else:
+        print("\nno PostgreSQL on 127.0.0.1:5432 here: the cluster used SQLite (the PostgreSQL path was not run)")
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ from adin_core.nuisance import NuisanceError, NuisanceLabeler
 def test_defaults_are_valid_and_round_trip():
     c = TrainConfig()
     assert TrainConfig.from_dict(c.to_dict()) == c
-    # the measured defaults (README: the non-saturating, prior-calibrated form; f_E trains while f_N relearns)
-    assert (c.adv_loss, c.calibration, c.freeze_encoder_for_nuisance) == ("kl", "class_prior", False)
+    # the measured defaults (README: the non-saturating form KL(u || c), beta 0.1, f_E trains while f_N relearns)
+    assert (c.adv_loss, c.calibration, c.beta, c.freeze_encoder_for_nuisance) == ("kl", "none", 0.1, False)
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -68,6 +68,11 @@ SWEEP_CASES = {
                                            "nothing answers at 127.0.0.1"),
     "--select not a dataset": (lambda t: ["--space", SMOKE, "--select", str(t / "nothing")],
                                "no manifest.json"),
+    "--study-storage neither URL nor journal": (lambda t: ["--space", SMOKE, "--study-storage", "study.txt"],
+                                                "study.txt': give an SQLAlchemy URL"),
+    "--study-storage that does not open": (lambda t: ["--space", SMOKE, "--study-storage",
+                                                      f"postgresql://127.0.0.1:{free_port()}/adin"],
+                                           "cannot open it"),
 }
 
 

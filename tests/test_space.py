@@ -80,10 +80,29 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
     ("targets.report", ["synthetic:tiny/select"], r"targets.report: .* is also a select target"),
     ("targets", None, r"targets: is required"),
     ("fixed.backbone", "vgg", r"a corner of the space is not a valid config \(backbone='vgg'"),
+    ("search.seeds", 0, r"search.seeds: must be >= 1, got 0"),
+    ("verify.seeds", 1, r"verify.seeds: must be 0 \(off\) or >= 2"),
+    ("verify.colour", 1, r"verify.colour: unknown key"),
+    ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
+    ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
 ])
 def test_malformed_space_names_the_key(path, value, match):
     with pytest.raises(SpaceError, match=match):
         parse_space(with_(path, value), "space.yaml")
+
+
+def test_verification_needs_report_targets_and_something_to_verify_against():
+    raw = with_("verify.seeds", 3)
+    raw["targets"].pop("report")
+    with pytest.raises(SpaceError, match="verify.seeds: verification scores the report targets"):
+        parse_space(raw, "space.yaml")
+    raw = with_("verify.seeds", 3)
+    raw["parameters"].pop("adv_loss")
+    raw["parameters"].pop("prior_temperature")
+    raw["fixed"]["adv_loss"] = "none"
+    with pytest.raises(SpaceError, match="its winner is the baseline"):
+        parse_space(raw, "space.yaml")
+    assert parse_space(with_("verify.seeds", 3), "space.yaml").verify.seeds == 3
 
 
 def test_overlapping_threshold_ranges_are_caught_before_ray():

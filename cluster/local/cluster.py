@@ -1,12 +1,22 @@
 """A real, small cluster on this machine, on 127.0.0.1 only: `bash cluster/local/up.sh`, `bash cluster/local/down.sh`.
 
 up starts
-  * a Ray head and a second Ray worker node (two raylets: a real multi-node cluster), token-authenticated;
-  * an S3-API endpoint (moto_server) with the buckets `adin-data` and `adin-sweeps` (+ `adin-mlflow`);
-  * an MLflow tracking server (SQLite backend, artifacts proxied into the bucket `adin-mlflow`);
-records each process id in <state>/pids.json and writes <state>/env.sh (endpoints, token; source it) and
-<state>/runtime_env.json (what a job needs: endpoints, credentials, storage roots) for `ray job submit`.
-down stops exactly the processes up recorded (by process id), the worker node first.
+  * a Ray head and a second Ray worker node (two raylets: a real multi-node cluster), token-authenticated, every
+    Ray port chosen free (Ray's fixed defaults, such as the dashboard agent's 52365, collide with any other Ray);
+  * an S3-API endpoint (moto_server, from the `cluster` extra) with the buckets `adin-data`, `adin-sweeps` and
+    `adin-mlflow`;
+  * a database of its own, uniquely named, in the PostgreSQL on 127.0.0.1:5432 (a real multi-writer store, as on a
+    cloud cluster) for MLflow's backend store and the Optuna studies; SQLite where no PostgreSQL answers;
+  * an MLflow tracking server on that database, artifacts proxied into the bucket `adin-mlflow`;
+and says "cluster up" only once a test job has gone through `ray job submit`. A `ray start` that exits early is
+reported at once, with its log. It records each process id in <state>/pids.json and writes <state>/env.sh
+(endpoints, token; source it) and <state>/runtime_env.json (what a job needs) for `ray job submit`.
+down stops exactly the processes up recorded (by process id), the worker node first, drops the database and
+removes env.sh and runtime_env.json.
+
+Lifetime: the cluster is a rehearsal stage. The S3 endpoint keeps its objects in memory and the database is
+dropped at down: sweeps, MLflow runs and their artifacts go with it. Export what you want to keep first
+(`python -m orchestrator.best --export DIR`).
 """
 
 from __future__ import annotations
@@ -33,7 +43,17 @@ BUCKETS = ("adin-data", "adin-sweeps", "adin-mlflow")
 ACCESS_KEY, SECRET_KEY = "adin-local", "adin-local-secret"  # moto accepts any; local cluster only
 
 
-def wait_until(check, what: str, timeout: float = 120.0) -> None:
+RAY_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
+                  "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+class ClusterError(RuntimeError):
+    """A part of the cluster did not come up; the message names it (and its log)."""
+
+
+def wait_until(check, what: str, timeout: float = 120.0, *, pid: int | None = None, log: str | None = None) -> None:
+    """Until `check()` holds; a process `pid` that exits meanwhile is reported at once, with the end of its log."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -41,8 +61,59 @@ def wait_until(check, what: str, timeout: float = 120.0) -> None:
                 return
         except OSError:
             pass
+        if pid is not None and not _alive(pid):
+            tail = open(log).read()[-2000:] if log and os.path.exists(log) else ""
+            raise ClusterError(f"{what} exited before coming up; its log ({log}) ends:\n{tail}")
         time.sleep(0.5)
-    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+    raise ClusterError(f"{what} did not come up within {timeout:.0f} s" + (f" (log: {log})" if log else ""))
+
+
+def _ray_ports() -> list[str]:
+    """Free ports for every port Ray would otherwise take by default, for one node."""
+    args: list[str] = []
+    for flag in RAY_PORT_FLAGS:
+        args += [flag, str(free_port())]
+    return args  # worker processes: random ports (Ray's choice when no range is given)
+
+
+def _pg_connect(dbname: str = "postgres"):
+    import psycopg2
+
+    conn = psycopg2.connect(dbname=dbname, connect_timeout=3, **PG)
+    conn.autocommit = True
+    return conn
+
+
+def create_database(state: str) -> str | None:
+    """A database of the cluster's own in the local PostgreSQL (None, with a note, where none answers)."""
+    try:
+        conn = _pg_connect()
+    except ImportError:
+        print("note: psycopg2 is missing (pip install -e \".[cluster]\"); MLflow and Optuna use SQLite files")
+        return None
+    except Exception as exc:  # psycopg2.OperationalError: no server, refused, auth
+        print(f"note: no PostgreSQL at {PG['host']}:{PG['port']} ({str(exc).strip()[:120]}); MLflow and Optuna use "
+              "SQLite files")
+        return None
+    name = f"adin_cluster_{secrets.token_hex(4)}"
+    with conn, conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return name
+
+
+def drop_database(name: str) -> None:
+    conn = _pg_connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()
+
+
+def _db_url(state: str, database: str | None, what: str) -> str:
+    if database:
+        return f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+    return f"sqlite:///{state}/{what}.db"
 
 
 def _start(cmd: list[str], log: str, env: dict[str, str]) -> int:
@@ -58,9 +129,12 @@ def _exe(name: str) -> str:
 def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
     if os.path.exists(os.path.join(state, "pids.json")):
         raise SystemExit(f"{state}/pids.json exists: a cluster is up (run down.sh first)")
+    if not shutil.which("moto_server") and not os.path.exists(_exe("moto_server")):
+        raise SystemExit("moto_server is missing: pip install -e \".[cluster]\"")
     os.makedirs(state, exist_ok=True)
     state = os.path.abspath(state)
-    ports = {"s3": free_port(), "mlflow": free_port(), "gcs": free_port(), "dashboard": free_port()}
+    ports = {"s3": free_port(), "mlflow": free_port(), "gcs": free_port(), "dashboard": free_port(),
+             "client": free_port()}
     token = secrets.token_hex(32)
     ray_tmp = tempfile.mkdtemp(prefix="adinray", dir="/tmp")  # short: Ray's socket paths are length-limited
     # =1: Ray's single-machine mode (=0) refuses a second raylet; every process is pinned to 127.0.0.1 instead
@@ -70,11 +144,14 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
     aws = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
            "AWS_DEFAULT_REGION": "us-east-1"}
     pids: dict[str, int] = {}
-    info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids, "token": token}
+    info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids, "token": token, "database": None}
     try:
-        pids["s3"] = _start([_exe("moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])],
-                            os.path.join(state, "s3.log"), env)
-        wait_until(lambda: port_open(ports["s3"]), "moto_server", 60)
+        info["database"] = create_database(state)
+        tracking_db, study_db = _db_url(state, info["database"], "mlflow"), _db_url(state, info["database"], "optuna")
+        info["study_storage"] = study_db
+        log = os.path.join(state, "s3.log")
+        pids["s3"] = _start([_exe("moto_server"), "-H", "127.0.0.1", "-p", str(ports["s3"])], log, env)
+        wait_until(lambda: port_open(ports["s3"]), "moto_server", 60, pid=pids["s3"], log=log)
         import boto3
 
         client = boto3.client("s3", endpoint_url=s3, aws_access_key_id=ACCESS_KEY,
@@ -82,31 +159,37 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
         for b in BUCKETS:
             client.create_bucket(Bucket=b)
         mlflow_env = dict(env, **aws, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        log = os.path.join(state, "mlflow.log")
         pids["mlflow"] = _start([_exe("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-                                 "--backend-store-uri", f"sqlite:///{state}/mlflow.db",
+                                 "--backend-store-uri", tracking_db,
                                  "--artifacts-destination", "s3://adin-mlflow/artifacts", "--workers", "1"],
-                                os.path.join(state, "mlflow.log"), mlflow_env)
+                                log, mlflow_env)
+        head_log = os.path.join(state, "ray_head.log")
         pids["ray_head"] = _start(
             [_exe("ray"), "start", "--head", "--block", "--node-ip-address", HEAD_IP, "--port", str(ports["gcs"]),
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard",
-             "true", "--num-cpus", str(head_cpus), "--temp-dir", ray_tmp], os.path.join(state, "ray_head.log"), env)
-        wait_until(lambda: port_open(ports["dashboard"]), "the Ray head", 180)
+             "true", "--ray-client-server-port", str(ports["client"]), *_ray_ports(), "--num-cpus", str(head_cpus),
+             "--temp-dir", ray_tmp], head_log, env)
+        wait_until(lambda: port_open(ports["dashboard"]), "the Ray head", 180, pid=pids["ray_head"], log=head_log)
         info["worker_cpus"] = worker_cpus
         _start_worker(state, info, env)
-        wait_until(lambda: _mlflow_ok(ports["mlflow"]), "the MLflow server", 120)
+        wait_until(lambda: _mlflow_ok(ports["mlflow"]), "the MLflow server", 120, pid=pids["mlflow"], log=log)
+        _round_trip(state, info, env)
     except BaseException:
         _write(state, info)
         down(state)
         raise
     exports = {"RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}", "RAY_AUTH_MODE": "token",
                "RAY_AUTH_TOKEN": token, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}", **aws}
+               "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}", "ADIN_STUDY_STORAGE": study_db, **aws}
     with open(os.path.join(state, "env.sh"), "w") as fh:
         os.chmod(fh.name, 0o600)
         fh.write("".join(f"export {k}={v}\n" for k, v in exports.items()))
     runtime_env = {"env_vars": {**aws, "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
                                 "ADIN_STORAGE": "s3://adin-sweeps/sweeps", "ADIN_DATA_ROOT": "s3://adin-data/datasets",
-                                "AWS_EC2_METADATA_DISABLED": "true"}}
+                                "ADIN_STUDY_STORAGE": study_db, "AWS_EC2_METADATA_DISABLED": "true",
+                                "RAY_API_SERVER_ADDRESS": exports["RAY_API_SERVER_ADDRESS"]}}
     with open(os.path.join(state, "runtime_env.json"), "w") as fh:
         os.chmod(fh.name, 0o600)
         json.dump(runtime_env, fh)
@@ -122,10 +205,22 @@ def _ray_env(info: dict) -> dict[str, str]:
 def _start_worker(state: str, info: dict, env: dict[str, str]) -> None:
     gcs = info["ports"]["gcs"]
     wait_until(lambda: _nodes(gcs, env) == 1, "the head to see no other node", 120)  # a removed one is gone
+    log = os.path.join(state, "ray_worker.log")
     info["pids"]["ray_worker"] = _start(
         [_exe("ray"), "start", "--block", "--address", f"{HEAD_IP}:{gcs}", "--node-ip-address", WORKER_IP,
-         "--num-cpus", str(info["worker_cpus"])], os.path.join(state, "ray_worker.log"), env)
-    wait_until(lambda: _nodes(gcs, env) == 2, "the second Ray node", 180)
+         *_ray_ports(), "--num-cpus", str(info["worker_cpus"])], log, env)
+    wait_until(lambda: _nodes(gcs, env) == 2, "the second Ray node", 180, pid=info["pids"]["ray_worker"], log=log)
+
+
+def _round_trip(state: str, info: dict, env: dict[str, str]) -> None:
+    """A test job through the job API (dashboard, its agents, a driver on the cluster): what `ray job submit`
+    needs. "cluster up" is said only after it succeeded."""
+    out = subprocess.run([_exe("ray"), "job", "submit", "--address", f"http://127.0.0.1:{info['ports']['dashboard']}",
+                          "--", sys.executable, "-c", "import ray; ray.init(); print('adin-cluster-ok')"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 or "adin-cluster-ok" not in out.stdout:
+        raise ClusterError("a test job did not go through `ray job submit` (exit "
+                           f"{out.returncode}): {(out.stdout + out.stderr)[-2000:]}")
 
 
 def remove_worker(state: str) -> None:
@@ -216,6 +311,11 @@ def down(state: str) -> None:
         if name in info["pids"]:
             _stop(info["pids"][name], grace=45 if name.startswith("ray") else 10)
     shutil.rmtree(info.get("ray_tmp", ""), ignore_errors=True)
+    if info.get("database"):
+        drop_database(info["database"])
+    for name in ("env.sh", "runtime_env.json"):
+        if os.path.exists(os.path.join(state, name)):
+            os.remove(os.path.join(state, name))
     os.remove(path)
 
 
@@ -227,9 +327,15 @@ def main() -> None:
     ap.add_argument("--worker-cpus", type=float, default=1)
     args = ap.parse_args()
     if args.command == "up":
-        info = up(args.state, args.head_cpus, args.worker_cpus)
+        try:
+            info = up(args.state, args.head_cpus, args.worker_cpus)
+        except ClusterError as exc:
+            raise SystemExit(f"error: {exc}\nnothing is left running (down was run)") from None
+        db = info["database"] and f"PostgreSQL database {info['database']}" or "SQLite files"
         print(f"cluster up: Ray dashboard http://127.0.0.1:{info['ports']['dashboard']} (2 nodes), "
-              f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}")
+              f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}, "
+              f"MLflow and Optuna store: {db}; a test job went through `ray job submit`")
+        print("lifetime: everything here (S3 objects, runs, studies) goes at down.sh; export winners first")
         print(f"use it:  source {args.state}/env.sh && ray job submit --runtime-env-json "
               f"\"$(cat {args.state}/runtime_env.json)\" -- python -m orchestrator.sweep --space search_spaces/smoke.yaml")
     elif args.command == "remove-worker":

@@ -34,10 +34,20 @@ DATA_VERSIONS = "adin.data_versions"  # JSON {URI: "<dataset>/<version>"}
 OVERRIDES = "adin.overrides"  # JSON of the command-line overrides, replayed by --resume
 FAULTS = "adin.faults"  # JSON: tracking outages survived, each trial's faults/* metrics
 SWEEP_STATE = "adin.state"  # running | complete | partial (interrupted; --resume continues it) | failed
+VERIFICATION = "adin.verification"  # JSON: the winner retrained against the baseline and the paper's default
 BEST_TRIAL = "adin.best_trial"
 BEST_CHECKPOINT = "adin.best_checkpoint"
 OBJECTIVE_METRIC = "adin.objective"  # the space's objective metric name, and its mode
 OBJECTIVE_MODE = "adin.objective_mode"
+
+# --- on the experiment ------------------------------------------------------------------------------------------
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's saved views of the runs table (the UI's "Views" menu)
+
+
+def view_id(sweep: str) -> str:
+    """The id of a sweep's saved view (the viewStateShareKey of its URL)."""
+    return f"adin-{sweep}"
+
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 FINAL = "final"  # 1 on a trial's last report when it trained its whole budget
@@ -45,4 +55,4 @@ WORLD_SIZE = "world_size"
 REPORT_PREFIX = "report/"  # report/<target>/<metric>: the winner's report targets, on the parent
 TIMING_PREFIX = "timing/"  # the sweep's phases, seconds, on the parent
 
-__all__ = [name for name in dir() if name.isupper()] + ["OBJECTIVE"]
+__all__ = [name for name in dir() if name.isupper()] + ["OBJECTIVE", "view_id"]

@@ -169,6 +169,14 @@ class LogInput:
 
 
 @dataclass(frozen=True)
+class SetExperimentTag:
+    experiment_id: str
+    tag: str
+    value: str
+    key: str = ""  # not a run's
+
+
+@dataclass(frozen=True)
 class EndRun:
     key: str
     status: str  # FINISHED | FAILED | KILLED
@@ -181,7 +189,7 @@ class RecordFaults:
     key: str
 
 
-Op = OpenRun | LogParams | LogMetrics | SetTags | LogArtifact | LogInput | EndRun | RecordFaults
+Op = OpenRun | LogParams | LogMetrics | SetTags | LogArtifact | LogInput | EndRun | RecordFaults | SetExperimentTag
 
 
 def items(mapping: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -314,6 +322,9 @@ class TrackingQueue:
         if isinstance(op, OpenRun):
             self._open(op)
             return
+        if isinstance(op, SetExperimentTag):
+            c.set_experiment_tag(op.experiment_id, op.tag, op.value)
+            return
         run_id = self.run_ids[op.key]
         if isinstance(op, LogMetrics):
             from mlflow.entities import Metric
@@ -360,6 +371,31 @@ class TrackingQueue:
         self.run_ids[op.key] = run_id
 
 
+def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: list[str]) -> tuple[str, str]:
+    """(tag key, value) of an MLflow saved view of the experiment's runs table for one sweep: its trials expanded
+    under the parent, sorted by the objective, with the objective, the camera probe, source mAP, the searched
+    parameters and each trial's outcome as columns (MLflow's own table shows no metric by default). It appears in
+    the UI's "Views" menu and opens from `ui_url`."""
+    def col(kind: str, key: str) -> str:
+        return f"{kind}.`{key}`"
+
+    state = {"selectedColumns": [col("attributes", "Dataset"), col("metrics", metric),
+                                 col("metrics", f"{metric}_se"), col("metrics", "probe/camera_acc"),
+                                 col("metrics", "source/mAP"), *[col("params", p) for p in params],
+                                 col("tags", schema.OUTCOME)],
+             "runsExpanded": {parent_run_id: True}, "orderByKey": col("metrics", metric),
+             "orderByAsc": mode == "min"}
+    envelope = {"name": f"sweep {sweep}", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+    return f"{schema.VIEW_TAG_PREFIX}{schema.view_id(sweep)}", json.dumps(envelope)
+
+
+def ui_url(base: str, experiment: str, sweep: str | None = None) -> str:
+    """The experiment's runs table in the MLflow UI, in its model-training view (MLflow 3 opens on GenAI
+    otherwise), with the sweep's saved view when given."""
+    url = f"{base.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    return url + (f"&viewStateShareKey={schema.view_id(sweep)}" if sweep else "")
+
+
 def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
     """The experiment of a space (created on first use), opening on MLflow's runs table rather than its GenAI
     overview (the experiment tag `mlflow.experimentKind`)."""
@@ -399,6 +435,11 @@ class SweepRun:
                                  find=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_SWEEP))),
                          what="opening the sweep's run")
         return self.run_id
+
+    def save_view(self, metric: str, mode: str, params: list[str]) -> None:
+        """The sweep's saved view of the runs table (`sweep_view`), as an experiment tag."""
+        key, value = sweep_view(self.sweep, self.run_id, metric, mode, params)
+        self.queue.submit(SetExperimentTag(self.experiment_id, key, value))
 
     @property
     def run_id(self) -> str:

@@ -1,0 +1,139 @@
+"""What a user sees of a sweep in the MLflow UI, rendered by headless Chromium and checked.
+
+    python scripts/ui_check.py                                   # the latest sweep in runs/mlflow.db
+    python scripts/ui_check.py --tracking-uri sqlite:///X.db --sweep NAME --out runs/ui-check
+
+It starts an MLflow server on a free loopback port over the tracking store (stopped by its process id at the end),
+opens three pages as a user would and checks what must be on them:
+
+* the experiment's runs table, through the sweep's saved view: the sweep's run and every trial's run by name,
+  with the objective and the camera probe as columns;
+* a trial's run: its metrics (the objective among them);
+* the sweep's run: its artifacts (the space file, the winner's weights, the plots).
+
+Screenshots go to --out (default runs/ui-check/, outside the repository's tracked files). Needs `chromium`
+(Debian: apt-get install chromium). Exit 0 when every page shows what it must, 1 otherwise, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from orchestrator.net import free_port
+from orchestrator.tracking import schema as S
+from orchestrator.tracking.store import DEFAULT_TRACKING_URI, absolute_tracking_uri, ui_url
+
+
+def chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def render(browser: str, url: str, screenshot: str, budget_ms: int = 20000, height: int = 900) -> str:
+    """The page's DOM after its scripts ran, and a screenshot of it (a tall window renders what a user would
+    scroll to: charts are drawn only once on screen)."""
+    base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--virtual-time-budget={budget_ms}"]
+    subprocess.run([*base, "--window-size=1700,900", f"--screenshot={screenshot}", url], capture_output=True,
+                   timeout=180)
+    return subprocess.run([*base, f"--window-size=1700,{height}", "--dump-dom", url], capture_output=True, text=True,
+                          timeout=180).stdout
+
+
+def start_server(tracking_uri: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([exe, "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError("the MLflow server did not answer within 120 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """The server this script started, by its process id (and its workers, which share its process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str]:
+    """Render the pages; return what is missing (empty: all there)."""
+    from mlflow.tracking import MlflowClient
+
+    browser = chromium()
+    if browser is None:
+        raise RuntimeError("chromium is not installed (apt-get install chromium)")
+    client = MlflowClient(tracking_uri)
+    query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
+    parents = sorted((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], query)),
+                     key=lambda r: r.info.start_time, reverse=True)
+    if not parents:
+        raise RuntimeError(f"no sweep {'named ' + sweep + ' ' if sweep else ''}in {tracking_uri}")
+    parent = parents[0]
+    name, exp = parent.data.tags[S.SWEEP], parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.`{S.PARENT}` = '{parent.info.run_id}'")
+    metric = parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE)
+    os.makedirs(out, exist_ok=True)
+    missing: list[str] = []
+    proc, base = start_server(tracking_uri)
+    try:
+        pages = [
+            ("runs table", ui_url(base, exp, name), "runs.png",
+             [name, metric, "probe/camera_acc", *[c.data.tags[S.RUN_NAME] for c in children]]),
+            ("a trial's metrics", f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}/model-metrics"
+             "?workflowType=machine_learning", "trial.png", [metric, "camera_acc", "adv_to_id"]),
+            ("the sweep's artifacts", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts"
+             "?workflowType=machine_learning", "sweep.png", ["space", "winner", "plots"]),
+        ]
+        for what, url, shot, expected in pages:
+            dom = render(browser, url, os.path.join(out, shot), height=8000)
+            lost = [e for e in expected if e not in dom]
+            log(f"{what}: {url}\n  {'all there' if not lost else 'MISSING ' + ', '.join(lost)}  "
+                f"(screenshot {os.path.join(out, shot)})")
+            missing += [f"{what}: {e}" for e in lost]
+    finally:
+        stop(proc)
+    return missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    ap.add_argument("--sweep", help="the sweep to look at (default: the latest)")
+    ap.add_argument("--out", default=os.path.join("runs", "ui-check"))
+    args = ap.parse_args(argv)
+    try:
+        missing = check(absolute_tracking_uri(args.tracking_uri), args.sweep, args.out)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if missing:
+        print(f"{len(missing)} thing(s) a user must see are missing", file=sys.stderr)
+        return 1
+    print("every page shows what it must")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
