@@ -28,6 +28,7 @@ from adin_core.probe import ProbeResult, nuisance_probe
 from adin_core.schedule import Phase
 
 OBJECTIVE = "transfer_mAP"
+EVALUATION = "evaluation"  # the evaluation's index (1, 2, ...), from the training step: stays right across a resume
 REPORT_MAP = "report_mAP"  # the mean mAP over the report targets, when they are scored (verification, the end)
 PROBE_KINDS = ("camera", "time")  # the base nuisance kinds; camera_x_time is their product
 
@@ -91,6 +92,16 @@ class Evaluator:
             return True
         return self.every_steps > 0 and step // self.every_steps > previous_step // self.every_steps
 
+    def index(self, step: int, total_steps: int) -> int:
+        """The number of an evaluation at `step` (1-based): what schedulers count and charts use as their x axis.
+        It comes from the step, not from a count of reports, so a resumed run numbers its evaluations as the
+        uninterrupted run would have."""
+        if self.every_steps <= 0:
+            return 1
+        if step >= total_steps:
+            return -(-total_steps // self.every_steps)
+        return max(1, step // self.every_steps)
+
     def evaluate(self, model: ADINModel, config: TrainConfig, device: torch.device | str = "cpu", *,
                  report: bool = False) -> dict[str, float]:
         """Flat metrics: `source/<metric>`, `probe/<kind>_acc|_chance`, `select/<target>/<metric>`,
@@ -148,6 +159,7 @@ class EvaluationHook:
             metrics["phase_index"] = float(list(Phase).index(Phase(report.next_phase)))  # for charts
             metrics["adversarial_rounds"] = float(trainer.schedule.rounds)
             metrics["final"] = float(final)
+            metrics[EVALUATION] = float(self.evaluator.index(report.step, trainer.schedule.config.total_steps))
             metrics["world_size"] = float(trainer.world_size)
         self._grips = []
         self.sink(trainer, report, metrics, final)
@@ -163,4 +175,4 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]
+__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]

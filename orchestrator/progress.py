@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
+from orchestrator.tracking import schema
 from orchestrator.tracking.callback import LiveCallback
 
 WAIT_WARNING_S = 60.0  # a trial with no report after this long gets a reason in the table
@@ -40,7 +41,7 @@ class ProgressTable(LiveCallback):
                                                     "config": trial.config, "since": time.monotonic()})
         row["status"] = status
         if result:
-            row["evals"] = result.get("training_iteration", row["evals"])
+            row["evals"] = schema.evaluation_of(result)
             row["obj"] = result.get(self.metric, row["obj"])
             row["probe"] = result.get("probe/camera_acc", row["probe"])
 

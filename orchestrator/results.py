@@ -58,7 +58,7 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
         ckpt = m.get("checkpoint_path")
         rows.append(TrialRow(trial=str(m.get("trial_id") or (r.path or "?").rsplit("_", 1)[-1]),
                              objective=m.get(space.objective.metric), outcome=outcome,
-                             evals=int(m.get("training_iteration", 0)), params=space.sampled(r.config or {}),
+                             evals=schema.evaluation_of(m), params=space.sampled(r.config or {}),
                              checkpoint=checkpoint_uri(ckpt) if ckpt else None,
                              order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
                              probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se")))

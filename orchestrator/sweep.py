@@ -47,6 +47,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes:
 from adin_core.evaluation import REPORT_MAP  # noqa: E402
 from orchestrator.plan import PLAN_ERRORS, PlanError, SweepPlan, make_plan, write_sweep_file  # noqa: E402
 from orchestrator.retry import DEFAULT_BUDGET_S  # noqa: E402
+from orchestrator.tracking import schema  # noqa: E402
 from orchestrator.tracking.store import DEFAULT_TRACKING_URI  # noqa: E402
 
 DEFAULT_STORAGE = "runs/sweeps"
@@ -103,6 +104,11 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous = {s: signal.getsignal(s) for s in EXIT_SIGNAL}
+        self.install()
+
+    def install(self) -> None:
+        """Put our handlers in place; again after `ray.init`, whose driver set-up replaces the SIGTERM handler
+        with one that exits at once (no graceful stop, no closed runs, exit code not 143)."""
         signal.signal(signal.SIGINT, self._before_tune)
         signal.signal(signal.SIGTERM, self._on_term)
 
@@ -166,7 +172,7 @@ def build_tuner(plan: SweepPlan, callbacks: list):
                            storage=open_study_storage(plan.study_storage))
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent)
     s = space.scheduler
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
+    scheduler = (ASHAScheduler(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor) if s.type == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable,
@@ -224,6 +230,7 @@ class Sweep:
             write_sweep_file(plan)
         try:
             ray_info = ray_session.start(plan, _forwarded_env())
+            self.stops.install()
             self.t["ray"] = time.perf_counter()
             ray_session.check_resources(plan)
             return self._track_and_tune(ray_info)

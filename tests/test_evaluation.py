@@ -31,6 +31,14 @@ def test_cadence_is_the_first_check_at_or_past_each_multiple_and_the_end():
     assert Evaluator(every_steps=50).due(140, 120, final=False) is False  # a resumed run at 120 waits for 150
 
 
+def test_the_evaluation_index_comes_from_the_step_so_a_resume_numbers_as_the_uninterrupted_run():
+    ev = Evaluator(every_steps=50)
+    assert [ev.index(s, 133) for s in (60, 100, 133)] == [1, 2, 3]  # the cadence above: 3 evaluations
+    assert [ev.index(s, 150) for s in (50, 100, 150)] == [1, 2, 3]  # the end on a multiple is not a 4th
+    assert ev.index(20, 133) == 1  # never 0, even for an early report
+    assert Evaluator(every_steps=0).index(133, 133) == 1  # only at the end: one evaluation
+
+
 def test_the_hook_evaluates_at_its_cadence_with_probe_grip_and_objective(bench):
     train, val = held_out_val(bench.source.train)
     data = TrainingData(train, val, "camera", name="tiny")

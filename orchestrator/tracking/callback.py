@@ -96,7 +96,7 @@ class MLflowTrialCallback(LiveCallback):
         t0 = time.perf_counter()
         self._open(trial)
         tid = trial.trial_id
-        step = int(result.get("training_iteration", 0))
+        step = schema.evaluation_of(result)
         ts = int(time.time() * 1000)
         metrics = tuple((k, float(v), ts, step) for k, v in result.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))

@@ -1,0 +1,51 @@
+"""The study of record: what optuna-dashboard shows must be the trials as they ran, stepped by the evaluation
+index (a resumed trial's Tune iteration starts again at 1), with a trial the scheduler stopped marked pruned."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from orchestrator.search import StudySearch
+from orchestrator.tracking import schema as S
+
+
+def _search() -> StudySearch:
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("beta", 0.01, 1.0, log=True)
+
+    return StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="s",
+                       storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _result(value: float, evaluation: int, iteration: int, final: bool = False) -> dict:
+    return {"transfer_mAP": value, S.EVALUATION: evaluation, "training_iteration": iteration, S.FINAL: float(final)}
+
+
+def test_intermediate_values_follow_the_evaluation_index_across_a_resume():
+    search = _search()
+    assert search.suggest("t1") is not None
+    search.on_trial_result("t1", _result(0.10, 1, 1))
+    search.on_trial_result("t1", _result(0.12, 2, 2))
+    search.on_trial_result("t1", _result(0.15, 3, 1))  # resumed from a checkpoint: Tune counts from 1 again
+    search.on_trial_complete("t1", _result(0.18, 4, 2, final=True))
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(0.18)
+    assert trial.intermediate_values == pytest.approx({1: 0.10, 2: 0.12, 3: 0.15})
+
+
+def test_a_trial_stopped_at_its_first_evaluation_is_pruned_with_that_value():
+    search = _search()
+    search.suggest("t1")
+    search.on_trial_complete("t1", _result(0.07, 1, 1))  # Tune hands the stopping result to on_trial_complete only
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values == pytest.approx({1: 0.07})
+
+
+def test_a_failed_trial_is_failed_not_pruned():
+    search = _search()
+    search.suggest("t1")
+    search.on_trial_result("t1", _result(0.07, 1, 1))
+    search.on_trial_complete("t1", None, error=True)
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL
