@@ -129,7 +129,9 @@ def open_study_storage(url: str):
     except PlanError:
         raise
     except Exception as exc:  # SQLAlchemy, driver and file errors alike: the user's URL does not open
-        raise PlanError(f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]})") from None
+        hint = ("; name the installed driver: postgresql+psycopg2://..." if isinstance(exc, ModuleNotFoundError)
+                and url.startswith("postgresql://") else "")
+        raise PlanError(f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
 
 
 def _overrides(args: Any) -> dict[str, Any]:

@@ -261,7 +261,7 @@ def test_two_node_cluster_end_to_end(local_cluster):
     study = optuna.load_study(study_name=sweep, storage=env["ADIN_STUDY_STORAGE"])
     assert len(study.trials) == len(children) == 4
     if info["database"]:
-        assert env["ADIN_STUDY_STORAGE"] == f"postgresql://postgres@127.0.0.1:5432/{info['database']}"
+        assert env["ADIN_STUDY_STORAGE"] == f"postgresql+psycopg2://postgres@127.0.0.1:5432/{info['database']}"
         assert info["database"] in _pg_databases()
     else:
         print("\nno PostgreSQL on 127.0.0.1:5432 here: the cluster used SQLite (the PostgreSQL path was not run)")

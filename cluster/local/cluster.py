@@ -96,9 +96,12 @@ def create_database(state: str) -> str | None:
               "SQLite files")
         return None
     name = f"adin_cluster_{secrets.token_hex(4)}"
-    with conn, conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
+    # not `with conn`: since psycopg2 2.9 it opens a transaction even in autocommit, and CREATE DATABASE refuses one
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
     return name
 
 
@@ -112,7 +115,8 @@ def drop_database(name: str) -> None:
 
 def _db_url(state: str, database: str | None, what: str) -> str:
     if database:
-        return f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+        # the driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which .[cluster] does not bring
+        return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
     return f"sqlite:///{state}/{what}.db"
 
 
