@@ -133,11 +133,13 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
                       f"no sweep in {tracking_uri} has a finished trial: {', '.join(skipped)}")
 
 
-def _relative(uri: str) -> str:
-    """Data references in a card: URIs as they are, local paths relative to the working folder (no home paths)."""
+def _data_ref(uri: str, version: str) -> str:
+    """A data reference a card can show anyone: URIs as they are; a local path under the working folder relative
+    to it; any other local path (a home or temporary folder, meaningless elsewhere) only as its dataset/version."""
     if "://" in uri:
         return uri
-    return os.path.relpath(uri)
+    rel = os.path.relpath(os.path.abspath(uri))
+    return version if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 
 def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict,
@@ -146,7 +148,7 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
     card = {"sweep": winner.sweep, "trial_id": winner.trial_id, "mlflow_run_id": winner.run_id,
             "verification": verification,
             "objective": {winner.metric: winner.objective}, "select_targets": select, "report_targets": report,
-            "nuisance_probe": probe, "data_versions": {_relative(k): v for k, v in data.items()},
+            "nuisance_probe": probe, "data_versions": {_data_ref(k, v): v for k, v in data.items()},
             "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
             "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown")}
     lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", ""]
@@ -177,7 +179,7 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
         for kind in sorted({k.split("/")[1].rsplit("_", 1)[0] for k in probe}):
             lines.append(f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
                          f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})")
-    lines += ["", "## Data versions", ""] + [f"- {_relative(k)}: {v}" for k, v in data.items()]
+    lines += ["", "## Data versions", ""] + [f"- {_data_ref(k, v)}: {v}" for k, v in data.items()]
     lines += ["", "## Use", "", "```python",
               "from orchestrator.best import load_export",
               "from adin_core.features import extract_features",

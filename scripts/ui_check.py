@@ -107,8 +107,11 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
              "?workflowType=machine_learning", "sweep.png", ["space", "winner", "plots"]),
         ]
         for what, url, shot, expected in pages:
-            dom = render(browser, url, os.path.join(out, shot), height=8000)
-            lost = [e for e in expected if e not in dom]
+            for budget_ms in (20000, 60000):  # a loaded machine draws the charts late: look again, longer
+                dom = render(browser, url, os.path.join(out, shot), budget_ms=budget_ms, height=8000)
+                lost = [e for e in expected if e not in dom]
+                if not lost:
+                    break
             log(f"{what}: {url}\n  {'all there' if not lost else 'MISSING ' + ', '.join(lost)}  "
                 f"(screenshot {os.path.join(out, shot)})")
             missing += [f"{what}: {e}" for e in lost]

@@ -25,7 +25,8 @@ def _winner(state: str, verification: str | None = VERIFIED) -> Winner:
 
 def test_card_says_what_a_user_needs(tmp_path):
     cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
-    data = {os.path.abspath("runs/data/synthetic-tiny-select/g2-x"): "synthetic-tiny-select/g2-x"}
+    data = {os.path.abspath("runs/data/synthetic-tiny-select/g2-x"): "synthetic-tiny-select/g2-x",
+            "/tmp/elsewhere/data/synthetic-tiny/g2-y": "synthetic-tiny/g2-y", "s3://b/data/market/v1": "market/v1"}
     scores = {"rank1": 0.5, "rank5": 0.7, "rank10": 0.8, "mAP": 0.31, "mINP": 0.2}
     probe = {"probe/camera_acc": 0.41, "probe/camera_chance": 0.34}
     card, md = model_card(_winner("complete"), cfg, {"sel": scores}, {"rep": scores}, data, probe)
@@ -33,6 +34,8 @@ def test_card_says_what_a_user_needs(tmp_path):
     assert "camera: accuracy 0.410 (chance 0.340)" in md and "Partial sweep" not in md
     assert "from orchestrator.best import load_export" in md and "extract_features" in md
     assert os.path.abspath("runs") not in md and "runs/data/synthetic-tiny-select/g2-x" in md  # relative
+    assert "/tmp/elsewhere" not in md and "../" not in md and "- synthetic-tiny/g2-y: synthetic-tiny/g2-y" in md
+    assert "- s3://b/data/market/v1: market/v1" in md
     assert "- winner - baseline:      +0.031 mAP [+0.012, +0.050], 3/3 seeds" in md and "3 fresh seeds" in md
     _, partial = model_card(_winner("partial", None), cfg, {}, {}, {}, {})
     assert "**Partial sweep**" in partial and "Not verified (the sweep ran with verify.seeds: 0)" in partial

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port, wait_for_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,79 +155,23 @@ def test_export_errors(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "nope", "--tracking-uri", uri)
     assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
-    from orchestrator.tracking import SweepTracker
+    from orchestrator.retry import Backoff
+    from orchestrator.tracking import SweepRun, TrackingQueue, experiment_id
 
-    SweepTracker(uri, "smoke", "smoke-empty")  # a sweep whose trials never finished
+    queue = TrackingQueue(uri, Backoff(budget_s=5))  # a sweep whose trials never finished
+    SweepRun(queue, experiment_id(uri, "smoke", queue.backoff), "smoke-empty").open()
+    assert queue.drain(timeout=30)
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "smoke-empty",
                    "--tracking-uri", uri)
-    assert proc.returncode == 2 and "has no finished trial" in proc.stderr
+    assert proc.returncode == 2 and "(0 trial runs, none finished): nothing to export" in proc.stderr
     port = free_port()
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--tracking-uri", f"http://127.0.0.1:{port}")
     assert proc.returncode == 2 and "unreachable" in proc.stderr
 
 
-def test_sweep_on_s3_api_server(tmp_path, s3_env):
-    env = _env(**{k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION")})
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["--space", SMOKE, "--storage", f"s3://{s3_env}/sweeps", "--data-root", f"s3://{s3_env}/data",
-            "--tracking-uri", uri, "--quiet", "--name", "smoke-s3", "--num-samples", "2"]
-    proc = run_cli("orchestrator.sweep", *args, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _, _, children = mlflow_runs(uri)
-    assert len(children) == 2 and all(c.data.tags["adin.checkpoint"].startswith(f"s3://{s3_env}/sweeps/")
-                                      for c in children)
-    out = tmp_path / "winner"
-    proc = run_cli("orchestrator.best", "--export", str(out), "--tracking-uri", uri, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.pt").exists()
-    import boto3
-
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).list_objects_v2(
-        Bucket=s3_env, Prefix="sweeps/smoke-s3/train/").get("Contents", [])]
-    assert any(k.endswith("state.pt") for k in keys)
-
-
-def test_ray_job_submit_against_a_head_the_test_starts(tmp_path):
-    import shutil
-    import tempfile
-
-    import secrets
-
-    port, dash = free_port(), free_port()
-    # Ray >= 2.59 protects clusters with a token: the head and every client share this one
-    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    ray_tmp = tempfile.mkdtemp(prefix="rayh", dir="/tmp")  # Ray's socket paths must stay under ~107 chars
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--temp-dir", ray_tmp, "--include-dashboard", "true"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(dash, timeout=90)
-        runtime_env = {"env_vars": {"ADIN_STORAGE": str(tmp_path / "sweeps"), "ADIN_DATA_ROOT": str(tmp_path / "data"),
-                                    "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}}
-        proc = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--runtime-env-json",
-             json.dumps(runtime_env), "--", "python", "-m", "orchestrator.sweep", "--space",
-             "search_spaces/smoke.yaml", "--num-samples", "2", "--quiet"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-        assert "succeeded" in proc.stdout and "leaderboard" in proc.stdout
-        _, parents, children = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
-        assert len(parents) == 1 and len(children) == 2
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head this test started, and only it
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
 def test_resume_after_killing_the_driver(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1")
+    args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1", "--num-samples", "2")
     driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=REPO, env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp_dir = tmp_path / "sweeps" / "smoke-resume"
@@ -249,17 +193,17 @@ def test_resume_after_killing_the_driver(tmp_path):
     proc = run_cli("orchestrator.sweep", *sweep_args(tmp_path, "--resume", "smoke-resume"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trial_dirs = glob.glob(str(exp_dir / "run_trial_*"))
-    assert len(trial_dirs) == 4  # exactly the requested number of trials
+    assert len(trial_dirs) == 2  # exactly the requested number of trials
     _, parents, children = mlflow_runs(uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     ids = [c.data.tags["adin.trial_id"] for c in children]
-    assert len(ids) == 4 and len(set(ids)) == 4  # no duplicate child run for the restarted trial
+    assert len(ids) == 2 and len(set(ids)) == 2  # no duplicate child run for the restarted trial
     # the study of record continued across the resume: it knows every trial, once, as MLflow does
     import optuna
 
     study = optuna.load_study(study_name="smoke-resume", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert len(study.trials) == 4 == len(children)
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 4
+    assert len(study.trials) == 2 == len(children)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2
 
 
 def test_the_mlflow_ui_shows_the_sweep(local_sweep, tmp_path):
