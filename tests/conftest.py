@@ -13,6 +13,24 @@ from tests.helpers import free_port, wait_for_port
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+REHEARSAL_HOW = "pytest --rehearsal tests/ (or ADIN_REHEARSAL=1)"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--rehearsal", action="store_true",
+                     help="also run the fault rehearsals (killed workers and nodes, a cancelled job, SIGTERM beside "
+                          "another Ray, ...): about 15 more minutes on 2 cores")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The fault rehearsals are real sweeps, minutes each: CI's test command leaves them out (the suite stays well
+    under 20 minutes on 2 cores) and says how to run them; the README's fault table gives their last figures."""
+    if config.getoption("--rehearsal") or os.environ.get("ADIN_REHEARSAL") == "1":
+        return
+    skip = pytest.mark.skip(reason=f"fault rehearsal, minutes on 2 cores: run with {REHEARSAL_HOW}")
+    for item in items:
+        if "rehearsal" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,7 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
           f"{first.data.metrics['faults/resumed_from_step']:.0f}; resume finished in {time.perf_counter() - t1:.0f} s")
 
 
+@pytest.mark.rehearsal
 def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_143(tmp_path):
     """Another Ray instance (as a notebook's would be) is up: trials still start one after the other (the first
     trial's resources are released), and `ray job stop`'s SIGTERM ends the sweep with 143."""
@@ -130,6 +131,7 @@ def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_1
     assert parent.info.status == "KILLED" and len(children) >= 2
 
 
+@pytest.mark.rehearsal
 def test_a_sweep_in_which_no_trial_finishes_exits_1(tmp_path):
     """A source whose part was damaged after sharding: every trial fails reading it; the sweep says so, exits 1
     and offers no export (README command 1's `&&` then stops)."""

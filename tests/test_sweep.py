@@ -169,6 +169,7 @@ def test_export_errors(tmp_path):
     assert proc.returncode == 2 and "unreachable" in proc.stderr
 
 
+@pytest.mark.rehearsal
 def test_resume_after_killing_the_driver(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1", "--num-samples", "2")

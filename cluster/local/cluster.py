@@ -5,16 +5,17 @@ up starts
     Ray port chosen free (Ray's fixed defaults, such as the dashboard agent's 52365, collide with any other Ray);
   * an S3-API endpoint (moto_server, from the `cluster` extra) with the buckets `adin-data`, `adin-sweeps` and
     `adin-mlflow`;
-  * a database of its own, uniquely named, in the PostgreSQL on 127.0.0.1:5432 (a real multi-writer store, as on a
-    cloud cluster) for MLflow's backend store and the Optuna studies; SQLite where no PostgreSQL answers;
+  * two databases of its own, uniquely named, in the PostgreSQL on 127.0.0.1:5432 (a real multi-writer store, as on
+    a cloud cluster): <name>_mlflow for MLflow's backend store, <name>_optuna for the Optuna studies (each keeps its
+    schema version in its own `alembic_version` table, so they cannot share one); SQLite where none answers;
   * an MLflow tracking server on that database, artifacts proxied into the bucket `adin-mlflow`;
 and says "cluster up" only once a test job has gone through `ray job submit`. A `ray start` that exits early is
 reported at once, with its log. It records each process id in <state>/pids.json and writes <state>/env.sh
 (endpoints, token; source it) and <state>/runtime_env.json (what a job needs) for `ray job submit`.
-down stops exactly the processes up recorded (by process id), the worker node first, drops the database and
+down stops exactly the processes up recorded (by process id), the worker node first, drops the databases and
 removes env.sh and runtime_env.json.
 
-Lifetime: the cluster is a rehearsal stage. The S3 endpoint keeps its objects in memory and the database is
+Lifetime: the cluster is a rehearsal stage. The S3 endpoint keeps its objects in memory and the databases are
 dropped at down: sweeps, MLflow runs and their artifacts go with it. Export what you want to keep first
 (`python -m orchestrator.best --export DIR`).
 """
@@ -84,8 +85,12 @@ def _pg_connect(dbname: str = "postgres"):
     return conn
 
 
+STORES = ("mlflow", "optuna")  # one database each: MLflow's and Optuna's migrations both own `alembic_version`
+
+
 def create_database(state: str) -> str | None:
-    """A database of the cluster's own in the local PostgreSQL (None, with a note, where none answers)."""
+    """The cluster's own databases in the local PostgreSQL, <name>_mlflow and <name>_optuna; returns <name> (None,
+    with a note, where none answers)."""
     try:
         conn = _pg_connect()
     except ImportError:
@@ -99,7 +104,8 @@ def create_database(state: str) -> str | None:
     # not `with conn`: since psycopg2 2.9 it opens a transaction even in autocommit, and CREATE DATABASE refuses one
     try:
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            for store in STORES:
+                cur.execute(f'CREATE DATABASE "{name}_{store}"')
     finally:
         conn.close()
     return name
@@ -107,16 +113,20 @@ def create_database(state: str) -> str | None:
 
 def drop_database(name: str) -> None:
     conn = _pg_connect()
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    conn.close()
+    try:
+        with conn.cursor() as cur:
+            for store in STORES:
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                            (f"{name}_{store}",))
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}_{store}"')
+    finally:
+        conn.close()
 
 
 def _db_url(state: str, database: str | None, what: str) -> str:
     if database:
         # the driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which .[cluster] does not bring
-        return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}"
+        return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{database}_{what}"
     return f"sqlite:///{state}/{what}.db"
 
 
@@ -335,7 +345,7 @@ def main() -> None:
             info = up(args.state, args.head_cpus, args.worker_cpus)
         except ClusterError as exc:
             raise SystemExit(f"error: {exc}\nnothing is left running (down was run)") from None
-        db = info["database"] and f"PostgreSQL database {info['database']}" or "SQLite files"
+        db = info["database"] and f"PostgreSQL databases {info['database']}_{{mlflow,optuna}}" or "SQLite files"
         print(f"cluster up: Ray dashboard http://127.0.0.1:{info['ports']['dashboard']} (2 nodes), "
               f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}, "
               f"MLflow and Optuna store: {db}; a test job went through `ray job submit`")
