@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     bench = generate_benchmark(args.preset, seed=0)
-    config = benchmark_config(bench, {}, 0)
+    config = benchmark_config(bench.config, {}, 0)
     model = ADINModel(config, 10, {"camera": bench.config.num_cameras})
     src = EvalTarget("source", bench.source.query, bench.source.gallery)
     plain, probed = [], []

@@ -8,7 +8,8 @@ opens three pages as a user would and checks what must be on them:
 
 * the experiment's runs table, through the sweep's saved view: the sweep's run and every trial's run by name,
   with the objective and the camera probe as columns;
-* a trial's run: its metrics (the objective among them);
+* a trial's run: its metrics (the objective, the camera probe, the adversary's grip) on its overview; its metric
+  charts are captured too (charts.png) but not required, since a loaded machine may not have drawn them yet;
 * the sweep's run: its artifacts (the space file, the winner's weights, the plots).
 
 Screenshots go to --out (default runs/ui-check/, outside the repository's tracked files). Needs `chromium`
@@ -101,8 +102,8 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
         pages = [
             ("runs table", ui_url(base, exp, name), "runs.png",
              [name, metric, "probe/camera_acc", *[c.data.tags[S.RUN_NAME] for c in children]]),
-            ("a trial's metrics", f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}/model-metrics"
-             "?workflowType=machine_learning", "trial.png", [metric, "camera_acc", "adv_to_id"]),
+            ("a trial's metrics", f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}"
+             "?workflowType=machine_learning", "trial.png", [metric, "probe/camera_acc", "grip/adv_to_id"]),
             ("the sweep's artifacts", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts"
              "?workflowType=machine_learning", "sweep.png", ["space", "winner", "plots"]),
         ]
@@ -115,6 +116,14 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
             log(f"{what}: {url}\n  {'all there' if not lost else 'MISSING ' + ', '.join(lost)}  "
                 f"(screenshot {os.path.join(out, shot)})")
             missing += [f"{what}: {e}" for e in lost]
+        # the trial's charts: drawn lazily, each after its own history request, so on a loaded machine they may
+        # still be spinners when the page is captured; recorded (screenshot, what was drawn), not required
+        url = (f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}/model-metrics"
+               "?workflowType=machine_learning")
+        dom = render(browser, url, os.path.join(out, "charts.png"), budget_ms=60000, height=8000)
+        drawn = [e for e in (metric, "camera_acc", "adv_to_id") if e in dom]
+        log(f"a trial's charts: {url}\n  drawn: {', '.join(drawn) or 'none yet'}  (screenshot "
+            f"{os.path.join(out, 'charts.png')})")
     finally:
         stop(proc)
     return missing

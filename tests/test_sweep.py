@@ -222,4 +222,4 @@ def test_the_mlflow_ui_shows_the_sweep(local_sweep, tmp_path):
     lines: list[str] = []
     missing = ui_check.check(f"sqlite:///{root}/mlflow.db", "smoke-local", str(tmp_path), log=lines.append)
     assert not missing, "\n".join(lines)
-    assert {"runs.png", "trial.png", "sweep.png"} <= set(os.listdir(tmp_path))
+    assert {"runs.png", "trial.png", "sweep.png", "charts.png"} <= set(os.listdir(tmp_path))
