@@ -6,7 +6,7 @@ trial a child run (MLflow's `mlflow.parentRunId` tag nests them in the UI).
 
 from __future__ import annotations
 
-from adin_core.evaluation import OBJECTIVE
+from adin_core.evaluation import EVALUATION, OBJECTIVE
 
 # --- tags on every run -------------------------------------------------------------------------------------------
 ROLE = "adin.role"  # "sweep" (parent) or "trial" (child)
@@ -52,8 +52,8 @@ def view_id(sweep: str) -> str:
 # --- metrics -----------------------------------------------------------------------------------------------------
 FINAL = "final"  # 1 on a trial's last report when it trained its whole budget
 WORLD_SIZE = "world_size"
-EVALUATION = "evaluation"  # a report's evaluation index, from the training step (adin_core.evaluation.EVALUATION):
-# the step of MLflow's metric history, the scheduler's time axis and the study's intermediate step. Tune's own
+# EVALUATION (imported above, from adin_core.evaluation): a report's evaluation index, from the training step; the
+# step of MLflow's metric history, the scheduler's time axis and the study's intermediate step. Tune's own
 # training_iteration starts again from 1 when a trial resumes from a checkpoint, so it is none of those.
 REPORT_PREFIX = "report/"  # report/<target>/<metric>: the winner's report targets, on the parent
 TIMING_PREFIX = "timing/"  # the sweep's phases, seconds, on the parent
@@ -64,4 +64,4 @@ def evaluation_of(result: dict) -> int:
     return int(result.get(EVALUATION, result.get("training_iteration", 0)))
 
 
-__all__ = [name for name in dir() if name.isupper()] + ["OBJECTIVE", "evaluation_of", "view_id"]
+__all__ = [name for name in dir() if name.isupper()] + ["EVALUATION", "OBJECTIVE", "evaluation_of", "view_id"]
