@@ -419,7 +419,7 @@ class Sweep:
               "fresh seeds, scored on the report targets", flush=True)
         callbacks: list = [_signal_watcher(self.stops)]
         if not plan.quiet:
-            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm"], every_s=30.0))
+            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm", "seed_index"], every_s=30.0))
         results = verify.build(plan, winner.params, callbacks).fit()
         self.t["verified"] = time.perf_counter()
         if self.stops.received:
