@@ -12,6 +12,7 @@ sweep starts, unless the cluster autoscales (`--wait-for-resources`).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import urllib.parse
@@ -43,16 +44,19 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
 
     if plan.ray_address:  # make_plan has checked that it answers
         ctx = ray.init(address=plan.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None,
-                       log_to_driver=False)
+                       log_to_driver=False, logging_level=logging.WARNING)
         if ctx.dashboard_url and "RAY_API_SERVER_ADDRESS" not in os.environ:
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{ctx.dashboard_url}"
         return {"ray": plan.ray_address}
     port = free_port()
     api = f"http://127.0.0.1:{port}"
+    # Ray 2.60 turns token authentication on for a new local cluster, and says so in a warning on every sweep. It
+    # stays on; only the line goes. (Setting RAY_AUTH_MODE here instead is too late: Ray read it at import.)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     os.environ["RAY_API_SERVER_ADDRESS"] = api
     # The dashboard serves the State API; without it a finished trial's resources can stay held.
     ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             _node_ip_address="127.0.0.1", log_to_driver=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {**env_vars, "RAY_API_SERVER_ADDRESS": api}})
     return {"ray": f"local, dashboard {api}"}
 

@@ -224,7 +224,8 @@ class Sweep:
         from orchestrator import ray_session
 
         plan = self.plan
-        for name in ("ray.tune", "ray.train"):  # Tune's INFO lines would drown the live table
+        # Tune's INFO lines would drown the live table; MLflow's announce the creation of its tables
+        for name in ("ray.tune", "ray.train", "mlflow.store.db.utils"):
             logging.getLogger(name).setLevel(logging.WARNING)
         if not plan.resume:
             write_sweep_file(plan)

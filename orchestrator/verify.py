@@ -9,9 +9,10 @@ The arms share seeds, so the differences winner - baseline and winner - paper_de
 with a paired-t 95% interval and a sign count, printed, logged on the sweep's run and written into the model card,
 e.g. "winner - baseline: +0.031 mAP [+0.012, +0.050], 5/5 seeds", or "... : not distinguishable".
 
-Each (arm, seed) is its own Tune trial, not each arm: with 3 arms on 2 trial slots, arm-sized trials left one slot
-idle for the last third of the phase (measured: 589 s for 3 arms x 3 seeds, of which the third arm ran alone for
-a third); seed-sized ones keep every slot busy but for the last one.
+Each (arm, seed) is its own Tune trial, not each arm, so a cluster with room for arms x seeds trials verifies in
+the time of one training instead of `seeds` trainings in turn. On 2 cores it gains nothing: 1080 s for 3 x 3 on
+the README's main job against about 1030 s expected from arm-sized trials (measured on a machine 1.75x slower
+than the one that timed those at 589 s); an arm left alone there ran faster, so the "idle" slot was not idle.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""bench/search_efficiency.py's bookkeeping: epochs counted in the order trials ended, the budget cut, only trials
+that trained their whole budget competing for "best so far"."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "search_efficiency", pathlib.Path(__file__).parents[1] / "bench" / "search_efficiency.py")
+se = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = se  # dataclasses look their module up
+_spec.loader.exec_module(se)
+
+
+def _t(name, ended, epochs, objective, finished=True):
+    return se.TrialEnd(name, ended, epochs, objective, finished, f"/ckpt/{name}")
+
+
+def test_best_so_far_against_epochs_spent_within_the_budget():
+    ends = [_t("a", 1, 32, 0.20), _t("b", 2, 8, 0.90, finished=False), _t("c", 3, 32, 0.25),
+            _t("d", 4, 32, 0.22), _t("e", 5, 32, 0.40)]
+    points = se.curve(ends, budget=104, maximise=True)
+    assert [(spent, value, t.trial) for spent, value, t in points] == [
+        (32, 0.20, "a"), (40, 0.20, "a"), (72, 0.25, "c"), (104, 0.25, "c")]  # e is past the budget; b was stopped
+    assert se.epochs_to_reach(points, 0.25, maximise=True) == 72
+    assert se.epochs_to_reach(points, 0.30, maximise=True) is None
+
+
+def test_minimised_objectives_count_lower_as_better():
+    points = se.curve([_t("a", 1, 10, 0.5), _t("b", 2, 10, 0.3)], budget=100, maximise=False)
+    assert [v for _, v, _ in points] == [0.5, 0.3]
+    assert se.epochs_to_reach(points, 0.4, maximise=False) == 20
+
+
+def test_each_method_gets_its_own_space_file(tmp_path):
+    base = {"name": "thresholds", "search": {"sampler": "tpe", "num_samples": 8, "seed": 0, "seeds": 2},
+            "verify": {"seeds": 3}}
+    path = se.write_space(base, "random", 2, 5, str(tmp_path))
+    raw = se.yaml.safe_load(open(path))
+    assert raw["name"] == "search-eff-random-s2"
+    assert raw["search"] == {"sampler": "random", "num_samples": 5, "seed": 2, "seeds": 2}
+    assert raw["verify"] == {"seeds": 0} and base["verify"] == {"seeds": 3}  # the base is left as it was
+    with pytest.raises(KeyError):
+        se.write_space(base, "hyperband", 0, 5, str(tmp_path))
