@@ -60,24 +60,30 @@ def _subsample(pids: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _fit_and_score(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                   num_classes: int) -> int:
-    """Correct predictions of an L2-regularised softmax regression fitted with L-BFGS (deterministic)."""
-    mean, std = x_fit.mean(0, keepdim=True), x_fit.std(0, keepdim=True).clamp_min(1e-6)
-    x_fit, x_test = (x_fit - mean) / std, (x_test - mean) / std
+def fit_linear_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, num_classes: int,
+                     l2: float = PROBE_L2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of an L2-regularised softmax regression on (standardised) features, fitted with L-BFGS
+    (deterministic)."""
     w = torch.zeros(x_fit.shape[1], num_classes, dtype=x_fit.dtype, requires_grad=True)
     b = torch.zeros(num_classes, dtype=x_fit.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=PROBE_ITERS, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(x_fit @ w + b, y_fit) + 0.5 * PROBE_L2 * (w * w).sum()
+        loss = F.cross_entropy(x_fit @ w + b, y_fit) + 0.5 * l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        return int(((x_test @ w + b).argmax(1) == y_test).sum())
+    return w.detach(), b.detach()
+
+
+def _fit_and_score(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                   num_classes: int) -> int:
+    """Correct predictions of the probe fitted on one half and scored on the other."""
+    mean, std = x_fit.mean(0, keepdim=True), x_fit.std(0, keepdim=True).clamp_min(1e-6)
+    w, b = fit_linear_probe((x_fit - mean) / std, y_fit, num_classes)
+    return int((((x_test - mean) / std @ w + b).argmax(1) == y_test).sum())
 
 
 def nuisance_probe(features: torch.Tensor | np.ndarray, pids: np.ndarray, labels: np.ndarray, *,
@@ -101,4 +107,4 @@ def nuisance_probe(features: torch.Tensor | np.ndarray, pids: np.ndarray, labels
     return ProbeResult(correct / len(y), chance / len(y), len(y), len(classes))
 
 
-__all__ = ["ProbeResult", "nuisance_probe", "PROBE_MAX_IMAGES"]
+__all__ = ["ProbeResult", "fit_linear_probe", "nuisance_probe", "PROBE_MAX_IMAGES"]
