@@ -53,6 +53,11 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     # Ray 2.60 turns token authentication on for a new local cluster, and says so in a warning on every sweep. It
     # stays on; only the line goes. (Setting RAY_AUTH_MODE here instead is too late: Ray read it at import.)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # The raylet warns when more than 4x its startup concurrency (min(cores, num_cpus): 2 here) of Python workers
+    # have started; a sweep's trials are several processes each (the trial's driver, Train's controller, its
+    # workers), so 2 trials on 2 cores tripped it on every sweep. The raylet reads this at its start (a smoke sweep:
+    # 2 warnings without, none with).
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
     os.environ["RAY_API_SERVER_ADDRESS"] = api
     # The dashboard serves the State API; without it a finished trial's resources can stay held.
     ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
