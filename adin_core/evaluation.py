@@ -24,7 +24,7 @@ from adin_core.data.memory import EvalTarget, ReIDArrays
 from adin_core.features import extract_features
 from adin_core.metrics import evaluate_features, evaluate_vehicleid
 from adin_core.models import ADINModel
-from adin_core.probe import ProbeResult, nuisance_probe
+from adin_core.probe import ProbeResult, Reader, nuisance_probe
 from adin_core.schedule import Phase
 
 OBJECTIVE = "transfer_mAP"
@@ -47,26 +47,37 @@ def _concat(parts: Sequence[ReIDArrays], attr: str) -> np.ndarray:
     return np.concatenate([getattr(p, attr) for p in parts])
 
 
+def target_features(model: ADINModel, target: EvalTarget, config: TrainConfig,
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """The retrieval features of a target's splits (query, then gallery when it has one)."""
+    kwargs = dict(batch_size=config.eval_batch_size, image_size=(config.image_height, config.image_width),
+                  device=device, amp=config.amp)
+    return [extract_features(model, split.images, **kwargs) for split in target.images()]
+
+
+def probe_target(feats: Sequence[torch.Tensor], target: EvalTarget, reader: Reader | None = None
+                 ) -> dict[str, ProbeResult]:
+    """The nuisance probe (or another linear `reader`) for every kind the target's labels allow, on the features
+    of all its splits together."""
+    splits = target.images()
+    all_feats, pids = torch.cat(list(feats)), _concat(splits, "pids")
+    merged = ReIDArrays(np.zeros((len(pids), 1, 1, 3), np.uint8), pids, _concat(splits, "camids"),
+                        _concat(splits, "timeperiods"))
+    return {kind: nuisance_probe(all_feats, pids, labels, reader=reader)
+            for kind, labels in probe_labels(merged).items()}
+
+
 def score_target(model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu",
                  *, probe: bool = False) -> tuple[dict[str, float], dict[str, ProbeResult]]:
     """Rank-1/5/10, mAP and mINP on one target and, with `probe`, the nuisance probe on the same features."""
-    kwargs = dict(batch_size=config.eval_batch_size, image_size=(config.image_height, config.image_width),
-                  device=device, amp=config.amp)
-    feats = [extract_features(model, split.images, **kwargs) for split in target.images()]
+    feats = target_features(model, target, config, device)
     if target.gallery is None:
         result = evaluate_vehicleid(feats[0], target.query.pids)
     else:
         q, g = target.query, target.gallery
         result = evaluate_features(feats[0], feats[1], q.pids, g.pids, q.camids, g.camids)
     scores = {k: float(v) for k, v in result.summary().items()}
-    probes: dict[str, ProbeResult] = {}
-    if probe:
-        splits = target.images()
-        all_feats, pids = torch.cat(feats), _concat(splits, "pids")
-        merged = ReIDArrays(np.zeros((len(pids), 1, 1, 3), np.uint8), pids, _concat(splits, "camids"),
-                            _concat(splits, "timeperiods"))
-        probes = {kind: nuisance_probe(all_feats, pids, labels) for kind, labels in probe_labels(merged).items()}
-    return scores, probes
+    return scores, probe_target(feats, target) if probe else {}
 
 
 @dataclass
@@ -175,4 +186,4 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "score_target", "target_scores"]
+__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "probe_target", "score_target", "target_features", "target_scores"]

@@ -15,6 +15,7 @@ yet to remove.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,36 +61,36 @@ def _subsample(pids: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def fit_linear_probe(x_fit: torch.Tensor, y_fit: torch.Tensor, num_classes: int,
-                     l2: float = PROBE_L2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and bias of an L2-regularised softmax regression on (standardised) features, fitted with L-BFGS
-    (deterministic)."""
-    w = torch.zeros(x_fit.shape[1], num_classes, dtype=x_fit.dtype, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=x_fit.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=PROBE_ITERS, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x_fit @ w + b, y_fit) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
+Reader = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""A linear reader: (standardised fit features, their class indices, standardised test features, number of
+classes) -> the predicted class of each test feature."""
 
 
-def _fit_and_score(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                   num_classes: int) -> int:
-    """Correct predictions of the probe fitted on one half and scored on the other."""
-    mean, std = x_fit.mean(0, keepdim=True), x_fit.std(0, keepdim=True).clamp_min(1e-6)
-    w, b = fit_linear_probe((x_fit - mean) / std, y_fit, num_classes)
-    return int((((x_test - mean) / std @ w + b).argmax(1) == y_test).sum())
+def logistic_reader(l2: float = PROBE_L2) -> Reader:
+    """The probe's reader: an L2-regularised softmax regression, fitted with L-BFGS (deterministic)."""
+    def read(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, num_classes: int) -> torch.Tensor:
+        w = torch.zeros(x_fit.shape[1], num_classes, dtype=x_fit.dtype, requires_grad=True)
+        b = torch.zeros(num_classes, dtype=x_fit.dtype, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=PROBE_ITERS, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(x_fit @ w + b, y_fit) + 0.5 * l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            return (x_test @ w + b).argmax(1)
+    return read
 
 
 def nuisance_probe(features: torch.Tensor | np.ndarray, pids: np.ndarray, labels: np.ndarray, *,
-                   seed: int = 0, max_images: int = PROBE_MAX_IMAGES) -> ProbeResult:
-    """Accuracy of a linear probe predicting `labels` (class indices) from `features`, on identity-disjoint folds,
-    with its chance level. `features`: (N, D), as retrieval uses them (L2-normalised)."""
+                   seed: int = 0, max_images: int = PROBE_MAX_IMAGES, reader: Reader | None = None) -> ProbeResult:
+    """Accuracy of a linear reader (default: the probe's, `logistic_reader()`) predicting `labels` (class indices)
+    from `features`, on identity-disjoint folds, with its chance level. `features`: (N, D), as retrieval uses them
+    (L2-normalised); each fold standardises them with the fit half's statistics."""
+    read = reader or logistic_reader()
     x = torch.as_tensor(features, dtype=torch.float32).detach().cpu()
     pids, labels = np.asarray(pids), np.asarray(labels, dtype=np.int64)
     if not (len(x) == len(pids) == len(labels)):
@@ -101,10 +102,12 @@ def nuisance_probe(features: torch.Tensor | np.ndarray, pids: np.ndarray, labels
     correct = chance = 0
     half_a, half_b = _identity_halves(pids, seed)
     for fit, test in ((half_a, half_b), (half_b, half_a)):
-        correct += _fit_and_score(x[fit], y_t[fit], x[test], y_t[test], len(classes))
+        mean, std = x[fit].mean(0, keepdim=True), x[fit].std(0, keepdim=True).clamp_min(1e-6)
+        predicted = read((x[fit] - mean) / std, y_t[fit], (x[test] - mean) / std, len(classes))
+        correct += int((predicted == y_t[test]).sum())
         majority = np.bincount(y[fit], minlength=len(classes)).argmax()
         chance += int((y[test] == majority).sum())
     return ProbeResult(correct / len(y), chance / len(y), len(y), len(classes))
 
 
-__all__ = ["ProbeResult", "fit_linear_probe", "nuisance_probe", "PROBE_MAX_IMAGES"]
+__all__ = ["ProbeResult", "Reader", "logistic_reader", "nuisance_probe", "PROBE_MAX_IMAGES"]

@@ -24,69 +24,31 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import numpy as np
 import torch
 
-import adin_core.probe as probe
 from adin_core.benchmark import benchmark_config, generator_config
 from adin_core.data.datasets import open_benchmark
-from adin_core.evaluation import probe_labels
-from adin_core.features import extract_features
+from adin_core.evaluation import probe_target, target_features
+from adin_core.probe import Reader, logistic_reader
 from adin_core.train import fit
 
 ARMS = {"baseline": {"adv_loss": "none"}, "adin": {}}
 
 
-def _folds(x: np.ndarray, pids: np.ndarray, labels: np.ndarray, read) -> float:
-    """`read(x_fit, y_fit, x_test, num_classes) -> predictions` on the product probe's folds; its accuracy."""
-    keep = probe._subsample(pids, probe.PROBE_MAX_IMAGES, 0)
-    x, pids, labels = x[keep].astype(np.float64), pids[keep], labels[keep]
-    classes, y = np.unique(labels, return_inverse=True)
-    a, b = probe._identity_halves(pids, 0)
-    correct = 0
-    for fit_idx, test_idx in ((a, b), (b, a)):
-        xf, xt = x[fit_idx], x[test_idx]
-        mean, std = xf.mean(0, keepdims=True), xf.std(0, ddof=1, keepdims=True).clip(1e-6)
-        correct += int((read((xf - mean) / std, y[fit_idx], (xt - mean) / std, len(classes)) == y[test_idx]).sum())
-    return correct / len(y)
-
-
-def least_squares(lam: float):
-    def read(xf, yf, xt, k):
-        targets = np.eye(k)[yf]
-        centre = targets.mean(0, keepdims=True)
-        w = np.linalg.solve(xf.T @ xf + lam * len(xf) * np.eye(xf.shape[1]), xf.T @ (targets - centre))
-        return (xt @ w + centre).argmax(1)
+def least_squares_reader(lam: float) -> Reader:
+    """A ridge classifier: one-hot targets, closed form, lambda x N on the standardised features."""
+    def read(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, num_classes: int) -> torch.Tensor:
+        targets = torch.eye(num_classes, dtype=x_fit.dtype)[y_fit]
+        centre = targets.mean(0, keepdim=True)
+        gram = x_fit.T @ x_fit + lam * len(x_fit) * torch.eye(x_fit.shape[1], dtype=x_fit.dtype)
+        w = torch.linalg.solve(gram, x_fit.T @ (targets - centre))
+        return (x_test @ w + centre).argmax(1)
     return read
 
 
-def logistic(l2: float):
-    def read(xf, yf, xt, k):
-        w, b = probe.fit_linear_probe(torch.tensor(xf), torch.tensor(yf), k, l2=l2)
-        return (torch.tensor(xt) @ w + b).argmax(1).numpy()
-    return read
-
-
-READERS = {"logistic (product)": None, "logistic l2=0.1": logistic(0.1),
-           "least-squares l=1e-3": least_squares(1e-3), "least-squares l=1e-2": least_squares(1e-2)}
-
-
-def read_all(x: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> dict[str, float]:
-    out = {}
-    for name, reader in READERS.items():
-        out[name] = (probe.nuisance_probe(torch.tensor(x), pids, cams).accuracy if reader is None
-                     else _folds(x, pids, cams, reader))
-    return out
-
-
-def features_of(model, target, size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    splits = target.images()
-    x = torch.cat([extract_features(model, s.images, image_size=size) for s in splits]).numpy()
-    pids = np.concatenate([s.pids for s in splits])
-    from adin_core.data.memory import ReIDArrays
-    merged = ReIDArrays(np.zeros((len(pids), 1, 1, 3), np.uint8), pids, np.concatenate([s.camids for s in splits]),
-                        np.concatenate([s.timeperiods for s in splits]))
-    return x, pids, probe_labels(merged)["camera"]
+READERS: dict[str, Reader | None] = {
+    "logistic (product)": None, "logistic l2=0.1": logistic_reader(0.1),
+    "least-squares l=1e-3": least_squares_reader(1e-3), "least-squares l=1e-2": least_squares_reader(1e-2)}
 
 
 def main() -> None:
@@ -106,7 +68,10 @@ def main() -> None:
             size = (config.image_height, config.image_width)
             model = fit(config, shards["source"].training_data(config.nuisance, size)).model
             for where in ("source", "select", "report"):
-                scores = read_all(*features_of(model, shards[where].eval_target(size, name=where), size))
+                target = shards[where].eval_target(size, name=where)
+                feats = target_features(model, target, config)
+                scores = {name: probe_target(feats, target, reader)["camera"].accuracy
+                          for name, reader in READERS.items()}
                 for reader, value in scores.items():
                     acc.setdefault((arm, where, reader), []).append(value)
                 print(f"seed {seed} {arm:8s} {where:6s} " + "  ".join(f"{r} {v:.3f}" for r, v in scores.items()),

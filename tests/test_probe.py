@@ -86,3 +86,17 @@ def test_the_probe_has_converged_at_its_iteration_budget(monkeypatch):
     base = nuisance_probe(feats, pids, cams).accuracy
     monkeypatch.setattr(probe, "PROBE_ITERS", 4 * probe.PROBE_ITERS)
     assert nuisance_probe(feats, pids, cams).accuracy == pytest.approx(base, abs=0.02)
+
+
+def test_another_reader_gets_the_same_folds_and_chance():
+    """A reader that always answers the fit half's most frequent class scores exactly the probe's chance level:
+    readers are compared on the same identity-disjoint folds and standardisation."""
+    rng, pids, cams = _population(n_ids=30, per_id=5, n_cams=5, cams_per_id=2, seed=4)
+    feats = F.normalize(torch.tensor(rng.normal(size=(len(pids), 16))), dim=1)
+
+    def majority(x_fit, y_fit, x_test, k):
+        assert torch.allclose(x_fit.mean(0), torch.zeros(x_fit.shape[1], dtype=x_fit.dtype), atol=1e-9)
+        return torch.full((len(x_test),), int(torch.bincount(y_fit, minlength=k).argmax()))
+
+    r = nuisance_probe(feats, pids, cams, reader=majority)
+    assert r.accuracy == r.chance == nuisance_probe(feats, pids, cams).chance
