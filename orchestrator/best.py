@@ -39,8 +39,8 @@ from orchestrator.space import Objective
 from orchestrator.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri,
                                    redact)
 from orchestrator.tracking import schema as S
+from orchestrator.trial import state_file
 
-STATE_FILE = "state.pt"  # a trial checkpoint's training state (orchestrator.trial writes it)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 
 
@@ -66,9 +66,10 @@ class Winner:
         return self.parent_tags.get(S.SWEEP_STATE) != "complete"
 
 
-def load_state(checkpoint_uri: str) -> dict[str, Any]:
-    """A trial checkpoint's training state, from a local folder or s3://."""
-    loc = resolve(checkpoint_uri).join(STATE_FILE)
+def load_state(checkpoint_uri: str, seed_index: int = 0) -> dict[str, Any]:
+    """A trial checkpoint's training state of one of its seeds (seed 0's is the trial's model), from a local folder
+    or s3://."""
+    loc = resolve(checkpoint_uri).join(state_file(seed_index))
     try:
         data = loc.read_bytes()
     except FileNotFoundError:
@@ -87,8 +88,22 @@ def score_uris(model: ADINModel, config: TrainConfig, targets: dict[str, str]) -
     return score_targets(model, [open_target(Target(u, n), size) for u, n in targets.items()], config)
 
 
-def _trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
-    metric = parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE)
+def sweep_parents(client, sweep: str | None = None) -> list:
+    """The sweeps' parent runs (only the named sweep's, when named), newest first."""
+    query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
+    return sorted((r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], query)),
+                  key=lambda r: r.info.start_time, reverse=True)
+
+
+def sweep_objective(parent) -> Objective:
+    """The objective a sweep was run with, from its parent run's tags."""
+    return Objective(parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE),
+                     parent.data.tags.get(S.OBJECTIVE_MODE, "max"))
+
+
+def trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
+    """A sweep's trials as rows, and their MLflow runs by trial id."""
+    metric = sweep_objective(parent).metric
     children = client.search_runs([parent.info.experiment_id], f"tags.`{S.PARENT}` = '{parent.info.run_id}'",
                                   max_results=10000)
     rows, runs = [], {}
@@ -107,16 +122,13 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
 
     check_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
-    parents = sorted((r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], query)),
-                     key=lambda r: r.info.start_time, reverse=True)
+    parents = sweep_parents(client, sweep)
     if not parents:
         raise ExportError(f"no sweep named {sweep!r} in {tracking_uri}" if sweep else f"no sweep found in {tracking_uri}")
     skipped = []
     for parent in parents:
-        rows, runs = _trial_rows(client, parent)
-        objective = Objective(parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE),
-                              parent.data.tags.get(S.OBJECTIVE_MODE, "max"))
+        rows, runs = trial_rows(client, parent)
+        objective = sweep_objective(parent)
         best = pick_winner(rows, objective)
         name = parent.data.tags[S.SWEEP]
         if best is None:

@@ -4,12 +4,12 @@
     python scripts/ui_check.py --tracking-uri sqlite:///X.db --sweep NAME --out runs/ui-check
 
 It starts an MLflow server on a free loopback port over the tracking store (stopped by its process id at the end),
-opens three pages as a user would and checks what must be on them:
+opens four pages as a user would and checks what must be on them:
 
 * the experiment's runs table, through the sweep's saved view: the sweep's run and every trial's run by name,
   with the objective and the camera probe as columns;
-* a trial's run: its metrics (the objective, the camera probe, the adversary's grip) on its overview; its metric
-  charts are captured too (charts.png) but not required, since a loaded machine may not have drawn them yet;
+* a trial's run: its metrics (the objective, the camera probe, the adversary's grip) on its overview;
+* a trial's objective over its evaluations, drawn as a chart (MLflow's metric page);
 * the sweep's run: its artifacts (the space file, the winner's weights, the plots).
 
 Screenshots go to --out (default runs/ui-check/, outside the repository's tracked files). Needs `chromium`
@@ -19,12 +19,14 @@ Screenshots go to --out (default runs/ui-check/, outside the repository's tracke
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 from orchestrator.net import free_port
@@ -45,6 +47,16 @@ def render(browser: str, url: str, screenshot: str, budget_ms: int = 20000, heig
                    timeout=180)
     return subprocess.run([*base, f"--window-size=1700,{height}", "--dump-dom", url], capture_output=True, text=True,
                           timeout=180).stdout
+
+
+def metric_chart_url(base: str, experiment_id: str, run_id: str, metric: str) -> str:
+    """MLflow's metric page for one run (what "Plot chart" on a metric opens): one chart, drawn on load. The run
+    page's "Model metrics" tab draws its charts lazily, one history request each, and headless Chromium leaves them
+    spinning, so it cannot show whether a user sees the curve."""
+    key = urllib.parse.quote(json.dumps([metric]))
+    return (f"{base}/#/metric?runs={json.dumps([run_id])}&metric={urllib.parse.quote(json.dumps(metric))}"
+            f"&experiments={json.dumps([experiment_id])}&plot_metric_keys={key}&plot_layout={{}}&x_axis=step"
+            "&y_axis_scale=linear&line_smoothness=1&show_point=false&deselected_curves=[]&last_linear_y_axis_range=[]")
 
 
 def start_server(tracking_uri: str) -> tuple[subprocess.Popen, str]:
@@ -82,13 +94,13 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
     """Render the pages; return what is missing (empty: all there)."""
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.best import sweep_parents
+
     browser = chromium()
     if browser is None:
         raise RuntimeError("chromium is not installed (apt-get install chromium)")
     client = MlflowClient(tracking_uri)
-    query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
-    parents = sorted((r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], query)),
-                     key=lambda r: r.info.start_time, reverse=True)
+    parents = sweep_parents(client, sweep)
     if not parents:
         raise RuntimeError(f"no sweep {'named ' + sweep + ' ' if sweep else ''}in {tracking_uri}")
     parent = parents[0]
@@ -104,6 +116,8 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
              [name, metric, "probe/camera_acc", *[c.data.tags[S.RUN_NAME] for c in children]]),
             ("a trial's metrics", f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}"
              "?workflowType=machine_learning", "trial.png", [metric, "probe/camera_acc", "grip/adv_to_id"]),
+            ("a trial's objective chart", metric_chart_url(base, exp, children[0].info.run_id, metric), "charts.png",
+             [metric, "scatterlayer"]),  # plotly's trace layer: the curve is drawn, not a spinner
             ("the sweep's artifacts", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts"
              "?workflowType=machine_learning", "sweep.png", ["space", "winner", "plots"]),
         ]
@@ -116,14 +130,6 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
             log(f"{what}: {url}\n  {'all there' if not lost else 'MISSING ' + ', '.join(lost)}  "
                 f"(screenshot {os.path.join(out, shot)})")
             missing += [f"{what}: {e}" for e in lost]
-        # the trial's charts: drawn lazily, each after its own history request, so on a loaded machine they may
-        # still be spinners when the page is captured; recorded (screenshot, what was drawn), not required
-        url = (f"{base}/#/experiments/{exp}/runs/{children[0].info.run_id}/model-metrics"
-               "?workflowType=machine_learning")
-        dom = render(browser, url, os.path.join(out, "charts.png"), budget_ms=60000, height=8000)
-        drawn = [e for e in (metric, "camera_acc", "adv_to_id") if e in dom]
-        log(f"a trial's charts: {url}\n  drawn: {', '.join(drawn) or 'none yet'}  (screenshot "
-            f"{os.path.join(out, 'charts.png')})")
     finally:
         stop(proc)
     return missing
