@@ -29,6 +29,7 @@ for 8 trials), so the default run is hours; the sweeps are resumable: a finished
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -38,17 +39,17 @@ from dataclasses import dataclass
 
 import yaml
 
+from orchestrator.results import TrialRow, pick_winner
+from orchestrator.space import Objective
+
 METHODS = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+asha": ("tpe", "asha")}
 
 
 @dataclass
 class TrialEnd:
-    trial: str
+    row: TrialRow  # the trial as orchestrator.best reads it: objective, outcome, checkpoint
     ended_ms: int
-    epochs: float  # seed-epochs this trial trained
-    objective: float | None  # its last reported objective
-    finished: bool  # trained its whole budget (a stopped trial's objective is from an earlier rung)
-    checkpoint: str | None
+    epochs: float  # seed-epochs it trained (a stopped trial: up to its last evaluation)
 
 
 def sweep_name(method: str, sweep_seed: int) -> str:
@@ -57,7 +58,7 @@ def sweep_name(method: str, sweep_seed: int) -> str:
 
 def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: str) -> str:
     sampler, _ = METHODS[method]
-    raw = json.loads(json.dumps(base))
+    raw = copy.deepcopy(base)
     raw["name"] = sweep_name(method, sweep_seed)
     raw.setdefault("search", {}).update({"sampler": sampler, "seed": sweep_seed, "num_samples": samples})
     raw["verify"] = {"seeds": 0}
@@ -71,8 +72,7 @@ def run_sweep(space_path: str, name: str, scheduler: str, args: argparse.Namespa
     cmd = [sys.executable, "-m", "orchestrator.sweep", "--space", space_path,
            *(["--resume", name] if resume else ["--name", name]), "--quiet",
            "--scheduler", scheduler, "--storage", os.path.join(args.out, "sweeps"),
-           "--tracking-uri", f"sqlite:///{os.path.abspath(os.path.join(args.out, 'mlflow.db'))}",
-           "--data-root", args.data_root]
+           "--tracking-uri", args.tracking_uri, "--data-root", args.data_root]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.seeds:
@@ -81,84 +81,68 @@ def run_sweep(space_path: str, name: str, scheduler: str, args: argparse.Namespa
     return subprocess.call(cmd)
 
 
-def _parent(client, name: str):
+def trial_ends(client, parent, epochs_per_eval: float, seeds: int, total_epochs: float) -> list[TrialEnd]:
+    """A sweep's trials in the order they ended, with the seed-epochs each trained."""
+    from orchestrator.best import trial_rows
     from orchestrator.tracking import schema as S
 
-    for exp in client.search_experiments():
-        runs = client.search_runs([exp.experiment_id],
-                                  f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}' and tags.`{S.SWEEP}` = '{name}'")
-        if runs:
-            return runs[0]
-    return None
+    rows, runs = trial_rows(client, parent)
+    ends = []
+    for row in rows:
+        run = runs[row.trial]
+        evals = run.data.metrics.get(S.EVALUATION, 0.0)
+        trained = total_epochs if row.outcome == "finished" else min(total_epochs, evals * epochs_per_eval)
+        ends.append(TrialEnd(row, run.info.end_time or 0, trained * seeds))
+    return sorted(ends, key=lambda t: t.ended_ms)
 
 
-def trial_ends(client, name: str, epochs_per_eval: float, seeds: int, total_epochs: float) -> list[TrialEnd]:
-    """The sweep's trials in the order they ended, with the seed-epochs each trained."""
-    from orchestrator.tracking import schema as S
-
-    parent = _parent(client, name)
-    if parent is None:
-        raise SystemExit(f"no sweep named {name} in the bench's MLflow")
-    metric = parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE)
-    out = []
-    for child in client.search_runs([parent.info.experiment_id], f"tags.`{S.PARENT}` = '{parent.info.run_id}'",
-                                    max_results=10000):
-        m = child.data.metrics
-        evals = m.get(S.EVALUATION, 0.0)
-        finished = bool(m.get(S.FINAL))
-        trained = total_epochs if finished else min(total_epochs, evals * epochs_per_eval)
-        out.append(TrialEnd(child.data.tags.get(S.TRIAL, child.info.run_id), child.info.end_time or 0,
-                            trained * seeds, m.get(metric), finished, child.data.tags.get(S.CHECKPOINT)))
-    return sorted(out, key=lambda t: t.ended_ms)
-
-
-def report_map(checkpoint: str, seeds: int, report_uris: dict[str, str], cache: dict) -> float:
-    """The mean report-target mAP of a trial's models (one per seed), scored now."""
-    if checkpoint in cache:
-        return cache[checkpoint]
-    from adin_core.train import model_from_state
-    from orchestrator.best import load_state, score_uris
-    from adin_core.data.storage import resolve
-    from orchestrator.trial import state_file
-
-    values = []
-    for k in range(seeds):
-        state = load_state(checkpoint) if k == 0 else _load(resolve(checkpoint).join(state_file(k)))
-        model, config = model_from_state(state)
-        scores = score_uris(model, config, report_uris)
-        values.append(statistics.mean(s["mAP"] for s in scores.values()))
-    cache[checkpoint] = statistics.mean(values)
-    return cache[checkpoint]
-
-
-def _load(loc) -> dict:
-    import io
-
-    import torch
-
-    return torch.load(io.BytesIO(loc.read_bytes()), map_location="cpu", weights_only=True)
-
-
-def curve(ends: list[TrialEnd], budget: float, maximise: bool) -> list[tuple[float, float, TrialEnd]]:
-    """(seed-epochs spent, best finished objective so far, that trial) after each trial that ended within budget."""
-    spent, best, points = 0.0, None, []
-    for t in ends:
-        spent += t.epochs
+def curve(ends: list[TrialEnd], budget: float, objective: Objective) -> list[tuple[float, TrialRow]]:
+    """After each trial that ended within the budget: (seed-epochs spent, the sweep's own winner rule applied to
+    the trials ended so far), once there is a winner."""
+    spent, points = 0.0, []
+    for i, end in enumerate(ends):
+        spent += end.epochs
         if spent > budget + 1e-9:
             break
-        if t.finished and t.objective is not None and (
-                best is None or (t.objective > best.objective if maximise else t.objective < best.objective)):
-            best = t
+        best = pick_winner([e.row for e in ends[: i + 1]], objective)
         if best is not None:
-            points.append((spent, best.objective, best))
+            points.append((spent, best))
     return points
 
 
-def epochs_to_reach(points: list[tuple[float, float, TrialEnd]], target: float, maximise: bool) -> float | None:
-    for spent, value, _ in points:
-        if (value >= target) if maximise else (value <= target):
+def epochs_to_reach(points: list[tuple[float, TrialRow]], target: float, objective: Objective) -> float | None:
+    for spent, best in points:
+        if not objective.better(target, best.objective):
             return spent
     return None
+
+
+class ReportScores:
+    """A pick's report-target mAP, the mean over its seeds' models; the report targets are opened once."""
+
+    def __init__(self, parent, seeds: int) -> None:
+        from orchestrator.plan import Target
+        from orchestrator.tracking import schema as S
+
+        names = json.loads(parent.data.tags.get(S.TARGET_NAMES, "{}"))
+        self.targets = [Target(u, names.get(u, u)) for u in json.loads(parent.data.tags.get(S.REPORT, "[]"))]
+        self.seeds, self.opened, self.cache = seeds, None, {}
+
+    def __call__(self, checkpoint: str) -> float:
+        from adin_core.train import model_from_state
+        from orchestrator.best import load_state
+        from orchestrator.trial import open_target, score_targets
+
+        if checkpoint not in self.cache:
+            values = []
+            for k in range(self.seeds):
+                model, config = model_from_state(load_state(checkpoint, k))
+                if self.opened is None:
+                    self.opened = [open_target(t, (config.image_height, config.image_width)) for t in self.targets]
+                scores = score_targets(model, self.opened, config)
+                values.append(statistics.mean(s["mAP"] for s in scores.values()))
+            self.cache[checkpoint] = statistics.mean(values)
+        return self.cache[checkpoint]
 
 
 def main() -> None:
@@ -176,6 +160,7 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
+    from orchestrator.best import sweep_parents
     from orchestrator.space import load_space
     from orchestrator.tracking import schema as S
 
@@ -186,9 +171,16 @@ def main() -> None:
     epochs = args.epochs or space.training.epochs
     seeds = args.seeds or space.search.seeds
     budget = samples * epochs * seeds
-    maximise = space.objective.mode == "max"
     os.makedirs(args.out, exist_ok=True)
-    client = MlflowClient(f"sqlite:///{os.path.abspath(os.path.join(args.out, 'mlflow.db'))}")
+    db = os.path.abspath(os.path.join(args.out, "mlflow.db"))
+    args.tracking_uri = f"sqlite:///{db}"
+
+    def parent_of(name: str):
+        if not os.path.exists(db):  # nothing has run yet (and the sweep, not this script, creates the store)
+            return None
+        parents = sweep_parents(MlflowClient(args.tracking_uri), name)
+        return parents[0] if parents else None
+
     print(f"space {args.space}: {samples} trials x {epochs:g} epochs x {seeds} seeds = budget {budget:g} seed-epochs; "
           f"tpe+asha gets {round(samples * args.asha_factor)} trials; sweep seeds {args.sweep_seeds}", flush=True)
     spaces = os.path.join(args.out, "spaces")
@@ -196,7 +188,7 @@ def main() -> None:
     for sweep_seed in [] if args.report_only else args.sweep_seeds:
         for method, (_, scheduler) in METHODS.items():
             name = sweep_name(method, sweep_seed)
-            parent = _parent(client, name)
+            parent = parent_of(name)
             if parent is not None and parent.data.tags.get(S.SWEEP_STATE) == "complete":
                 continue
             n = round(samples * args.asha_factor) if method == "tpe+asha" else samples
@@ -205,32 +197,31 @@ def main() -> None:
             if rc not in (0, 1):
                 raise SystemExit(f"sweep {name} exited {rc}; rerun this command to continue it and the others")
 
-    ratios, lines, cache = [], [], {}
+    ratios, lines = [], []
     for sweep_seed in args.sweep_seeds:
         curves = {}
         for method in METHODS:
-            name = sweep_name(method, sweep_seed)
-            parent = _parent(client, name)
+            parent = parent_of(sweep_name(method, sweep_seed))
             if parent is None:
                 continue
-            names = json.loads(parent.data.tags.get(S.TARGET_NAMES, "{}"))
-            report_uris = {u: names.get(u, u) for u in json.loads(parent.data.tags.get(S.REPORT, "[]"))}
-            per_eval = space.training.eval_every_epochs
-            curves[method] = curve(trial_ends(client, name, per_eval, seeds, epochs), budget, maximise)
-            for spent, value, trial in curves[method]:
-                rep = report_map(trial.checkpoint, seeds, report_uris, cache) if trial.checkpoint else float("nan")
-                lines.append(f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective {value:.4f} "
-                             f"(trial {trial.trial}, report mAP {rep:.4f})")
-        if "random" in curves and "tpe+asha" in curves and curves["random"]:
-            final = curves["random"][-1][1]
-            reach = epochs_to_reach(curves["tpe+asha"], final, maximise)
+            report = ReportScores(parent, seeds)
+            ends = trial_ends(MlflowClient(args.tracking_uri), parent, space.training.eval_every_epochs, seeds, epochs)
+            curves[method] = curve(ends, budget, space.objective)
+            for spent, best in curves[method]:
+                lines.append(f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "
+                             f"{best.objective:.4f} (trial {best.trial}, report mAP {report(best.checkpoint):.4f})")
+        if curves.get("random") and "tpe+asha" in curves:
+            reach = epochs_to_reach(curves["tpe+asha"], curves["random"][-1][1].objective, space.objective)
             ratios.append(float("inf") if reach is None else reach / curves["random"][-1][0])
     print("\n".join(lines))
     if ratios:
-        shown = ", ".join("never" if r == float("inf") else f"{r:.2f}" for r in ratios)
+        def share(r: float) -> str:
+            return "never (within the budget)" if r == float("inf") else f"{r:.2f} of its epochs"
+
         med = statistics.median(ratios)
-        print(f"tpe+asha reaches random's final best in {shown} of random's epochs (per sweep seed); median "
-              f"{'never' if med == float('inf') else f'{med:.2f}'} (target <= 0.5: {'met' if med <= 0.5 else 'NOT met'})")
+        print("epochs tpe+asha needed to reach random search's final best, per sweep seed: "
+              + "; ".join(share(r) for r in ratios)
+              + f". Median: {share(med)} (target <= 0.5: {'met' if med <= 0.5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

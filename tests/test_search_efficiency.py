@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from orchestrator.results import TrialRow
+from orchestrator.space import Objective
+
 _spec = importlib.util.spec_from_file_location(
     "search_efficiency", pathlib.Path(__file__).parents[1] / "bench" / "search_efficiency.py")
 se = importlib.util.module_from_spec(_spec)
@@ -15,23 +18,24 @@ _spec.loader.exec_module(se)
 
 
 def _t(name, ended, epochs, objective, finished=True):
-    return se.TrialEnd(name, ended, epochs, objective, finished, f"/ckpt/{name}")
+    row = TrialRow(name, objective, "finished" if finished else "pruned", checkpoint=f"/ckpt/{name}")
+    return se.TrialEnd(row, ended, epochs)
 
 
 def test_best_so_far_against_epochs_spent_within_the_budget():
     ends = [_t("a", 1, 32, 0.20), _t("b", 2, 8, 0.90, finished=False), _t("c", 3, 32, 0.25),
             _t("d", 4, 32, 0.22), _t("e", 5, 32, 0.40)]
-    points = se.curve(ends, budget=104, maximise=True)
-    assert [(spent, value, t.trial) for spent, value, t in points] == [
+    points = se.curve(ends, budget=104, objective=Objective(mode="max"))
+    assert [(spent, t.objective, t.trial) for spent, t in points] == [
         (32, 0.20, "a"), (40, 0.20, "a"), (72, 0.25, "c"), (104, 0.25, "c")]  # e is past the budget; b was stopped
-    assert se.epochs_to_reach(points, 0.25, maximise=True) == 72
-    assert se.epochs_to_reach(points, 0.30, maximise=True) is None
+    assert se.epochs_to_reach(points, 0.25, Objective(mode="max")) == 72
+    assert se.epochs_to_reach(points, 0.30, Objective(mode="max")) is None
 
 
 def test_minimised_objectives_count_lower_as_better():
-    points = se.curve([_t("a", 1, 10, 0.5), _t("b", 2, 10, 0.3)], budget=100, maximise=False)
-    assert [v for _, v, _ in points] == [0.5, 0.3]
-    assert se.epochs_to_reach(points, 0.4, maximise=False) == 20
+    points = se.curve([_t("a", 1, 10, 0.5), _t("b", 2, 10, 0.3)], budget=100, objective=Objective(mode="min"))
+    assert [t.objective for _, t in points] == [0.5, 0.3]
+    assert se.epochs_to_reach(points, 0.4, Objective(mode="min")) == 20
 
 
 def test_each_method_gets_its_own_space_file(tmp_path):
