@@ -100,3 +100,20 @@ def test_another_reader_gets_the_same_folds_and_chance():
 
     r = nuisance_probe(feats, pids, cams, reader=majority)
     assert r.accuracy == r.chance == nuisance_probe(feats, pids, cams).chance
+
+
+def test_the_probes_objective_has_the_gradient_it_reports():
+    """The probe's fit trusts `_softmax_objective`'s analytic gradient: compare it with central differences."""
+    from adin_core.probe import _softmax_objective
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(30, 6)).astype(np.float64), rng.integers(0, 4, 30)
+    theta = rng.normal(size=(6 + 1) * 4)
+    loss, grad = _softmax_objective(theta, x, y, 0.1)
+    eps = 1e-6
+    numeric = np.array([(_softmax_objective(theta + eps * e, x, y, 0.1)[0]
+                         - _softmax_objective(theta - eps * e, x, y, 0.1)[0]) / (2 * eps) for e in np.eye(len(theta))])
+    assert np.allclose(grad, numeric, atol=1e-6)
+    logits = x @ theta[:24].reshape(6, 4) + theta[24:]
+    expected = F.cross_entropy(torch.tensor(logits), torch.tensor(y)).item() + 0.05 * (theta[:24] ** 2).sum()
+    assert loss == pytest.approx(expected, rel=1e-9)
