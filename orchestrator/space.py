@@ -9,6 +9,8 @@ targets:
   report: [synthetic:shortcut/report]   # scored for the winner only, never used to choose
 search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, seeds: 2}   # sampler: tpe|random|cmaes|gp;
                                  # seeds: training seeds per trial (the same for all; the objective is their mean)
+                                 # startup_trials: random trials before the sampler's model steers (default:
+                                 # Optuna's 10 for tpe/gp, capped at half of num_samples; cmaes: 0)
 verify: {seeds: 3}               # retrain winner, baseline and the paper's default on 3 fresh seeds (0: off)
 scheduler: {type: asha, grace_period: 1, reduction_factor: 2}      # or {type: none}
 resources: {workers: 1, cpus_per_worker: 0.49, gpus_per_worker: 0}
@@ -100,13 +102,32 @@ class SearchSettings:
     max_concurrent: int = 2
     seed: int = 0  # the sampler's
     seeds: int = 1  # training seeds per trial, the same for every trial (paired); the objective is their mean
+    startup_trials: int | None = None  # trials drawn at random before a model-based sampler steers (None: default)
+
+    @property
+    def random_start(self) -> int:
+        """How many trials the sampler draws at random before its model steers. Optuna's TPE and GP samplers start
+        with 10, so a search of 8 trials (the main job's) would be random search under another name; by default
+        the start is capped at half the trials, so the model chooses at least the other half. CMA-ES keeps its
+        own default (0) unless the space sets one; random search is random throughout."""
+        if self.sampler == "random":
+            return self.num_samples
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return 0 if self.sampler == "cmaes" else min(10, self.num_samples // 2)
 
     def make_sampler(self):
         import optuna
 
-        cls = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
-               "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[self.sampler]
-        return cls(seed=self.seed)
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.sampler == "tpe":
+            # constant liar: a trial still running counts as a poor one, so parallel workers do not all sample the
+            # same promising point (Optuna's advice for TPE with concurrent trials)
+            return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.random_start,
+                                              constant_liar=self.max_concurrent > 1)
+        cls = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[self.sampler]
+        return cls(seed=self.seed, n_startup_trials=self.random_start)
 
 
 @dataclass(frozen=True)
@@ -430,14 +451,18 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                                             "cannot report generalisation")
     if targets.source in targets.select + targets.report:
         raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
-    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds"})
+    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials"})
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
     search = SearchSettings(s.get("sampler", "tpe"),
                             _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1),
                             _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1),
                             _number(path, "search.seed", s.get("seed", 0), integer=True, low=0),
-                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1))
+                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1),
+                            None if s.get("startup_trials") is None else
+                            _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0))
+    if search.startup_trials is not None and search.sampler == "random":
+        raise _err(path, "search.startup_trials", "has no meaning for sampler random (every trial is random)")
     v = _section(raw, path, "verify", {"seeds"})
     verify = VerifySettings(_number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0))
     if verify.seeds == 1:

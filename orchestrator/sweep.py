@@ -308,6 +308,7 @@ class Sweep:
             S.SWEEP_STATE: "running"})
         space = plan.space
         parent.log_params({"space": space.name, "sampler": space.search.sampler,
+                           "sampler.random_start": space.search.random_start,
                            "num_samples": space.search.num_samples, "scheduler": space.scheduler.type,
                            "workers": space.resources.workers, "epochs": space.training.epochs,
                            **{f"fixed.{k}": v for k, v in space.fixed.items()}})

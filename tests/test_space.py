@@ -81,6 +81,8 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
     ("targets", None, r"targets: is required"),
     ("fixed.backbone", "vgg", r"a corner of the space is not a valid config \(backbone='vgg'"),
     ("search.seeds", 0, r"search.seeds: must be >= 1, got 0"),
+    ("search.startup_trials", -1, r"search.startup_trials: must be >= 0"),
+    ("search.startup_trials", 2.5, r"search.startup_trials: must be an integer"),
     ("verify.seeds", 1, r"verify.seeds: must be 0 \(off\) or >= 2"),
     ("verify.colour", 1, r"verify.colour: unknown key"),
     ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
@@ -89,6 +91,25 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
 def test_malformed_space_names_the_key(path, value, match):
     with pytest.raises(SpaceError, match=match):
         parse_space(with_(path, value), "space.yaml")
+
+
+def test_a_model_based_sampler_steers_at_least_half_the_trials_by_default():
+    """Optuna's TPE draws its first 10 trials at random: in a search of 8 it would never use its model."""
+    def search(**settings):
+        raw = with_("search", {"num_samples": 8, **settings})
+        return parse_space(raw, "space.yaml").search
+
+    tpe = search(max_concurrent=2)
+    assert tpe.random_start == 4
+    sampler = tpe.make_sampler()
+    assert sampler._n_startup_trials == 4 and sampler._constant_liar  # parallel trials: no duplicate picks
+    assert search(num_samples=40).random_start == 10  # Optuna's own default where it fits
+    assert search(startup_trials=2).make_sampler()._n_startup_trials == 2
+    assert not search(max_concurrent=1).make_sampler()._constant_liar
+    assert search(sampler="cmaes").random_start == 0
+    assert search(sampler="gp").make_sampler()._n_startup_trials == 4
+    with pytest.raises(SpaceError, match=r"search.startup_trials: has no meaning for sampler random"):
+        search(sampler="random", startup_trials=3)
 
 
 def test_verification_needs_report_targets_and_something_to_verify_against():
