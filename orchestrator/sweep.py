@@ -389,13 +389,19 @@ class Sweep:
                   "timing/trials_s": t["fit"] - t["ray"], "timing/verification_s": t["verified"] - t["winner"],
                   "timing/wrap_up_s": t["end"] - t["fit"] - (t["verified"] - t["winner"]),
                   "timing/total_s": t["end"] - t["start"]}
+        waits = sorted(tracking.result_seconds)  # what each result held Tune's loop in the MLflow callback
+        if waits:
+            timing.update({"timing/tracking_result_ms_median": 1000 * waits[len(waits) // 2],
+                           "timing/tracking_result_ms_max": 1000 * waits[-1]})
         parent.log_metrics(timing, step=int(time.time()))  # a resumed sweep adds a point, it does not overwrite
         k = plan.space.search.seeds
         print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s,"
               f" trials {timing['timing/trials_s']:.1f} s (repeats: {100 * (k - 1) / k:.0f}% of it, {k} seeds a trial),"
               f" verification {timing['timing/verification_s']:.1f} s "
               f"({100 * timing['timing/verification_s'] / max(timing['timing/total_s'], 1e-9):.0f}% of the sweep), "
-              f"wrap-up {timing['timing/wrap_up_s']:.1f} s")
+              f"wrap-up {timing['timing/wrap_up_s']:.1f} s"
+              + (f"; MLflow tracking held Tune's loop {timing['timing/tracking_result_ms_median']:.1f} ms a result "
+                 f"(median of {len(waits)}, max {timing['timing/tracking_result_ms_max']:.1f})" if waits else ""))
         from orchestrator.tracking import ui_url
 
         uri = plan.tracking_uri

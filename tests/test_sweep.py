@@ -90,7 +90,7 @@ def test_smoke_sweep_runs_trials_of_two_workers_and_asha_stops_some(local_sweep)
 
 def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     root, _, _ = local_sweep
-    client, (parent,), _ = mlflow_runs(f"sqlite:///{root}/mlflow.db")
+    client, (parent,), children = mlflow_runs(f"sqlite:///{root}/mlflow.db")
     tags, metrics = parent.data.tags, parent.data.metrics
     assert tags["adin.best_trial"] and "adin.code_version" in tags
     assert "synthetic-tiny-source/g2-" in tags["adin.data_versions"] and tags["adin.state"] == "complete"
@@ -99,6 +99,7 @@ def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     assert verification["summary"][0].startswith("winner - baseline:")
     assert {"verify/winner_minus_baseline", "verify/winner_minus_baseline_low"} <= set(metrics)
     assert any(k.startswith("report/synthetic-tiny-report/") for k in metrics) and "transfer_mAP" in metrics
+    assert metrics["timing/tracking_result_ms_max"] >= metrics["timing/tracking_result_ms_median"] > 0  # measured
     artifacts = {a.path for d in ("space", "winner", "plots") for a in client.list_artifacts(parent.info.run_id, d)}
     assert {"space/smoke.yaml", "space/data_versions.json", "winner/model.pt", "winner/config.json",
             "plots/optimization_history.png", "plots/search.html"} <= artifacts
@@ -113,6 +114,9 @@ def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs  # the runs table's Dataset column
     assert sorted(i.dataset.name.split("/")[0] for i in inputs) == [
         "synthetic-tiny-report", "synthetic-tiny-select", "synthetic-tiny-source"]
+    for child in children:  # every trial's row shows its datasets too
+        names = [i.dataset.name.split("/")[0] for i in client.get_run(child.info.run_id).inputs.dataset_inputs]
+        assert sorted(names) == ["synthetic-tiny-report", "synthetic-tiny-select", "synthetic-tiny-source"], names
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
 

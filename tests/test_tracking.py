@@ -85,6 +85,27 @@ def test_writes_wait_out_an_outage_in_order_and_the_outage_is_recorded(tmp_path)
     assert queue.outages[0]["seconds"] >= 0.4
 
 
+def test_every_trial_run_lists_the_sweeps_datasets_once(tmp_path):
+    """The runs table's Dataset column: each trial's run carries the sweep's datasets, also when Tune starts the
+    trial again (a restart, a resumed sweep), without listing them twice."""
+    from orchestrator.tracking.store import LogInput
+
+    uri, queue, parent, cb = _sweep(tmp_path)
+    cb.inputs = (LogInput("trial", "src/v1", "abc123", "/data/src/v1", "training"),
+                 LogInput("trial", "sel/v1", "def456", "s3://b/sel/v1", "select"))
+    trial = _trial("t1")
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_result(0, [], trial, {"training_iteration": 1, "transfer_mAP": 0.2, "final": 0})
+    resumed = MLflowTrialCallback(queue, parent.experiment_id, "sweep-1", trial_params=lambda c: c,
+                                  run_name=lambda tid, c: tid, checkpoint_uri=lambda p: p, inputs=cb.inputs)
+    resumed.set_state(pickle.loads(pickle.dumps(cb.get_state())))
+    resumed.on_trial_start(0, [], trial)  # the trial restarts in the resumed sweep
+    assert queue.drain(timeout=10)
+    (run,) = queue.client.search_runs([parent.experiment_id], f"tags.`{S.ROLE}` = '{S.ROLE_TRIAL}'")
+    inputs = [(d.dataset.name, d.dataset.digest, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs]
+    assert sorted(inputs) == [("sel/v1", "def456", ["select"]), ("src/v1", "abc123", ["training"])]
+
+
 def test_a_trial_stopped_early_is_tagged_pruned_and_an_interrupted_one_killed(tmp_path):
     uri, queue, parent, cb = _sweep(tmp_path)
     pruned, running = _trial("p1"), _trial("r1")

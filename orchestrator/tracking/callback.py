@@ -76,8 +76,11 @@ class MLflowTrialCallback(LiveCallback):
         self.ended.update(state.get("ended", []))
 
     def _open(self, trial, again: bool = False) -> None:
-        """Open the trial's run once; `again` (a trial restarting, e.g. after --resume) marks it running anew."""
-        if trial.trial_id in self.opened and not again:
+        """Open the trial's run once; `again` (a trial restarting, e.g. after --resume) marks it running anew. The
+        datasets go with the first opening only (Tune starts every trial with `on_trial_start`, so `again` alone
+        cannot tell a first start from a restart)."""
+        first = trial.trial_id not in self.opened
+        if not first and not again:
             return
         self.opened.add(trial.trial_id)
         self.ended.discard(trial.trial_id)
@@ -87,7 +90,7 @@ class MLflowTrialCallback(LiveCallback):
             find=((schema.PARENT, parent), (schema.TRIAL, trial.trial_id)),
             tags=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_TRIAL)),
             params=items(redact(self.trial_params(trial.config)))),
-            *[replace(i, key=trial.trial_id) for i in self.inputs if not again])
+            *[replace(i, key=trial.trial_id) for i in self.inputs if first])
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._open(trial, again=True)
