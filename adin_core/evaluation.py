@@ -67,17 +67,21 @@ def probe_target(feats: Sequence[torch.Tensor], target: EvalTarget, reader: Read
             for kind, labels in probe_labels(merged).items()}
 
 
-def score_target(model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu",
-                 *, probe: bool = False) -> tuple[dict[str, float], dict[str, ProbeResult]]:
-    """Rank-1/5/10, mAP and mINP on one target and, with `probe`, the nuisance probe on the same features."""
-    feats = target_features(model, target, config, device)
+def rank_target(feats: Sequence[torch.Tensor], target: EvalTarget) -> dict[str, float]:
+    """Rank-1/5/10, mAP and mINP of a target's extracted features (`target_features`): its protocol's ranking."""
     if target.gallery is None:
         result = evaluate_vehicleid(feats[0], target.query.pids)
     else:
         q, g = target.query, target.gallery
         result = evaluate_features(feats[0], feats[1], q.pids, g.pids, q.camids, g.camids)
-    scores = {k: float(v) for k, v in result.summary().items()}
-    return scores, probe_target(feats, target) if probe else {}
+    return {k: float(v) for k, v in result.summary().items()}
+
+
+def score_target(model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu",
+                 *, probe: bool = False) -> tuple[dict[str, float], dict[str, ProbeResult]]:
+    """Rank-1/5/10, mAP and mINP on one target and, with `probe`, the nuisance probe on the same features."""
+    feats = target_features(model, target, config, device)
+    return rank_target(feats, target), probe_target(feats, target) if probe else {}
 
 
 @dataclass
@@ -186,4 +190,4 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "probe_target", "score_target", "target_features", "target_scores"]
+__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "probe_target", "rank_target", "score_target", "target_features", "target_scores"]

@@ -32,8 +32,7 @@ import torch.nn.functional as F
 
 from adin_core.benchmark import benchmark_config, generator_config
 from adin_core.data.datasets import open_benchmark
-from adin_core.evaluation import Evaluator, probe_target, score_target, target_features
-from adin_core.metrics import evaluate_features
+from adin_core.evaluation import Evaluator, probe_target, rank_target, score_target, target_features
 from adin_core.models import ADINModel
 from adin_core.probe import nuisance_probe
 from adin_core.train import fit
@@ -72,8 +71,7 @@ def main() -> None:
     def unprobed() -> list[torch.Tensor]:
         """Everything a trial's evaluation does but the probe; returns the source features it extracted."""
         feats = target_features(model, source, config)
-        q, g = source.query, source.gallery
-        evaluate_features(feats[0], feats[1], q.pids, g.pids, q.camids, g.camids)
+        rank_target(feats, source)
         for target in evaluator.select:
             score_target(model, target, config)
         return feats
