@@ -54,8 +54,10 @@ def _wait_for_reports(exp_dir: str, n: int, proc: subprocess.Popen, timeout: flo
 
 
 def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoints(tmp_path):
+    # 10 evaluations a trial, Ctrl-C after the second: the graceful stop (5-8 s) cannot let the trial finish, as it
+    # once did with 6 on a fast machine (then no trial was left to resume from a checkpoint)
     proc = subprocess.Popen(_args(tmp_path, "--name", "life", "--num-samples", "2", "--max-concurrent", "1",
-                                  "--epochs", "6", "--scheduler", "none"),
+                                  "--epochs", "10", "--scheduler", "none"),
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -73,7 +75,10 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     assert parent.info.status == "KILLED" and parent.data.tags["adin.state"] == "partial"
     assert children and all(c.info.status == "KILLED" and c.data.tags["adin.outcome"] == "killed"
                             for c in children if c.data.tags["adin.outcome"] != "finished")
-    # the resumed sweep replays --epochs 6 --num-samples 2 (stored with the sweep) and finishes
+    interrupted = [c.data.tags["adin.trial_id"] for c in children
+                   if c.data.tags["adin.outcome"] == "killed" and c.data.metrics.get("evaluation", 0) >= 1]
+    assert interrupted, [(c.data.tags["adin.outcome"], c.data.metrics.get("evaluation")) for c in children]
+    # the resumed sweep replays --epochs 10 --num-samples 2 (stored with the sweep) and finishes
     t1 = time.perf_counter()
     resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=900)
@@ -81,8 +86,8 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     (parent,), children, client = _runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.tags["adin.state"] == "complete"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.params["epochs"] == "6.0" for c in children)
-    first = min(children, key=lambda c: c.info.start_time)
+    assert all(c.data.params["epochs"] == "10.0" for c in children)
+    first = next(c for c in children if c.data.tags["adin.trial_id"] == interrupted[0])  # stopped mid-run
     assert first.data.metrics["faults/resumed_from_step"] > 0  # it went on from its checkpoint, not from 0
     assert first.data.tags["adin.checkpoint"].startswith(str(tmp_path / "sweeps" / "life" / "train" / "trial-"))
     history = [m.step for m in client.get_metric_history(first.info.run_id, "transfer_mAP")]
