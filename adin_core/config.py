@@ -21,6 +21,13 @@ CALIBRATIONS = ("none", "class_prior", "sample_prior")
 PAPER_CANE = {"adv_loss": "ne", "calibration": "class_prior", "prior_temperature": 1.0,
               "freeze_encoder_for_nuisance": True, "beta": 1.0}
 NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
+# Fields that cannot touch f_E or f_I before pretraining (pretrain_id + pretrain_nuisance epochs) ends: with one
+# seed, configs that differ only in these train bit-identical encoders until then (tests/test_train.py checks it
+# field by field). An early-stopping rung placed inside pretraining would rank identical models, so the search
+# space refuses one when every searched parameter is in this set. Not in it: freeze_encoder_for_nuisance (it
+# freezes f_E during pretrain_nuisance), learning rates, center loss, everything of the identity branch.
+ADVERSARIAL_PHASE_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "nuisance",
+                                      "shuffle_nuisance", "i_target", "i_trigger", "n_trigger"})
 THRESHOLD_MODES = ("relative", "absolute")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -12,6 +12,10 @@ folder (--out: sweeps, MLflow, Optuna). The methods:
 * `tpe`: TPE, every trial trains its whole budget;
 * `tpe+asha`: TPE with the space's ASHA, given --asha-factor times as many trials (ASHA stops most of them early).
 
+Both TPE arms draw the same random start: the one the space gives a search of --samples trials (4 of 8), so they
+differ only in the scheduler. (Left to its default, tpe+asha's 16 trials would start with 8 random ones: with the
+same sampler seed, exactly random search's 8 trials, leaving TPE nothing to steer within the budget.)
+
 All trials of all methods train the space's same paired seeds (search.seeds), so the methods differ only in which
 settings they try and when they stop them. The budget is what `random` spends: samples x epochs x seeds
 (seed-epochs); a method's curve is cut there. Epochs are counted per trial from its last evaluation (a stopped
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -56,11 +61,18 @@ def sweep_name(method: str, sweep_seed: int) -> str:
     return f"search-eff-{method.replace('+', '-')}-s{sweep_seed}"
 
 
-def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: str) -> str:
+def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: str,
+                random_start: int | None = None) -> str:
+    """The method's space file; `random_start` (model-based samplers only) fixes how many of its trials are drawn
+    at random, so arms given different trial counts start alike."""
     sampler, _ = METHODS[method]
     raw = copy.deepcopy(base)
     raw["name"] = sweep_name(method, sweep_seed)
     raw.setdefault("search", {}).update({"sampler": sampler, "seed": sweep_seed, "num_samples": samples})
+    if sampler == "random":
+        raw["search"].pop("startup_trials", None)
+    elif random_start is not None:
+        raw["search"]["startup_trials"] = random_start
     raw["verify"] = {"seeds": 0}
     path = os.path.join(folder, f"{raw['name']}.yaml")
     with open(path, "w") as f:
@@ -171,6 +183,7 @@ def main() -> None:
     epochs = args.epochs or space.training.epochs
     seeds = args.seeds or space.search.seeds
     budget = samples * epochs * seeds
+    random_start = dataclasses.replace(space.search, sampler="tpe", num_samples=samples).random_start
     os.makedirs(args.out, exist_ok=True)
     db = os.path.abspath(os.path.join(args.out, "mlflow.db"))
     args.tracking_uri = f"sqlite:///{db}"
@@ -182,7 +195,8 @@ def main() -> None:
         return parents[0] if parents else None
 
     print(f"space {args.space}: {samples} trials x {epochs:g} epochs x {seeds} seeds = budget {budget:g} seed-epochs; "
-          f"tpe+asha gets {round(samples * args.asha_factor)} trials; sweep seeds {args.sweep_seeds}", flush=True)
+          f"tpe+asha gets {round(samples * args.asha_factor)} trials; both TPE arms start with {random_start} random; "
+          f"sweep seeds {args.sweep_seeds}", flush=True)
     spaces = os.path.join(args.out, "spaces")
     os.makedirs(spaces, exist_ok=True)
     for sweep_seed in [] if args.report_only else args.sweep_seeds:
@@ -192,7 +206,7 @@ def main() -> None:
             if parent is not None and parent.data.tags.get(S.SWEEP_STATE) == "complete":
                 continue
             n = round(samples * args.asha_factor) if method == "tpe+asha" else samples
-            rc = run_sweep(write_space(base, method, sweep_seed, n, spaces), name, scheduler, args,
+            rc = run_sweep(write_space(base, method, sweep_seed, n, spaces, random_start), name, scheduler, args,
                            resume=parent is not None)
             if rc not in (0, 1):
                 raise SystemExit(f"sweep {name} exited {rc}; rerun this command to continue it and the others")

@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from adin_core.config import ConfigError, TrainConfig
+from adin_core.config import ADVERSARIAL_PHASE_FIELDS, ConfigError, TrainConfig
 from adin_core.evaluation import OBJECTIVE, PROBE_KINDS
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
@@ -480,10 +480,9 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
         raise _err(path, "scheduler.type", f"{stype!r} is not allowed; choose one of {list(SCHEDULERS)}")
     if stype == "none" and len(sched) > 1:
         raise _err(path, "scheduler", "type 'none' takes no other settings")
-    scheduler = SchedulerSettings(
-        stype, _number(path, "scheduler.grace_period", sched.get("grace_period", 1), integer=True, low=1),
-        _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True),
-        max(1, math.ceil(training.epochs / training.eval_every_epochs)))
+    grace = (None if sched.get("grace_period") is None else
+             _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1))
+    reduction = _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True)
     r = _section(raw, path, "resources", {"workers", "cpus_per_worker", "gpus_per_worker"})
     resources = Resources(_number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
                           _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0,
@@ -504,6 +503,8 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                        "is set by training.epochs")
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
+    scheduler = SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training), reduction,
+                                  max(1, math.ceil(training.epochs / training.eval_every_epochs)))
     if verify.seeds and fixed.get("adv_loss") == "none":
         raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
                                          "verify against (set verify.seeds: 0)")
@@ -513,6 +514,31 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                         fixed=FrozenDict(fixed), raw=FrozenDict(raw))
     _check_corners(space)
     return space
+
+
+def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str, Param], fixed: Mapping[str, Any],
+                  training: TrainingSettings) -> int:
+    """ASHA's first rung, in evaluations. When every searched parameter is one that acts only after pretraining
+    (ADVERSARIAL_PHASE_FIELDS), all trials train the same encoder until then, so a rung inside pretraining ranks
+    identical models (ties, or thread noise) and stops trials for nothing the search chose. The default is then
+    the first evaluation after pretraining, and an earlier one is refused; otherwise the default is 1."""
+    if stype != "asha" or not set(params) <= ADVERSARIAL_PHASE_FIELDS:
+        return 1 if grace is None else grace
+    defaults = TrainConfig.__dataclass_fields__
+    pretraining = sum(float(fixed.get(k, defaults[k].default)) for k in ("pretrain_id_epochs",
+                                                                         "pretrain_nuisance_epochs"))
+    first = math.floor(pretraining / training.eval_every_epochs + 1e-9) + 1  # first evaluation after it
+    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
+    acting = f"every searched parameter ({', '.join(params)}) acts only after pretraining ({pretraining:g} epochs)"
+    if first >= evaluations:
+        raise _err(path, "scheduler", f"ASHA has no rung between the end of pretraining and the end of training: "
+                                      f"{acting}, and a trial has {evaluations} evaluations of "
+                                      f"{training.eval_every_epochs:g} epochs; use type: none or train longer")
+    if grace is not None and grace < first:
+        raise _err(path, "scheduler.grace_period", f"{grace} evaluations ({grace * training.eval_every_epochs:g} "
+                                                   f"epochs) is not after pretraining, so that rung would rank "
+                                                   f"identical models: {acting}; use >= {first}")
+    return first if grace is None else grace
 
 
 def _check_corners(space: SearchSpace) -> None:

@@ -48,3 +48,9 @@ def test_each_method_gets_its_own_space_file(tmp_path):
     assert raw["verify"] == {"seeds": 0} and base["verify"] == {"seeds": 3}  # the base is left as it was
     with pytest.raises(KeyError):
         se.write_space(base, "hyperband", 0, 5, str(tmp_path))
+    # the TPE arms get the random start they are given, whatever their trial count; random search takes none
+    asha = se.yaml.safe_load(open(se.write_space(base, "tpe+asha", 0, 16, str(tmp_path), random_start=4)))
+    assert asha["search"]["num_samples"] == 16 and asha["search"]["startup_trials"] == 4
+    rnd = se.yaml.safe_load(open(se.write_space({**base, "search": {**base["search"], "startup_trials": 3}},
+                                                "random", 0, 8, str(tmp_path), random_start=4)))
+    assert "startup_trials" not in rnd["search"]

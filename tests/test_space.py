@@ -112,6 +112,29 @@ def test_a_model_based_sampler_steers_at_least_half_the_trials_by_default():
         search(sampler="random", startup_trials=3)
 
 
+def test_no_asha_rung_inside_pretraining_when_no_searched_parameter_acts_there():
+    """beta, adv_loss, prior_temperature act only once pretraining ends (4 epochs here): a rung at epoch 4 would
+    rank identical encoders (tests/test_train.py), so it is refused, and the default rung moves past it."""
+    raw = with_("fixed", {**BASE["fixed"], "pretrain_id_epochs": 3, "pretrain_nuisance_epochs": 1})
+    raw["training"] = {"epochs": 16, "eval_every_epochs": 2}
+    raw["scheduler"] = {"type": "asha", "grace_period": 2}
+    with pytest.raises(SpaceError, match=r"^space.yaml: scheduler.grace_period: 2 evaluations \(4 epochs\) is not "
+                                         r"after pretraining.*\(adv_loss, prior_temperature, beta\).*use >= 3$"):
+        parse_space(raw, "space.yaml")
+    raw["scheduler"] = {"type": "asha", "grace_period": 3}
+    assert parse_space(raw, "space.yaml").scheduler.grace_period == 3
+    raw["scheduler"] = {"type": "asha"}
+    assert parse_space(raw, "space.yaml").scheduler.grace_period == 3  # the default: the first rung after it
+    raw["parameters"]["lr_heads"] = {"type": "float", "low": 0.01, "high": 0.3}  # acts from the first step
+    assert parse_space(raw, "space.yaml").scheduler.grace_period == 1
+    raw["parameters"].pop("lr_heads")
+    raw["training"] = {"epochs": 6, "eval_every_epochs": 2}  # evaluations at 2, 4, 6: no rung after pretraining
+    with pytest.raises(SpaceError, match=r"scheduler: ASHA has no rung between the end of pretraining"):
+        parse_space(raw, "space.yaml")
+    raw["scheduler"] = {"type": "none"}
+    assert parse_space(raw, "space.yaml").scheduler.type == "none"
+
+
 def test_verification_needs_report_targets_and_something_to_verify_against():
     raw = with_("verify.seeds", 3)
     raw["targets"].pop("report")

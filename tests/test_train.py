@@ -219,3 +219,41 @@ def test_two_workers_stay_in_sync(tmp_path):
     # each worker saw half the data per epoch
     data = _data(generate_benchmark("tiny", seed=0))
     assert r0["steps"] == round(4 * data.steps_per_epoch(16, 2))
+
+
+def _encoder_after_pretraining(bench, **kw) -> dict[str, torch.Tensor]:
+    """f_E's, f_I's and the center loss's state when a run of 2 + 1 pretraining epochs ends (its budget is exactly the pretraining)."""
+    config = _config(epochs=3, pretrain_id_epochs=2, pretrain_nuisance_epochs=1, **kw)
+    trainer = ADINTrainer(config, _data(bench, config.nuisance))
+    trainer.run()
+    state = {f"backbone.{k}": v for k, v in trainer.model.backbone.state_dict().items()}
+    state.update({f"id_heads.{k}": v for k, v in trainer.model.id_heads.state_dict().items()})
+    state.update({f"centers.{k}": v for k, v in trainer.model.centers.state_dict().items()})
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_adversarial_phase_fields_leave_pretraining_bit_identical(bench):
+    """The search space refuses an ASHA rung inside pretraining when every searched parameter is one of
+    ADVERSARIAL_PHASE_FIELDS, because such trials would still be identical there. This holds it to the trainer:
+    each field changed alone gives the same f_E and f_I, bit for bit, when pretraining ends; a field outside the
+    set (a learning rate, f_E frozen while f_N pretrains) does not."""
+    from adin_core.config import ADVERSARIAL_PHASE_FIELDS
+
+    changed = {"adv_loss": "rg", "beta": 2.5, "calibration": "class_prior", "prior_temperature": 0.3,
+               "nuisance": "camera_x_time", "shuffle_nuisance": True, "i_target": 0.995, "i_trigger": 0.9,
+               "n_trigger": 0.5}
+    assert set(changed) == ADVERSARIAL_PHASE_FIELDS  # a field added to the set needs a value here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: bit-identical runs are then a property of the code, not of scheduling
+    try:
+        reference = _encoder_after_pretraining(bench)
+        for name, value in [*changed.items(), ("adv_loss", "none")]:
+            other = _encoder_after_pretraining(bench, **{name: value})
+            assert other.keys() == reference.keys()
+            differ = sorted(k for k in reference if not torch.equal(reference[k], other[k]))
+            assert not differ, f"{name}={value!r} changed {differ[:3]} during pretraining"
+        for name, value in [("lr_heads", 0.05), ("freeze_encoder_for_nuisance", True)]:
+            other = _encoder_after_pretraining(bench, **{name: value})
+            assert any(not torch.equal(reference[k], other[k]) for k in reference), name
+    finally:
+        torch.set_num_threads(threads)
