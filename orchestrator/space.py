@@ -12,7 +12,9 @@ search: {sampler: tpe, num_samples: 8, max_concurrent: 2, seed: 0, seeds: 2}   #
                                  # startup_trials: random trials before the sampler's model steers (default:
                                  # Optuna's 10 for tpe/gp, capped at half of num_samples; cmaes: 0)
 verify: {seeds: 3}               # retrain winner, baseline and the paper's default on 3 fresh seeds (0: off)
-scheduler: {type: asha, grace_period: 1, reduction_factor: 2}      # or {type: none}
+scheduler: {type: asha, grace_period: 1, reduction_factor: 2}      # or {type: none}; grace_period: the first rung,
+                                 # in evaluations; after pretraining when every searched parameter acts only
+                                 # after it (default: then the first evaluation after it, else 1)
 resources: {workers: 1, cpus_per_worker: 0.49, gpus_per_worker: 0}
 training: {epochs: 8, eval_every_epochs: 2, checkpoints_to_keep: 2}
 parameters:
