@@ -22,7 +22,8 @@ settings they try and when they stop them. The budget is what `random` spends: s
 trial counts the epochs it trained), in the order the trials ended; with 2 trials in flight this ignores the
 unfinished one, the same way for every method.
 
-Printed per sweep: the best objective so far (select-target mAP, what the search sees) against epochs spent, and
+Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung
+there can know; "all equal" where every trial was still the same model), then the best objective so far (select-target mAP, what the search sees) against epochs spent, and
 the report-target mAP of that best-so-far pick (its checkpoint, all seeds, scored after the sweep; the search never
 sees the report targets). The figure the issue asks for: the epochs `tpe+asha` needs to reach `random`'s final
 best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target <= 0.5; "never" when it
@@ -129,6 +130,38 @@ def epochs_to_reach(points: list[tuple[float, TrialRow]], target: float, objecti
     return None
 
 
+def rank_agreement(client, parents, metric: str, last: int) -> dict[int, float | None]:
+    """How well each evaluation's objective ranks the trials as their last one does (Spearman's rho over the
+    distinct trials of `parents` that trained their whole budget): what an ASHA rung at that evaluation can know. None:
+    every trial scored the same there (a rung would rank identical models)."""
+    from orchestrator.best import trial_rows
+
+    curves, seen = [], set()
+    for parent in parents:
+        rows, runs = trial_rows(client, parent)
+        for row in rows:
+            key = tuple(sorted(row.params.items()))  # random's and tpe's shared random start: counted once
+            history = {m.step: m.value for m in client.get_metric_history(runs[row.trial].info.run_id, metric)}
+            if last in history and key not in seen:
+                seen.add(key)
+                curves.append(history)
+    return agreement(curves, last)
+
+
+def agreement(curves: list[dict[int, float]], last: int) -> dict[int, float | None]:
+    """Spearman's rho between each evaluation's values and the `last` one's, over curves {evaluation: value}."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for step in range(1, last):
+        pairs = [(c[step], c[last]) for c in curves if step in c]
+        if len(pairs) < 3:
+            continue
+        first = [x for x, _ in pairs]
+        out[step] = None if max(first) == min(first) else float(spearmanr(first, [y for _, y in pairs])[0])
+    return out
+
+
 class ReportScores:
     """A pick's report-target mAP, the mean over its seeds' models; the report targets are opened once."""
 
@@ -224,6 +257,13 @@ def main() -> None:
             for spent, best in curves[method]:
                 lines.append(f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "
                              f"{best.objective:.4f} (trial {best.trial}, report mAP {report(best.checkpoint):.4f})")
+        full = [p for p in (parent_of(sweep_name(m, sweep_seed)) for m in ("random", "tpe")) if p is not None]
+        if full:
+            rho = rank_agreement(MlflowClient(args.tracking_uri), full, space.objective.metric, space.scheduler.max_t)
+            lines.append(f"  seed {sweep_seed}  rank agreement with the last evaluation (Spearman, random's and tpe's "
+                         "trials), by evaluation: " + ", ".join(
+                             f"{k * space.training.eval_every_epochs:g} ep "
+                             f"{'all equal' if v is None else f'{v:+.2f}'}" for k, v in rho.items()))
         if curves.get("random") and "tpe+asha" in curves:
             reach = epochs_to_reach(curves["tpe+asha"], curves["random"][-1][1].objective, space.objective)
             ratios.append(float("inf") if reach is None else reach / curves["random"][-1][0])

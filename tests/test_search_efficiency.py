@@ -54,3 +54,12 @@ def test_each_method_gets_its_own_space_file(tmp_path):
     rnd = se.yaml.safe_load(open(se.write_space({**base, "search": {**base["search"], "startup_trials": 3}},
                                                 "random", 0, 8, str(tmp_path), random_start=4)))
     assert "startup_trials" not in rnd["search"]
+
+
+def test_rank_agreement_by_evaluation():
+    """What a rung at each evaluation can know: identical scores (trials still the same model) say so, a ranking
+    that is the final one reversed reads -1, the final one +1; evaluations too few trials reached are left out."""
+    curves = [{1: 0.1, 2: 0.9, 3: 0.1, 4: 0.1}, {1: 0.1, 2: 0.5, 3: 0.2, 4: 0.2}, {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3},
+              {1: 0.1, 4: 0.4}]
+    assert se.agreement(curves, last=4) == {1: None, 2: pytest.approx(-1.0), 3: pytest.approx(1.0)}
+    assert se.agreement(curves[:2], last=4) == {}
