@@ -527,8 +527,11 @@ def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str,
     if stype != "asha" or not set(params) <= ADVERSARIAL_PHASE_FIELDS:
         return 1 if grace is None else grace
     defaults = TrainConfig.__dataclass_fields__
-    pretraining = sum(float(fixed.get(k, defaults[k].default)) for k in ("pretrain_id_epochs",
-                                                                         "pretrain_nuisance_epochs"))
+    try:
+        pretraining = sum(float(fixed.get(k, defaults[k].default)) for k in ("pretrain_id_epochs",
+                                                                             "pretrain_nuisance_epochs"))
+    except (TypeError, ValueError):  # not a number: the corner check names the field
+        return 1 if grace is None else grace
     first = math.floor(pretraining / training.eval_every_epochs + 1e-9) + 1  # first evaluation after it
     evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
     acting = f"every searched parameter ({', '.join(params)}) acts only after pretraining ({pretraining:g} epochs)"
