@@ -23,9 +23,9 @@ trial counts the epochs it trained), in the order the trials ended; with 2 trial
 unfinished one, the same way for every method.
 
 Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung
-there can know; "all equal" where every trial was still the same model), then the best objective so far (select-target mAP, what the search sees) against epochs spent, and
-the report-target mAP of that best-so-far pick (its checkpoint, all seeds, scored after the sweep; the search never
-sees the report targets). The figure the issue asks for: the epochs `tpe+asha` needs to reach `random`'s final
+there can know; "all equal" where every trial was still the same model), then the best objective so far
+(select-target mAP, what the search sees) against epochs spent, and the report-target mAP of that best-so-far pick
+(its checkpoint, all seeds, scored after the sweep; the search never sees the report targets). The figure the issue asks for: the epochs `tpe+asha` needs to reach `random`'s final
 best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target <= 0.5; "never" when it
 does not get there within the budget). Each sweep takes minutes (thresholds.yaml as shipped: about 13 on 2 cores
 for 8 trials), so the default run is hours; the sweeps are resumable: a finished one is read, not rerun.
@@ -132,8 +132,8 @@ def epochs_to_reach(points: list[tuple[float, TrialRow]], target: float, objecti
 
 def rank_agreement(client, parents, metric: str, last: int) -> dict[int, float | None]:
     """How well each evaluation's objective ranks the trials as their last one does (Spearman's rho over the
-    distinct trials of `parents` that trained their whole budget): what an ASHA rung at that evaluation can know. None:
-    every trial scored the same there (a rung would rank identical models)."""
+    distinct trials of `parents` that trained their whole budget): what an ASHA rung at that evaluation can know.
+    None: every trial scored the same there (a rung would rank identical models)."""
     from orchestrator.best import trial_rows
 
     curves, seen = [], set()

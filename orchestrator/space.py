@@ -505,8 +505,9 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                        "is set by training.epochs")
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
-    scheduler = SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training), reduction,
-                                  max(1, math.ceil(training.epochs / training.eval_every_epochs)))
+    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))  # ASHA's max_t
+    scheduler = SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training, evaluations),
+                                  reduction, evaluations)
     if verify.seeds and fixed.get("adv_loss") == "none":
         raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
                                          "verify against (set verify.seeds: 0)")
@@ -519,7 +520,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
 
 
 def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str, Param], fixed: Mapping[str, Any],
-                  training: TrainingSettings) -> int:
+                  training: TrainingSettings, evaluations: int) -> int:
     """ASHA's first rung, in evaluations. When every searched parameter is one that acts only after pretraining
     (ADVERSARIAL_PHASE_FIELDS), all trials train the same encoder until then, so a rung inside pretraining ranks
     identical models (ties, or thread noise) and stops trials for nothing the search chose. The default is then
@@ -533,7 +534,6 @@ def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str,
     except (TypeError, ValueError):  # not a number: the corner check names the field
         return 1 if grace is None else grace
     first = math.floor(pretraining / training.eval_every_epochs + 1e-9) + 1  # first evaluation after it
-    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
     acting = f"every searched parameter ({', '.join(params)}) acts only after pretraining ({pretraining:g} epochs)"
     if first >= evaluations:
         raise _err(path, "scheduler", f"ASHA has no rung between the end of pretraining and the end of training: "
