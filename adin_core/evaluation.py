@@ -99,6 +99,9 @@ class Evaluator:
     every_steps: int = 0  # evaluation cadence during training; 0: only at the end
     probe_targets: bool = False  # also probe the targets' features (`<role>/<target>/probe_<kind>_acc`): does
     # invariance learned on the source's cameras carry over to cameras never seen?
+    score_during: bool = True  # False: the targets are scored at the end only; the cadence's other points still
+    # hand on the check's own metrics, so a driver keeps checkpointing there (the verification: only its final
+    # scores count, and scoring was a third of a benchmark training's time)
 
     def due(self, step: int, previous_step: int, final: bool) -> bool:
         """Whether a check at `step` (the one before it at `previous_step`) is an evaluation point: the end of
@@ -169,7 +172,8 @@ class EvaluationHook:
             metrics.update({k: float(v) for k, v in report.metrics().items() if not k.startswith("grip/")})
             for key in {k for g in self._grips for k in g}:
                 metrics[f"grip/{key}"] = float(np.mean([g[key] for g in self._grips if key in g]))
-            metrics.update(self.evaluator.evaluate(trainer.model, trainer.config, trainer.device, report=final))
+            if final or self.evaluator.score_during:
+                metrics.update(self.evaluator.evaluate(trainer.model, trainer.config, trainer.device, report=final))
             metrics["phase"] = report.next_phase
             metrics["phase_index"] = float(list(Phase).index(Phase(report.next_phase)))  # for charts
             metrics["adversarial_rounds"] = float(trainer.schedule.rounds)

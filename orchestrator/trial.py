@@ -209,9 +209,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             for t in plan.select]
         evaluator.source = storage_retry(lambda: source_target(plan.source, size),
                                          what=f"reading {plan.source}'s test split")
-        if loop_config.get("report"):  # verification: the report targets, at the end
+        if loop_config.get("report"):  # verification: scored once, at the end, report targets included; its
+            # reports before that only checkpoint (nothing reads their scores)
             evaluator.report = [storage_retry(functools.partial(open_target, t, size),
                                               what=f"reading target {t.uri}") for t in plan.report]
+            evaluator.score_during = False
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run() if rank == 0 else None
 

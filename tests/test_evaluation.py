@@ -65,6 +65,35 @@ def test_the_hook_evaluates_at_its_cadence_with_probe_grip_and_objective(bench):
     assert 0 <= last["probe/camera_chance"] <= 1 and np.isfinite(last["probe/camera_acc"])
 
 
+def test_scoring_at_the_end_only_keeps_the_cadence_of_reports_and_the_same_final_scores(bench):
+    """The verification's evaluator: every cadence point still reaches the sink (a driver checkpoints there), only
+    the end is scored, and the end's scores are those of an evaluator scoring all along (scoring reads the model,
+    it never trains it)."""
+    train, val = held_out_val(bench.source.train)
+    data = TrainingData(train, val, "camera", name="tiny")
+    sel, rep = bench.targets["select"], bench.targets["report"]
+    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16, batch_size=32, epochs=4,
+                      pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5, check_every=5, refresh_steps=5)
+    runs = {}
+    for during in (True, False):
+        ev = Evaluator(select=[EvalTarget("sel", sel.query, sel.gallery)],
+                       source=EvalTarget("source", bench.source.query, bench.source.gallery),
+                       report=[EvalTarget("rep", rep.query, rep.gallery)], every_steps=5, score_during=during)
+        seen = []
+        fit(cfg, data, hooks=[EvaluationHook(ev, lambda t, r, m, f: seen.append((r.step, m, f)))])
+        runs[during] = seen
+    assert [s for s, _, _ in runs[False]] == [s for s, _, _ in runs[True]] and len(runs[False]) > 2
+    for _, m, final in runs[False][:-1]:
+        assert not final and "id_acc" in m and "phase" in m
+        assert not any(k.startswith(("select/", "source/", "probe/", "report/")) or k == OBJECTIVE for k in m)
+    scored, unscored = runs[True][-1][1], runs[False][-1][1]
+    assert unscored["final"] == 1.0 and "report/rep/mAP" in unscored
+    assert set(unscored) == set(scored)
+    clock = ("phase_seconds/", "seconds", "time")  # wall-clock figures differ between any two runs
+    assert {k: v for k, v in unscored.items() if not k.startswith(clock)} == \
+        {k: v for k, v in scored.items() if not k.startswith(clock)}
+
+
 def test_target_names_cannot_break_metric_keys(bench):
     with pytest.raises(ValueError, match="without '/'"):
         EvalTarget("market1501/v1", bench.source.query, bench.source.gallery)
