@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -64,3 +65,21 @@ def test_reset_nuisance_heads_reinitialises():
     model.reset_nuisance_heads()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.nuisance_parameters()))
     assert all(torch.equal(a, b) for a, b in zip(id_before, model.identity_parameters()))
+
+
+def test_features_in_cpu_chunks_equal_one_batch_and_keep_every_image():
+    """extract_features runs the CPU in chunks (adin_core.features.chunk_size): any chunk, a ragged last one
+    included, gives every image its own feature, the same as one whole batch would."""
+    from adin_core.features import CPU_CHUNK, chunk_size, extract_features
+
+    config = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
+    torch.manual_seed(0)
+    model = ADINModel(config, num_identities=8, nuisance_classes={"camera": 3})
+    images = np.random.default_rng(0).integers(0, 255, (23, 32, 16, 3), dtype=np.uint8)
+    whole = extract_features(model, images, chunk=len(images))
+    for chunk in (1, 5, 22, None):
+        feats = extract_features(model, images, chunk=chunk)
+        assert feats.shape == whole.shape
+        assert torch.allclose(feats, whole, atol=1e-5)
+    assert chunk_size(256, "cpu") == CPU_CHUNK and chunk_size(16, "cpu") == 16
+    assert chunk_size(256, "cuda") == 256  # an accelerator takes the configured batch
