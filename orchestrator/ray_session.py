@@ -62,8 +62,20 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     # The dashboard serves the State API; without it a finished trial's resources can stay held.
     ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {**env_vars, "RAY_API_SERVER_ADDRESS": api}})
+             runtime_env={"env_vars": {**local_train_env(), **env_vars, "RAY_API_SERVER_ADDRESS": api}})
     return {"ray": f"local, dashboard {api}"}
+
+
+LOCAL_HEALTH_CHECK_INTERVAL_S = "0.5"
+
+
+def local_train_env() -> dict[str, str]:
+    """Ray Train settings for a local Ray (a cluster keeps its own). Train's controller polls its workers every
+    2 s by default, so each trial's start and end waited for the next poll; a local sweep's trials are one worker
+    each and start by the dozen, so it polls every 0.5 s (2 trials a wave on 2 cores: 3.5 s less a wave, measured;
+    one small call to one worker more per second). A value in the environment is kept."""
+    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    return {key: os.environ.get(key, LOCAL_HEALTH_CHECK_INTERVAL_S)}
 
 
 def trial_needs(plan: SweepPlan) -> dict[str, float]:
