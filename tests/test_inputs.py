@@ -184,3 +184,14 @@ def test_adin_core_cli_mistakes(capsys, monkeypatch, args, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_local_ray_polls_train_workers_faster_unless_the_environment_says_otherwise(monkeypatch):
+    from orchestrator.ray_session import LOCAL_HEALTH_CHECK_INTERVAL_S, local_train_env
+
+    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(key, raising=False)
+    assert local_train_env() == {key: LOCAL_HEALTH_CHECK_INTERVAL_S}
+    assert float(LOCAL_HEALTH_CHECK_INTERVAL_S) < 2.0  # Ray's default, which held every trial's start and end
+    monkeypatch.setenv(key, "3")
+    assert local_train_env() == {key: "3"}
