@@ -195,3 +195,16 @@ def test_a_local_ray_polls_train_workers_faster_unless_the_environment_says_othe
     assert float(LOCAL_HEALTH_CHECK_INTERVAL_S) < 2.0  # Ray's default, which held every trial's start and end
     monkeypatch.setenv(key, "3")
     assert local_train_env() == {key: "3"}
+
+
+def test_free_ports_are_outside_the_ports_client_sockets_and_ray_workers_take():
+    from orchestrator.net import RAY_WORKER_PORTS, ephemeral_range, free_port
+
+    low, _ = ephemeral_range()
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)  # never the same one twice in a process
+    assert all(RAY_WORKER_PORTS[1] < p < low for p in ports), ports
+    import socket
+    for p in ports[:3]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free when handed out

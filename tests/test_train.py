@@ -1,5 +1,4 @@
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from adin_core.data.memory import EvalTarget
 from adin_core.evaluation import score_target
 from adin_core.nuisance import NuisanceError
 from adin_core.train import ADINTrainer, fit
+from orchestrator.net import free_port
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +189,6 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(bench, tmp_path):
 
 
 # --- two workers, gloo on 127.0.0.1: gradients all-reduced, schedule identical on every rank ------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -212,7 +206,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_workers_stay_in_sync(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
     torch.testing.assert_close(r0["params"], r1["params"])
     assert r0["phases"] == r1["phases"] and "adversarial" in r0["phases"]
