@@ -26,7 +26,7 @@ CPU_CHUNK = 64  # images a forward on the CPU: larger batches spill the activati
 
 def chunk_size(batch_size: int, device: torch.device | str) -> int:
     """Images a forward: `batch_size` on an accelerator, at most CPU_CHUNK on the CPU, where smaller batches run
-    faster and give the same features (the small CNN at 64x32: 0.66x the time of a 256-image batch on 1 thread,
+    faster and give the same features (the small CNN at 64x32: 0.63x the time of a 256-image batch on 1 thread,
     0.57x on 2; `python bench/feature_speed.py`)."""
     if torch.device(device).type != "cpu":
         return batch_size
