@@ -8,9 +8,9 @@ opens four pages as a user would and checks what must be on them:
 
 * the experiment's runs table, through the sweep's saved view: the sweep's run and every trial's run by name,
   with the objective and the camera probe as columns;
-* a trial's run: its metrics (the objective, the camera probe, the adversary's grip) on its overview;
-* a trial's objective over its evaluations, drawn as a chart (MLflow's metric page), for the trial with most
-  evaluations;
+* a trial's run: its metrics (the objective, the camera probe, the adversary's grip) on its overview, for the
+  ADIN trial (one with an adversary, so with a grip) with most evaluations;
+* that trial's objective over its evaluations, drawn as a chart (MLflow's metric page);
 * the sweep's run: its artifacts (the space file, the winner's weights, the plots).
 
 Screenshots go to --out (default runs/ui-check/, outside the repository's tracked files). Needs `chromium`
@@ -91,6 +91,9 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
+GRIP = "grip/adv_to_id"  # the adversary's gradient share, logged by trials that have an adversary
+
+
 def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str]:
     """Render the pages; return what is missing (empty: all there)."""
     from mlflow.tracking import MlflowClient
@@ -110,9 +113,12 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
     metric = parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE)
     if not children:
         raise RuntimeError(f"sweep {name} has no trial runs in {tracking_uri}")
-    # the trial a user would open for a curve: the one with most evaluations (a trial ASHA stopped at its first
-    # has one point, which MLflow draws as no line at all, so the chart check failed on whichever trial came first)
-    shown = max(children, key=lambda c: len(client.get_metric_history(c.info.run_id, metric)))
+    # the trial a user would open for a curve: an ADIN one (a baseline trial, adv_loss none, has no adversary's
+    # grip to show) with most evaluations (a trial ASHA stopped at its first has one point, which MLflow draws as
+    # no line at all, so the chart check failed on whichever trial came first)
+    shown = max(children, key=lambda c: (GRIP in c.data.metrics,
+                                         len(client.get_metric_history(c.info.run_id, metric))))
+    trial_metrics = [metric, "probe/camera_acc", *([GRIP] if GRIP in shown.data.metrics else [])]
     os.makedirs(out, exist_ok=True)
     missing: list[str] = []
     proc, base = start_server(tracking_uri)
@@ -121,7 +127,7 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
             ("runs table", ui_url(base, exp, name), "runs.png",
              [name, metric, "probe/camera_acc", *[c.data.tags[S.RUN_NAME] for c in children]]),
             ("a trial's metrics", f"{base}/#/experiments/{exp}/runs/{shown.info.run_id}"
-             "?workflowType=machine_learning", "trial.png", [metric, "probe/camera_acc", "grip/adv_to_id"]),
+             "?workflowType=machine_learning", "trial.png", trial_metrics),
             ("a trial's objective chart", metric_chart_url(base, exp, shown.info.run_id, metric), "charts.png",
              [metric, "scatterlayer"]),  # plotly's trace layer: the curve is drawn, not a spinner
             ("the sweep's artifacts", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts"
