@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from orchestrator.plan import SweepPlan, Target
 
 STATE_FILE = "state.pt"
+REPORTS_FILE = "reports.json"  # in a checkpoint: every report up to it (RaySink.resend)
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
@@ -122,10 +123,14 @@ class TrialProgress:
 class RaySink:
     """What the seed group hands each evaluation to: every rank calls `ray.train.report` (Train needs all of
     them), rank 0 with the metrics and a checkpoint of every seed's state, uploaded through `upload` (with
-    backoff); the progress record and the storage retries ride along as `faults/*`."""
+    backoff); the progress record and the storage retries ride along as `faults/*`.
+
+    Each checkpoint also holds every report up to its own (REPORTS_FILE), so that a trial resumed from it can resend
+    the reports Tune never took (`resend`; schema.replayed says why they can be lost)."""
 
     def __init__(self, rank: int, progress: TrialProgress | None, stats: RetryStats, upload: Callable) -> None:
         self.rank, self.progress, self.stats, self.upload = rank, progress, stats, upload
+        self.history: list[dict[str, Any]] = []  # rank 0: the reports so far, oldest first
 
     def on_check(self, trainer: ADINTrainer, report: CheckReport) -> None:
         if self.progress is not None:
@@ -142,6 +147,9 @@ class RaySink:
                     metrics.update(self.progress.metrics())
                 for k, trainer in enumerate(trainers):
                     torch.save(trainer.state_dict(), os.path.join(tmp, state_file(k)))
+                self.history.append(_plain(metrics))
+                with open(os.path.join(tmp, REPORTS_FILE), "w") as fh:
+                    json.dump(self.history, fh)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
 
             def upload(ckpt, dir_name: str):
@@ -151,15 +159,42 @@ class RaySink:
 
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)
 
+    def resend(self, checkpoint, history: list[dict[str, Any]]) -> None:
+        """After a restore from `checkpoint`: one report (every rank, no new checkpoint) with that checkpoint's
+        metrics, the reports before it as schema.REPLAY, the checkpoint's path and this attempt's `faults/*`."""
+        import ray.train
+
+        from orchestrator.tracking import schema
+
+        metrics: dict[str, Any] = {}
+        if self.rank == 0:
+            self.history = list(history)
+            metrics = dict(history[-1], checkpoint_path=checkpoint.path,
+                           **{schema.REPLAY: json.dumps(history[:-1])})
+            if self.progress is not None:
+                metrics.update(self.progress.metrics())
+        ray.train.report(metrics)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
 
 def state_file(k: int) -> str:
     """Seed k's training state in a trial checkpoint (seed 0's is the trial's model: the export takes it)."""
     return STATE_FILE if k == 0 else f"state-seed{k}.pt"
 
 
-def _load_checkpoint(checkpoint, seeds: int) -> list[dict[str, Any]]:
+def _load_checkpoint(checkpoint, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every seed's state, and the reports up to the checkpoint (none in a checkpoint written before they were
+    kept)."""
     with checkpoint.as_directory() as d:
-        return [torch.load(os.path.join(d, state_file(k)), weights_only=True) for k in range(seeds)]
+        states = [torch.load(os.path.join(d, state_file(k)), weights_only=True) for k in range(seeds)]
+        history = []
+        if os.path.exists(os.path.join(d, REPORTS_FILE)):
+            with open(os.path.join(d, REPORTS_FILE)) as fh:
+                history = json.load(fh)
+    return states, history
 
 
 def _fail_fast(run_fs):
@@ -227,13 +262,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             world_size=world) for seed in seeds]
     group = SeedGroup(trainers, evaluator, sink, objective=plan.space.objective.metric, rank=rank)
     checkpoint = ray.train.get_checkpoint()
+    history: list[dict[str, Any]] = []
     if checkpoint is not None:
-        states = storage_retry(lambda: _load_checkpoint(checkpoint, len(seeds)), what="restoring the checkpoint")
+        states, history = storage_retry(lambda: _load_checkpoint(checkpoint, len(seeds)),
+                                        what="restoring the checkpoint")
         for trainer, state in zip(trainers, states):
             trainer.load_state_dict(state)
         group.restored()
     if progress is not None:
         progress.start(trainers[0].schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
+    if history:  # every rank read the same checkpoint, so every rank makes this report
+        sink.resend(checkpoint, history)
     group.run()
 
 

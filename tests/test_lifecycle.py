@@ -41,27 +41,36 @@ def _runs(root):
             [r for r in runs if r.data.tags.get("adin.role") == "trial"], client)
 
 
-def _wait_for_reports(exp_dir: str, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
-    """Until the sweep's trials have reported `n` evaluations in all."""
+def _wait_for_a_running_trial(root, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until a trial that is still running has logged `n` evaluations to MLflow. Tune's own result.json reaches
+    the sweep's storage only when it is synced (at a trial's end, on these short trials), so it cannot tell a
+    trial in mid-run from one that has finished."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     deadline = time.time() + timeout
     while time.time() < deadline:
-        count = sum(sum(1 for _ in open(p)) for p in glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json")))
-        if count >= n:
-            return
         assert proc.poll() is None, f"the sweep ended early: {proc.communicate()[0][-3000:]}"
-        time.sleep(0.5)
-    pytest.fail(f"fewer than {n} reports within {timeout} s")
+        exp = client.get_experiment_by_name("smoke") if os.path.exists(root / "mlflow.db") else None
+        if exp is not None:
+            running = client.search_runs([exp.experiment_id],
+                                         "tags.`adin.role` = 'trial' and attributes.status = 'RUNNING'")
+            if any(r.data.metrics.get("evaluation", 0) >= n for r in running):
+                return
+        time.sleep(0.3)
+    pytest.fail(f"no running trial had logged {n} evaluations within {timeout} s")
 
 
 def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoints(tmp_path):
-    # 10 evaluations a trial, Ctrl-C after the second: the graceful stop (5-8 s) cannot let the trial finish, as it
-    # once did with 6 on a fast machine (then no trial was left to resume from a checkpoint)
+    # 20 evaluations a trial, Ctrl-C once a running trial has logged its second: the graceful stop (2-8 s, at
+    # 0.5 s an evaluation on the smoke space) cannot let that trial finish, as it once did with 10 (then no trial
+    # was left to resume from a checkpoint)
     proc = subprocess.Popen(_args(tmp_path, "--name", "life", "--num-samples", "2", "--max-concurrent", "1",
-                                  "--epochs", "10", "--scheduler", "none"),
+                                  "--epochs", "20", "--scheduler", "none"),
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        _wait_for_reports(str(tmp_path / "sweeps" / "life"), 2, proc)
+        _wait_for_a_running_trial(tmp_path, 2, proc)
         t0 = time.perf_counter()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends: the whole foreground group
         out, _ = proc.communicate(timeout=120)
@@ -78,7 +87,7 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     interrupted = [c.data.tags["adin.trial_id"] for c in children
                    if c.data.tags["adin.outcome"] == "killed" and c.data.metrics.get("evaluation", 0) >= 1]
     assert interrupted, [(c.data.tags["adin.outcome"], c.data.metrics.get("evaluation")) for c in children]
-    # the resumed sweep replays --epochs 10 --num-samples 2 (stored with the sweep) and finishes
+    # the resumed sweep replays --epochs 20 --num-samples 2 (stored with the sweep) and finishes
     t1 = time.perf_counter()
     resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=900)
@@ -86,12 +95,13 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     (parent,), children, client = _runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.tags["adin.state"] == "complete"
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert all(c.data.params["epochs"] == "10.0" for c in children)
+    assert all(c.data.params["epochs"] == "20.0" for c in children)
     first = next(c for c in children if c.data.tags["adin.trial_id"] == interrupted[0])  # stopped mid-run
     assert first.data.metrics["faults/resumed_from_step"] > 0  # it went on from its checkpoint, not from 0
     assert first.data.tags["adin.checkpoint"].startswith(str(tmp_path / "sweeps" / "life" / "train" / "trial-"))
-    history = [m.step for m in client.get_metric_history(first.info.run_id, "transfer_mAP")]
-    assert history == sorted(set(history)), history  # appended after the resume, none twice
+    for child in children:  # every evaluation once: those Tune had not taken at the stop were resent on resume
+        history = [m.step for m in client.get_metric_history(child.info.run_id, "transfer_mAP")]
+        assert history == list(range(1, 21)), (child.data.tags["adin.trial_id"], history)
     print(f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed from step "
           f"{first.data.metrics['faults/resumed_from_step']:.0f}; resume finished in {time.perf_counter() - t1:.0f} s")
 

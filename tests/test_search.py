@@ -49,3 +49,20 @@ def test_a_failed_trial_is_failed_not_pruned():
     search.on_trial_complete("t1", None, error=True)
     (trial,) = search._ot_study.trials
     assert trial.state == optuna.trial.TrialState.FAIL
+
+
+def test_evaluations_a_resumed_trial_resends_are_recorded_once_without_warnings():
+    import json
+    import warnings
+
+    search = _search()
+    search.suggest("t1")
+    search.on_trial_result("t1", _result(0.10, 1, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # evaluation 2 never reached Tune; the trial resumes from its checkpoint and resends it with 1
+        search.on_trial_result("t1", dict(_result(0.12, 2, 1), **{S.REPLAY: json.dumps([_result(0.99, 1, 1)])}))
+    assert not [w for w in caught if "already reported" in str(w.message)]
+    search.on_trial_complete("t1", _result(0.18, 3, 2, final=True))
+    (trial,) = search._ot_study.trials
+    assert trial.intermediate_values == pytest.approx({1: 0.10, 2: 0.12})  # the study's own value of 1 is kept

@@ -122,6 +122,38 @@ def test_a_trial_stopped_early_is_tagged_pruned_and_an_interrupted_one_killed(tm
     assert runs["r1"].data.tags[S.OUTCOME] == "killed" and runs["r1"].info.status == "KILLED"
 
 
+def test_a_resumed_trials_resent_reports_fill_what_tune_never_took_and_each_evaluation_is_logged_once(tmp_path):
+    """The sweep stopped while evaluation 3 was still on its way to Tune; the trial resumes from checkpoint 3 and
+    resends it with 1-2. The run gets 3 (and its checkpoint), nothing twice, and a redone 4 keeps its first value."""
+    import json
+
+    uri, queue, parent, cb = _sweep(tmp_path)
+    trial = _trial("t1")
+    reports = [{S.EVALUATION: k, "transfer_mAP": 0.1 * k, "final": 0} for k in (1, 2, 3)]
+    cb.on_trial_start(0, [], trial)
+    for r in reports[:2]:
+        cb.on_trial_result(0, [], trial, dict(r, training_iteration=r[S.EVALUATION],
+                                              checkpoint_path=f"/c/ckpt{r[S.EVALUATION]}"))
+    cb.close_unfinished()
+    resumed = MLflowTrialCallback(queue, parent.experiment_id, "sweep-1", trial_params=lambda c: c,
+                                  run_name=lambda tid, c: tid, checkpoint_uri=lambda p: p)
+    resumed.set_state(pickle.loads(pickle.dumps(cb.get_state())))
+    resumed.on_trial_start(0, [], trial)
+    resumed.on_trial_result(0, [], trial, dict(reports[2], training_iteration=1, checkpoint_path="/c/ckpt3",
+                                               **{S.REPLAY: json.dumps(reports[:2])}))
+    resumed.on_trial_result(0, [], trial, {S.EVALUATION: 4, "transfer_mAP": 0.4, "final": 0, "training_iteration": 2})
+    resumed.on_trial_result(0, [], trial, {S.EVALUATION: 4, "transfer_mAP": 0.9, "final": 0, "training_iteration": 1})
+    resumed.on_trial_result(0, [], trial, {S.EVALUATION: 5, "transfer_mAP": 0.5, "final": 1, "training_iteration": 2})
+    resumed.on_trial_complete(0, [], trial)
+    assert queue.drain(timeout=10)
+    client = queue.client
+    (run,) = client.search_runs([parent.experiment_id], f"tags.`{S.ROLE}` = '{S.ROLE_TRIAL}'")
+    history = [(m.step, round(m.value, 3)) for m in client.get_metric_history(run.info.run_id, "transfer_mAP")]
+    assert history == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (5, 0.5)]
+    assert run.data.tags[S.CHECKPOINT] == "/c/ckpt3" and run.data.tags[S.OUTCOME] == "finished"
+    assert S.REPLAY not in run.data.metrics and S.REPLAY not in run.data.params
+
+
 def test_the_callback_never_waits_on_mlflow(tmp_path):
     """A slow server (0.3 s a call) costs Tune's loop nothing: on_trial_result only queues."""
     uri, queue, parent, cb = _sweep(tmp_path)

@@ -59,6 +59,7 @@ class MLflowTrialCallback(LiveCallback):
         self.inputs = inputs  # the sweep's datasets, logged on every trial's run (the runs table's Dataset column)
         self.trial_params, self.run_name, self.checkpoint_uri = trial_params, run_name, checkpoint_uri
         self.final: dict[str, bool] = {}
+        self.logged: dict[str, int] = {}  # trial id -> the last evaluation logged
         self.opened: set[str] = set()
         self.ended: set[str] = set()
         self.result_seconds: list[float] = []  # time spent in on_trial_result (what Tune's loop waited)
@@ -67,13 +68,14 @@ class MLflowTrialCallback(LiveCallback):
     def get_state(self) -> dict[str, Any] | None:
         """Saved by Tune with the sweep: writes still queued (an outage) are sent by a resumed sweep."""
         return {"queue": self.queue.state(), "final": dict(self.final), "opened": sorted(self.opened),
-                "ended": sorted(self.ended)}
+                "ended": sorted(self.ended), "logged": dict(self.logged)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.queue.restore(state.get("queue", {}))
         self.final.update(state.get("final", {}))
         self.opened.update(state.get("opened", []))
         self.ended.update(state.get("ended", []))
+        self.logged.update(state.get("logged", {}))
 
     def _open(self, trial, again: bool = False) -> None:
         """Open the trial's run once; `again` (a trial restarting, e.g. after --resume) marks it running anew. The
@@ -96,13 +98,20 @@ class MLflowTrialCallback(LiveCallback):
         self._open(trial, again=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """Logs each evaluation once, at its index: one a resumed trial resends (schema.replayed) is logged only if
+        this run never got it, and a trial that redoes evaluations after a restart keeps the first values."""
         t0 = time.perf_counter()
         self._open(trial)
         tid = trial.trial_id
-        step = schema.evaluation_of(result)
         ts = int(time.time() * 1000)
-        metrics = tuple((k, float(v), ts, step) for k, v in result.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))
+        for report in (*schema.replayed(result), result):
+            step = schema.evaluation_of(report)
+            if step <= self.logged.get(tid, 0):
+                continue
+            self.logged[tid] = step
+            metrics = tuple((k, float(v), ts, step) for k, v in report.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))
+            self.queue.submit(LogMetrics(tid, metrics))
         faults = {k: float(v) for k, v in result.items() if k.startswith("faults/") and v}
         if faults:
             self.queue.trial_faults[tid] = faults
@@ -112,7 +121,8 @@ class MLflowTrialCallback(LiveCallback):
         if "phase" in result:
             tags[schema.PHASE] = result["phase"]
         self.final[tid] = bool(result.get(schema.FINAL))
-        self.queue.submit(LogMetrics(tid, metrics), *([SetTags(tid, items(tags))] if tags else []))
+        if tags:
+            self.queue.submit(SetTags(tid, items(tags)))
         self.result_seconds.append(time.perf_counter() - t0)
 
     def _end(self, trial, outcome: str, status: str) -> None:

@@ -6,6 +6,8 @@ trial a child run (MLflow's `mlflow.parentRunId` tag nests them in the UI).
 
 from __future__ import annotations
 
+import json
+
 from adin_core.evaluation import EVALUATION, OBJECTIVE
 
 # --- tags on every run -------------------------------------------------------------------------------------------
@@ -55,6 +57,7 @@ WORLD_SIZE = "world_size"
 # EVALUATION (imported above, from adin_core.evaluation): a report's evaluation index, from the training step; the
 # step of MLflow's metric history, the scheduler's time axis and the study's intermediate step. Tune's own
 # training_iteration starts again from 1 when a trial resumes from a checkpoint, so it is none of those.
+REPLAY = "adin.replay"  # JSON list: the reports before a checkpoint, resent when a trial resumes from it (see replayed)
 REPORT_PREFIX = "report/"  # report/<target>/<metric>: the winner's report targets, on the parent
 TIMING_PREFIX = "timing/"  # the sweep's phases, seconds, on the parent
 
@@ -64,4 +67,16 @@ def evaluation_of(result: dict) -> int:
     return int(result.get(EVALUATION, result.get("training_iteration", 0)))
 
 
-__all__ = [name for name in dir() if name.isupper()] + ["EVALUATION", "OBJECTIVE", "evaluation_of", "view_id"]
+def replayed(result: dict) -> list[dict]:
+    """The earlier reports a resumed trial resent with its first result, oldest first.
+
+    Train hands reports to Tune through a queue; those Tune had not taken when the sweep stopped die with the
+    trial's actor, while Train kept their checkpoints. A trial restored from a checkpoint therefore first resends
+    that checkpoint's report with every report before it, and the consumers (tracking, the study) take the
+    evaluations they have not seen."""
+    text = result.get(REPLAY)
+    return json.loads(text) if isinstance(text, str) and text else []
+
+
+__all__ = [name for name in dir() if name.isupper()] + ["EVALUATION", "OBJECTIVE", "evaluation_of", "replayed",
+                                                        "view_id"]
