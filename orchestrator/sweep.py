@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local cluster on loopback (DESIGN 3)
@@ -353,6 +354,9 @@ class Sweep:
 
         plan = self.plan
         rows = rows_from_results(results, plan.space, self._checkpoint_uri)
+        if self.stops.received:  # a trial the stop cut short has no final report either: it was killed, not pruned
+            rows = [r if r.trial in tracking.ended or r.outcome == "failed" else replace(r, outcome="killed")
+                    for r in rows]
         names = [p.name for p in plan.space.params]
         metric = plan.space.objective.metric
         print(f"\nleaderboard ({metric}, {plan.space.objective.mode}"

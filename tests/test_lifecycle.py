@@ -87,6 +87,9 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     interrupted = [c.data.tags["adin.trial_id"] for c in children
                    if c.data.tags["adin.outcome"] == "killed" and c.data.metrics.get("evaluation", 0) >= 1]
     assert interrupted, [(c.data.tags["adin.outcome"], c.data.metrics.get("evaluation")) for c in children]
+    board = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:8] in
+             {c.data.tags["adin.trial_id"] for c in children}}
+    assert board[interrupted[0]] == "killed", out[-3000:]  # the leaderboard says what MLflow says, not "pruned"
     # the resumed sweep replays --epochs 20 --num-samples 2 (stored with the sweep) and finishes
     t1 = time.perf_counter()
     resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
