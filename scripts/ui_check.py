@@ -91,7 +91,12 @@ def stop(proc: subprocess.Popen) -> None:
             pass
 
 
-GRIP = "grip/adv_to_id"  # the adversary's gradient share, logged by trials that have an adversary
+GRIP = "grip/adv_to_id"  # the adversary's gradient share, which every trial with an adversary must show
+
+
+def adin(run) -> bool:
+    """A trial with an adversary (its config's adv_loss is not `none`), so with a grip to show."""
+    return run.data.params.get("adv_loss", "none") != "none"
 
 
 def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str]:
@@ -116,9 +121,8 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print) -> list[str
     # the trial a user would open for a curve: an ADIN one (a baseline trial, adv_loss none, has no adversary's
     # grip to show) with most evaluations (a trial ASHA stopped at its first has one point, which MLflow draws as
     # no line at all, so the chart check failed on whichever trial came first)
-    shown = max(children, key=lambda c: (GRIP in c.data.metrics,
-                                         len(client.get_metric_history(c.info.run_id, metric))))
-    trial_metrics = [metric, "probe/camera_acc", *([GRIP] if GRIP in shown.data.metrics else [])]
+    shown = max(children, key=lambda c: (adin(c), len(client.get_metric_history(c.info.run_id, metric))))
+    trial_metrics = [metric, "probe/camera_acc", *([GRIP] if adin(shown) else [])]
     os.makedirs(out, exist_ok=True)
     missing: list[str] = []
     proc, base = start_server(tracking_uri)

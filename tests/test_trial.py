@@ -3,7 +3,7 @@ sends first (schema.replayed says why)."""
 
 from __future__ import annotations
 
-import os
+import shutil
 from types import SimpleNamespace
 
 import ray.train
@@ -22,13 +22,9 @@ class _Reports:
 
     def __call__(self, metrics, checkpoint=None, checkpoint_upload_fn=None):
         kept = None
-        if checkpoint is not None:
-            kept = ray.train.Checkpoint.from_directory(str(self.root / f"ckpt{len(self.calls)}"))
-            os.makedirs(kept.path)
-            for name in os.listdir(checkpoint.path):
-                with open(os.path.join(checkpoint.path, name), "rb") as src, \
-                        open(os.path.join(kept.path, name), "wb") as dst:
-                    dst.write(src.read())
+        if checkpoint is not None:  # the sink's folder is temporary: keep a copy, as Train's upload would
+            kept = ray.train.Checkpoint.from_directory(shutil.copytree(checkpoint.path,
+                                                                       self.root / f"ckpt{len(self.calls)}"))
         self.calls.append((dict(metrics), kept))
 
 
