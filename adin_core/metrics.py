@@ -27,6 +27,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+
+class NonFiniteError(ValueError):
+    """Features or distances hold NaN or infinity: a diverged model. Ranking them would be meaningless (NaN compares
+    false with everything, so every match ranks first and mAP comes out above 1), so they are refused."""
+
+
 @dataclass
 class RankResult:
     cmc: np.ndarray  # (max_rank,) fraction of valid queries with a match within the top k
@@ -71,8 +77,26 @@ class _Accumulator:
             raise ValueError("evaluate_rank: no query has a valid match in the gallery (every match is missing "
                              "or shares the query's camera); check the query/gallery split")
         cmc = np.cumsum(self.first_hits[: self.max_rank]) / self.valid
-        return RankResult(cmc=cmc.astype(np.float64), mAP=self.ap_sum / self.valid,
-                          mINP=self.inp_sum / self.valid, num_valid_queries=self.valid, num_queries=self.queries)
+        result = RankResult(cmc=cmc.astype(np.float64), mAP=self.ap_sum / self.valid,
+                            mINP=self.inp_sum / self.valid, num_valid_queries=self.valid, num_queries=self.queries)
+        check_range(result.summary())
+        return result
+
+
+def check_range(scores: dict[str, float]) -> None:
+    """Every retrieval metric is a fraction in [0, 1]; one outside it is a defect, never a score to report."""
+    bad = {k: v for k, v in scores.items() if not (0.0 <= v <= 1.0)}
+    if bad:
+        raise ArithmeticError(f"retrieval metrics outside [0, 1]: {bad}")
+
+
+def check_finite(name: str, values: torch.Tensor | np.ndarray) -> None:
+    """Refuse NaN or infinite features or distances (NonFiniteError), saying how many there are."""
+    finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteError(f"{name}: {bad} of {finite.numel() if isinstance(finite, torch.Tensor) else finite.size} "
+                             "values are NaN or infinite (a diverged model); nothing to rank")
 
 
 def _order_keys(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -110,6 +134,7 @@ def _match_ranks(row: np.ndarray, invalid: np.ndarray, pos: np.ndarray) -> np.nd
 def _block_ranks(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
                  g_camids: np.ndarray) -> list[np.ndarray]:
     """Match ranks for a block of queries (an empty array for a query without a valid match)."""
+    check_finite("distances", dist)
     same_pid = q_pids[:, None] == g_pids[None, :]
     has_pid = same_pid.any(axis=1)
     out = []
@@ -203,6 +228,8 @@ def evaluate_features(qf: torch.Tensor | np.ndarray, gf: torch.Tensor | np.ndarr
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise ValueError(f"feature shapes do not match: query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
     q_pids, g_pids, q_camids, g_camids = _check_inputs(num_q, num_g, q_pids, g_pids, q_camids, g_camids)
+    check_finite("query features", qf)
+    check_finite("gallery features", gf)
     if metric == "cosine":  # normalise once, not per block
         qf = torch.nn.functional.normalize(qf.float(), dim=1)
         gf = torch.nn.functional.normalize(gf.float(), dim=1)

@@ -68,6 +68,18 @@ class CheckReport:
         return out
 
 
+class TrainingDiverged(ArithmeticError):
+    """The weights went NaN or infinite (a loss blew up): training cannot go on, and retrying from the last
+    checkpoint would diverge again the same way. Raised at the check that sees it, on every rank alike (the weights
+    are the same on all of them), so a data-parallel group stops together."""
+
+    def __init__(self, step: int, phase: str, losses: dict[str, float], seed: int = 0) -> None:
+        self.step, self.phase, self.losses, self.seed = step, phase, losses, seed
+        shown = ", ".join(f"loss/{k} {v:.4g}" for k, v in losses.items()) or "no loss recorded"
+        super().__init__(f"seed {seed} diverged at step {step} ({phase}): the weights hold NaN or infinite values "
+                         f"({shown})")
+
+
 class Hook(Protocol):
     def on_check(self, trainer: "ADINTrainer", report: CheckReport) -> None: ...
 
@@ -294,6 +306,11 @@ class ADINTrainer:
         self._add("grip/adv_to_id", na / ni.clamp_min(1e-12))
         self._add("grip/cosine", (gi @ ga) / (ni * na).clamp_min(1e-12))
 
+    def weights_finite(self) -> bool:
+        """Whether every weight of f_E, f_I and f_N is finite: one reduction, one device sync per check."""
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
     @property
     def _main_params(self) -> list[torch.nn.Parameter]:
         return self.model.encoder_parameters() + self.model.identity_parameters()
@@ -401,6 +418,9 @@ class ADINTrainer:
                 self._step_adversarial(x, pids, labels)
         sched.advance(n)
         self.phase_seconds[phase.value] = self.phase_seconds.get(phase.value, 0.0) + time.perf_counter() - t_phase
+        losses = self._take_means("loss")
+        if not self.weights_finite():
+            raise TrainingDiverged(sched.step, phase.value, losses, self.config.seed)
         id_acc, by_kind = self._validate_synced()
         nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
         transition = sched.observe(id_acc, nuisance_acc)
@@ -410,7 +430,7 @@ class ADINTrainer:
         report = CheckReport(
             step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
             next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
-            nuisance_acc_by_kind=by_kind, losses=self._take_means("loss"),
+            nuisance_acc_by_kind=by_kind, losses=losses,
             transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - self._t0,
             grip=self._take_means("grip"), phase_steps=dict(sched.phase_steps),
             phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
@@ -481,4 +501,4 @@ def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
     return trainer.run()
 
 
-__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "fit", "resolve_device"]
+__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "TrainingDiverged", "fit", "resolve_device"]

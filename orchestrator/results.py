@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -16,31 +17,35 @@ from orchestrator.tracking import schema
 class TrialRow:
     trial: str
     objective: float | None
-    outcome: str  # finished | pruned | failed | killed (see schema.OUTCOMES)
+    outcome: str  # finished | pruned | diverged | failed | killed (see schema.OUTCOMES)
     evals: int = 0
     params: dict[str, Any] = field(default_factory=dict)  # the searched parameters
     checkpoint: str | None = None  # URI
     order: float = 0.0  # when the trial started: plots draw the search in this order
     probe: float | None = None  # the camera probe's accuracy at the trial's last evaluation
     spread: float | None = None  # the objective's standard error over the trial's seeds (search.seeds > 1)
+    note: str = ""  # why it ended as it did, when that needs saying (a diverged trial's seed, step and losses)
+
+
+def _order(objective: Objective):
+    """Best first, equal objectives by trial id: the one order of the leaderboard and the winner, whatever order
+    the rows came in (Tune's results and MLflow's search list trials differently)."""
+    sign = -1.0 if objective.mode == "max" else 1.0
+    return lambda r: (r.objective is None, sign * (r.objective or 0.0), r.trial)
 
 
 def pick_winner(rows: Iterable[TrialRow], objective: Objective) -> TrialRow | None:
     """The best trial that trained its whole budget (a pruned trial's objective is from an earlier rung, not
-    comparable) and left a checkpoint, by the space's metric and mode; None when there is none."""
-    best = None
-    for row in rows:
-        if row.outcome != "finished" or row.objective is None or not row.checkpoint:
-            continue
-        if best is None or objective.better(row.objective, best.objective):
-            best = row
-    return best
+    comparable) and left a checkpoint, by the space's metric and mode, ties to the smaller trial id; None when
+    there is none. A non-finite objective never wins (a diverged trial reports none)."""
+    eligible = [r for r in rows if r.outcome == "finished" and r.objective is not None and r.checkpoint
+                and math.isfinite(r.objective)]
+    return min(eligible, key=_order(objective), default=None)
 
 
 def rank(rows: Sequence[TrialRow], objective: Objective) -> list[TrialRow]:
-    """Best first; trials without an objective last."""
-    sign = -1.0 if objective.mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r.objective is None, sign * (r.objective or 0.0)))
+    """Best first (ties by trial id); trials without an objective last."""
+    return sorted(rows, key=_order(objective))
 
 
 def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[TrialRow]:
@@ -51,6 +56,8 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
         m = r.metrics or {}
         if r.error:
             outcome = "failed"
+        elif m.get(schema.DIVERGED):
+            outcome = "diverged"
         elif m.get(schema.FINAL):
             outcome = "finished"
         else:
@@ -61,7 +68,8 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
                              evals=schema.evaluation_of(m), params=space.sampled(r.config or {}),
                              checkpoint=checkpoint_uri(ckpt) if ckpt else None,
                              order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
-                             probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se")))
+                             probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se"),
+                             note=str(m.get(schema.DIVERGED_WHY, ""))))
     return rows
 
 

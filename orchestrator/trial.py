@@ -29,7 +29,7 @@ from adin_core.data.shards import ShardSet
 from adin_core.data.storage import StorageUnavailable
 from adin_core.evaluation import Evaluator, score_target
 from adin_core.repeats import SeedGroup, seed_list
-from adin_core.train import ADINTrainer, CheckReport
+from adin_core.train import ADINTrainer, CheckReport, TrainingDiverged
 from orchestrator.retry import Backoff, RetryStats, call_with_backoff
 
 if TYPE_CHECKING:
@@ -159,6 +159,21 @@ class RaySink:
 
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)
 
+    def diverged(self, exc: TrainingDiverged) -> None:
+        """The trial's last report (every rank, no checkpoint): it stopped because a seed's weights went non-finite.
+        It carries no objective, so no scheduler, searcher or winner rule can rank it; retrying would diverge again
+        from the same checkpoint, so the trial ends here instead of failing."""
+        import ray.train
+
+        from orchestrator.tracking import schema
+
+        metrics: dict[str, Any] = {}
+        if self.rank == 0:
+            metrics = {schema.DIVERGED: 1.0, schema.DIVERGED_STEP: float(exc.step), schema.DIVERGED_WHY: str(exc),
+                       schema.FINAL: 0.0}
+            print(f"[trial] {exc}; the trial stops here", flush=True)
+        ray.train.report(metrics)
+
     def resend(self, checkpoint, history: list[dict[str, Any]]) -> None:
         """After a restore from `checkpoint`: one report (every rank, no new checkpoint) with that checkpoint's
         metrics, the reports before it as schema.REPLAY, the checkpoint's path and this attempt's `faults/*`."""
@@ -273,7 +288,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         progress.start(trainers[0].schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
     if history:  # every rank read the same checkpoint, so every rank makes this report
         sink.resend(checkpoint, history)
-    group.run()
+    try:
+        group.run()
+    except TrainingDiverged as exc:  # raised on every rank at the same check (the weights are the same)
+        sink.diverged(exc)
 
 
 def train_run_name(trial_id: str) -> str:

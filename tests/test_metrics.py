@@ -97,3 +97,32 @@ def test_vehicleid_protocol():
     assert r.num_queries == 120 - 30  # one gallery image per identity, the rest are queries
     noise = evaluate_vehicleid(torch.as_tensor(rng.normal(size=(120, 30)), dtype=torch.float32), pids, num_draws=3)
     assert noise.mAP < 0.3
+
+
+def test_non_finite_features_or_distances_are_refused_never_scored():
+    """A diverged model's NaN features once scored mAP 1.25 (NaN compares false, so every match ranked first)."""
+    import math
+
+    from adin_core.metrics import NonFiniteError, evaluate_rank
+
+    nan = torch.full((4, 8), math.nan)
+    with pytest.raises(NonFiniteError, match="query features: 32 of 32 values are NaN"):
+        evaluate_features(nan, torch.full((6, 8), math.nan), [0, 1, 2, 3], [0, 0, 1, 1, 2, 3], [0] * 4,
+                          [1, 2, 1, 2, 1, 1])
+    good = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    gallery = good.repeat(2, 1)
+    gallery[5, 3] = math.inf
+    with pytest.raises(NonFiniteError, match="gallery features: 1 of 64"):
+        evaluate_features(good, gallery, [0, 1, 2, 3], list(range(4)) * 2, [0] * 4, [1] * 8)
+    dist = np.random.default_rng(0).random((3, 5))
+    dist[1, 2] = np.nan
+    with pytest.raises(NonFiniteError, match="distances"):
+        evaluate_rank(dist, [0, 1, 2], [0, 1, 2, 0, 1], [0, 0, 0], [1, 1, 1, 1, 1])
+
+
+def test_a_metric_outside_its_range_is_an_error_not_a_score():
+    from adin_core.metrics import check_range
+
+    check_range({"mAP": 1.0, "rank1": 0.0})
+    with pytest.raises(ArithmeticError, match="mAP"):
+        check_range({"mAP": 1.25, "rank1": 1.0})

@@ -30,3 +30,22 @@ def test_the_history_plot_study_is_in_trial_order():
     assert [t.user_attrs["trial"] for t in study.trials] == ["b", "c", "a", "d", "e"]
     assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert study.best_trial.user_attrs["trial"] == "e" and study.best_trial.value == pytest.approx(0.4)
+
+
+def test_ties_go_to_the_smaller_trial_id_whatever_order_the_rows_come_in():
+    """The sweep (Tune's results) and `best` (MLflow's search) list trials in different orders; on a tie they once
+    crowned different trials (4f88e91f vs 4faaa171)."""
+    tied = [TrialRow("4faaa171", 0.5, "finished", 4, checkpoint="/c/1"),
+            TrialRow("4f88e91f", 0.5, "finished", 4, checkpoint="/c/2"),
+            TrialRow("00000000", 0.4, "finished", 4, checkpoint="/c/3")]
+    for rows in (tied, tied[::-1], tied[1:] + tied[:1]):
+        assert pick_winner(rows, Objective()).trial == "4f88e91f"
+        assert [r.trial for r in rank(rows, Objective())] == ["4f88e91f", "4faaa171", "00000000"]
+
+
+def test_a_diverged_trial_or_a_non_finite_objective_never_wins():
+    rows = [TrialRow("a", float("nan"), "finished", 4, checkpoint="/c/a"),
+            TrialRow("b", None, "diverged", 3, checkpoint="/c/b", note="seed 0 diverged at step 40"),
+            TrialRow("c", 0.1, "finished", 4, checkpoint="/c/c")]
+    assert pick_winner(rows, Objective()).trial == "c"
+    assert pick_winner(rows[:2], Objective()) is None

@@ -251,3 +251,21 @@ def test_adversarial_phase_fields_leave_pretraining_bit_identical(bench):
             assert any(not torch.equal(reference[k], other[k]) for k in reference), name
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_whose_weights_go_non_finite_stops_at_the_check_with_the_reason(bench):
+    """beta = 1e30 blows the encoder up at the first adversarial steps: the check that sees non-finite weights stops
+    the run (TrainingDiverged, with the seed, step, phase and losses) before it validates or evaluates anything."""
+    from adin_core.train import TrainingDiverged
+
+    cfg = _config(beta=1e30, epochs=3, pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5, seed=3)
+    trainer = ADINTrainer(cfg, _data(bench))
+    seen = []
+    trainer.hooks.append(type("H", (), {"on_check": lambda self, t, r: seen.append(r.phase)})())
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run()
+    exc = info.value
+    assert exc.phase == "adversarial" and exc.seed == 3 and exc.step > 0 and "seed 3 diverged at step" in str(exc)
+    assert "adversarial" not in seen  # the diverged check reached no hook
+    assert not trainer.weights_finite()
+    assert fit(_config(epochs=1, pretrain_id_epochs=0.5, pretrain_nuisance_epochs=0.25), _data(bench)).history

@@ -59,6 +59,7 @@ class MLflowTrialCallback(LiveCallback):
         self.inputs = inputs  # the sweep's datasets, logged on every trial's run (the runs table's Dataset column)
         self.trial_params, self.run_name, self.checkpoint_uri = trial_params, run_name, checkpoint_uri
         self.final: dict[str, bool] = {}
+        self.diverged: dict[str, str] = {}  # trial id -> why it stopped
         self.logged: dict[str, int] = {}  # trial id -> the last evaluation logged
         self.opened: set[str] = set()
         self.ended: set[str] = set()
@@ -68,7 +69,7 @@ class MLflowTrialCallback(LiveCallback):
     def get_state(self) -> dict[str, Any] | None:
         """Saved by Tune with the sweep: writes still queued (an outage) are sent by a resumed sweep."""
         return {"queue": self.queue.state(), "final": dict(self.final), "opened": sorted(self.opened),
-                "ended": sorted(self.ended), "logged": dict(self.logged)}
+                "ended": sorted(self.ended), "logged": dict(self.logged), "diverged": dict(self.diverged)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.queue.restore(state.get("queue", {}))
@@ -76,6 +77,7 @@ class MLflowTrialCallback(LiveCallback):
         self.opened.update(state.get("opened", []))
         self.ended.update(state.get("ended", []))
         self.logged.update(state.get("logged", {}))
+        self.diverged.update(state.get("diverged", {}))
 
     def _open(self, trial, again: bool = False) -> None:
         """Open the trial's run once; `again` (a trial restarting, e.g. after --resume) marks it running anew. The
@@ -103,6 +105,12 @@ class MLflowTrialCallback(LiveCallback):
         t0 = time.perf_counter()
         self._open(trial)
         tid = trial.trial_id
+        if result.get(schema.DIVERGED):  # its last report: no evaluation, the reason (RaySink.diverged)
+            self.diverged[tid] = str(result.get(schema.DIVERGED_WHY, "diverged"))
+            self.final[tid] = False
+            self.queue.submit(SetTags(tid, ((schema.DIVERGED_REASON, self.diverged[tid]),)))
+            self.result_seconds.append(time.perf_counter() - t0)
+            return
         ts = int(time.time() * 1000)
         for report in (*schema.replayed(result), result):
             step = schema.evaluation_of(report)
@@ -131,8 +139,11 @@ class MLflowTrialCallback(LiveCallback):
         self.queue.submit(SetTags(trial.trial_id, ((schema.OUTCOME, outcome),)), EndRun(trial.trial_id, status))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        # a trial that completes without its final report was stopped early by the scheduler (ASHA)
-        self._end(trial, "finished" if self.final.get(trial.trial_id) else "pruned", "FINISHED")
+        # a trial that completes without its final report was stopped early by the scheduler (ASHA), or diverged
+        if trial.trial_id in self.diverged:
+            self._end(trial, "diverged", "FAILED")
+        else:
+            self._end(trial, "finished" if self.final.get(trial.trial_id) else "pruned", "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "failed", "FAILED")

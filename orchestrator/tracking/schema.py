@@ -21,8 +21,9 @@ RUN_NAME = "mlflow.runName"
 TRIAL = "adin.trial_id"  # Tune's trial id
 CHECKPOINT = "adin.checkpoint"  # URI of the trial's latest checkpoint (local path or s3://)
 PHASE = "adin.phase"  # the schedule's phase at the latest evaluation
-OUTCOME = "adin.outcome"  # finished | pruned (stopped early by the scheduler) | failed | killed
-OUTCOMES = ("finished", "pruned", "failed", "killed")
+OUTCOME = "adin.outcome"  # finished | pruned (stopped early by the scheduler) | diverged | failed | killed
+OUTCOMES = ("finished", "pruned", "diverged", "failed", "killed")
+DIVERGED_REASON = "adin.diverged"  # why a diverged trial stopped (which seed, the step, its losses)
 
 # --- tags on a sweep's run ---------------------------------------------------------------------------------------
 SPACE_FILE = "adin.space_file"
@@ -53,6 +54,9 @@ def view_id(sweep: str) -> str:
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 FINAL = "final"  # 1 on a trial's last report when it trained its whole budget
+DIVERGED = "diverged"  # 1 on the last report of a trial whose weights went non-finite (it has no objective)
+DIVERGED_STEP = "diverged_step"
+DIVERGED_WHY = "diverged_reason"  # a string in the Tune result; the run's DIVERGED_REASON tag
 WORLD_SIZE = "world_size"
 # EVALUATION (imported above, from adin_core.evaluation): a report's evaluation index, from the training step; the
 # step of MLflow's metric history, the scheduler's time axis and the study's intermediate step. Tune's own
