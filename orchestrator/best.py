@@ -17,6 +17,7 @@ Exit codes: 0 exported; 2 nothing to export or bad input (the message says which
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -120,7 +121,7 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
     """The named sweep's winner; without a name, the latest sweep that has one."""
     from mlflow.tracking import MlflowClient
 
-    check_tracking_uri(tracking_uri)
+    check_tracking_uri(tracking_uri, must_exist=True)
     client = MlflowClient(tracking_uri)
     parents = sweep_parents(client, sweep)
     if not parents:
@@ -206,11 +207,32 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
     return card, "\n".join(lines) + "\n"
 
 
-def write_model_files(folder: str, state: dict[str, Any]) -> None:
-    """The exported model itself: `model.pt` (a plain state dict) and `config.json` (what rebuilds it)."""
-    torch.save(state["model"], os.path.join(folder, "model.pt"))
+def check_finite_weights(state: dict[str, Any], where: str) -> None:
+    """A diverged model's weights hold NaN or infinity; it must never be exported (its features are NaN)."""
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ExportError(f"{where}: {len(bad)} of {len(state['model'])} weight tensors hold NaN or infinite values "
+                          f"(e.g. {bad[0]}): a diverged model is not exported")
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_files(folder: str, state: dict[str, Any]) -> str:
+    """The exported model itself: `model.pt` (a plain state dict) and `config.json` (what rebuilds it, and the
+    sha256 of model.pt, which `load_export` checks). Returns that sha256."""
+    path = os.path.join(folder, "model.pt")
+    torch.save(state["model"], path)
+    digest = sha256_file(path)
     with open(os.path.join(folder, "config.json"), "w") as fh:
-        json.dump({"train_config": state["config"], "model_meta": state["model_meta"]}, fh, indent=1)
+        json.dump({"train_config": state["config"], "model_meta": state["model_meta"], "model_sha256": digest}, fh,
+                  indent=1)
+    return digest
 
 
 def check_export_dir(out_dir: str) -> str:
@@ -223,17 +245,21 @@ def check_export_dir(out_dir: str) -> str:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"--export {out_dir}: cannot create {parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"--export {out_dir}: {parent} is not writable")
+    try:  # what the export will do there (os.access says yes to root everywhere, /proc included)
+        os.rmdir(tempfile.mkdtemp(prefix=".export-check-", dir=parent))
+    except OSError as exc:
+        raise ExportError(f"--export {out_dir}: cannot write in {parent}: {exc.strerror or exc}") from None
     return out_dir
 
 
-def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) -> None:
-    """All files into a temporary sibling folder, then one rename: no half-written export under `out_dir`."""
+def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) -> dict:
+    """All files into a temporary sibling folder, then one rename: no half-written export under `out_dir`. Returns
+    the card as written (with model.pt's sha256)."""
     out_dir = check_export_dir(out_dir)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out_dir))
     try:
-        write_model_files(tmp, state)
+        card = dict(card, model_sha256=write_model_files(tmp, state))
+        card_md += f"\n`model.pt` sha256: `{card['model_sha256']}` (checked by `load_export`)\n"
         with open(os.path.join(tmp, "model_card.json"), "w") as fh:
             json.dump(card, fh, indent=1)
         with open(os.path.join(tmp, "model_card.md"), "w") as fh:
@@ -242,14 +268,21 @@ def write_export(out_dir: str, state: dict[str, Any], card: dict, card_md: str) 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return card
 
 
 def load_export(export_dir: str) -> tuple[ADINModel, TrainConfig]:
-    """Rebuild an exported model from weights and config only (eval mode)."""
+    """Rebuild an exported model from weights and config only (eval mode), after checking that model.pt is the
+    file the export wrote (its sha256, recorded in config.json and the card)."""
     with open(os.path.join(export_dir, "config.json")) as fh:
         cfg = json.load(fh)
+    path = os.path.join(export_dir, "model.pt")
+    expected = cfg.get("model_sha256")
+    if expected is not None and sha256_file(path) != expected:
+        raise ExportError(f"{path} does not match the sha256 recorded in {export_dir}/config.json ({expected[:12]}…): "
+                          "the file is damaged or was replaced; export the model again")
     state = {"config": cfg["train_config"], "model_meta": cfg["model_meta"],
-             "model": torch.load(os.path.join(export_dir, "model.pt"), map_location="cpu", weights_only=True)}
+             "model": torch.load(path, map_location="cpu", weights_only=True)}
     return model_from_state(state)
 
 
@@ -261,6 +294,7 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
     tracking_uri = absolute_tracking_uri(tracking_uri)
     winner = find_winner(tracking_uri, sweep)
     state = load_state(winner.checkpoint_uri)
+    check_finite_weights(state, f"trial {winner.trial_id}'s checkpoint {winner.checkpoint_uri}")
     model, config = model_from_state(state)
     names = json.loads(winner.parent_tags.get(S.TARGET_NAMES, "{}"))
     select_uris = json.loads(winner.parent_tags.get(S.SELECT, "[]"))
@@ -276,7 +310,7 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
     probe = {k: v for k, v in winner.metrics.items() if k.startswith("probe/")}
     data = json.loads(winner.parent_tags.get(S.DATA_VERSIONS, "{}"))
     card, md = model_card(winner, config, select, report, data, probe)
-    write_export(out_dir, state, card, md)
+    card = write_export(out_dir, state, card, md)
     if register:
         register_export(out_dir, tracking_uri, winner, register)
     return winner, card

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from adin_core.config import TrainConfig
@@ -53,3 +54,44 @@ def test_export_loads_and_model_call_is_the_retrieval_feature(tmp_path):
     direct = loaded(loaded.normalise(torch.from_numpy(images).permute(0, 3, 1, 2)))
     torch.testing.assert_close(feats, direct.detach())
     assert torch.allclose(feats.norm(dim=1), torch.ones(4))
+
+
+def _state():
+    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
+    model = ADINModel(cfg, 5, {"camera": 3})
+    return {"config": cfg.to_dict(), "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
+            "model": model.state_dict()}
+
+
+def test_a_damaged_model_file_is_refused_by_its_recorded_digest(tmp_path):
+    from orchestrator.best import ExportError
+
+    card = write_export(str(tmp_path / "x"), _state(), {"k": 1}, "# card\n")
+    assert len(card["model_sha256"]) == 64
+    assert card["model_sha256"] in open(tmp_path / "x" / "model_card.md").read()
+    assert json_load(tmp_path / "x" / "model_card.json")["model_sha256"] == card["model_sha256"]
+    load_export(str(tmp_path / "x"))
+    path = tmp_path / "x" / "model.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="does not match the sha256"):
+        load_export(str(tmp_path / "x"))
+
+
+def test_a_diverged_models_weights_are_never_exported():
+    from orchestrator.best import ExportError, check_finite_weights
+
+    state = _state()
+    check_finite_weights(state, "trial t")
+    state["model"]["backbone.stem.0.weight" if "backbone.stem.0.weight" in state["model"] else
+                   next(iter(state["model"]))].fill_(float("nan"))
+    with pytest.raises(ExportError, match="trial t: 1 of .* weight tensors hold NaN"):
+        check_finite_weights(state, "trial t")
+
+
+def json_load(path):
+    import json
+
+    with open(path) as fh:
+        return json.load(fh)
