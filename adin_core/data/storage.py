@@ -110,40 +110,51 @@ def patient_retry_strategy(budget_s: float) -> pafs.S3RetryStrategy:
     return pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts)
 
 
-class PatientS3FileSystem(pafs.S3FileSystem):
-    """An S3FileSystem whose SDK retries span `retry_budget_s`, and keep doing so when pickled: pyarrow's own
-    pickling drops the retry strategy, and Ray ships the run's filesystem to its controller and workers."""
+class EnvS3FileSystem(pafs.S3FileSystem):
+    """An S3FileSystem built from the AWS variables of the process it is made in, and rebuilt from those of the
+    process it is unpickled in: its pickled form holds no credential, only the retry budget.
 
-    def __init__(self, retry_budget_s: float, **kwargs) -> None:
-        super().__init__(retry_strategy=patient_retry_strategy(retry_budget_s), **kwargs)
-        self._args = (retry_budget_s, kwargs)
+    Ray pickles a run's filesystem into the sweep's stored state (`tuner.pkl`, the searcher's state) and ships it
+    to its controller and workers; pyarrow's own S3FileSystem pickles its access and secret keys, which then lay in
+    clear in the sweep's bucket. A process that unpickles it needs the AWS variables itself (Ray's workers inherit
+    a local Ray's environment; on a cluster, the nodes' own credentials or the job's runtime env give them). The SDK
+    retries span `retry_budget_s` (None: 3 quick attempts; the caller retries or reports), also after pickling,
+    which pyarrow's own pickling would drop."""
+
+    def __init__(self, retry_budget_s: float | None = None) -> None:
+        strategy = (pafs.AwsStandardS3RetryStrategy(max_attempts=3) if retry_budget_s is None
+                    else patient_retry_strategy(retry_budget_s))
+        super().__init__(retry_strategy=strategy, **_s3_settings())
+        self.retry_budget_s = retry_budget_s
 
     def __reduce__(self):
-        return (_patient_s3, self._args)
+        return (EnvS3FileSystem, (self.retry_budget_s,))
 
 
-def _patient_s3(retry_budget_s: float, kwargs: dict) -> PatientS3FileSystem:
-    return PatientS3FileSystem(retry_budget_s, **kwargs)
-
-
-def s3_filesystem(retry_budget_s: float | None = None) -> pafs.S3FileSystem:
-    """retry_budget_s: let the SDK retry failed requests for about that long (default: 3 quick attempts, the
-    caller retries or reports)."""
+def _s3_settings() -> dict:
+    """S3FileSystem's arguments from the AWS variables; StorageError names what is missing."""
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
     if not key or not secret:
         raise StorageError("s3:// storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                            "(and AWS_ENDPOINT_URL for a non-AWS endpoint)")
-    endpoint = s3_endpoint()
     kwargs: dict = dict(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"),
                         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), connect_timeout=5,
                         request_timeout=30)
+    endpoint = s3_endpoint()
     if endpoint:
-        check_endpoint_reachable(endpoint)
         parsed = urllib.parse.urlparse(endpoint)
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "http")
-    if retry_budget_s is not None:
-        return PatientS3FileSystem(retry_budget_s, **kwargs)
-    return pafs.S3FileSystem(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3), **kwargs)
+    return kwargs
+
+
+def s3_filesystem(retry_budget_s: float | None = None) -> pafs.S3FileSystem:
+    """The S3 filesystem of the AWS variables, once the endpoint answers (`EnvS3FileSystem`: retry_budget_s lets
+    the SDK retry failed requests for about that long; default 3 quick attempts)."""
+    _s3_settings()  # missing credentials first: the more useful message
+    endpoint = s3_endpoint()
+    if endpoint:
+        check_endpoint_reachable(endpoint)
+    return EnvS3FileSystem(retry_budget_s)
 
 
 def resolve(uri: str, retry_budget_s: float | None = None) -> Location:
