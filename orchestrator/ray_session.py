@@ -12,6 +12,7 @@ sweep starts, unless the cluster autoscales (`--wait-for-resources`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,30 +25,87 @@ from orchestrator.trial import TRIAL_DRIVER_RESOURCES
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
-    """A Ray address (host:port, ray://host:port, http://host:port) must answer before ray.init is asked to join
-    it (ray.init retries a dead address for minutes)."""
+    """A Ray address (host:port, ray://host:port, http://host:port) must answer, and answer as Ray does, before
+    ray.init is asked to join it: ray.init retries a dead address, or a port some other server holds (Redis, say,
+    on Ray's default 6379), for minutes."""
     if address in ("auto", "local"):
         return
     parsed = urllib.parse.urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
         raise PlanError(f"--ray-address {address!r}: expected host:port, ray://host:port or http://host:port")
     try:
-        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+        if parsed.scheme in ("http", "https"):
+            ray_like = _dashboard_answers(address, timeout)
+        else:
+            ray_like = _speaks_grpc(parsed.hostname, parsed.port, timeout)
     except OSError as exc:
         raise PlanError(f"--ray-address {address}: nothing answers at {parsed.hostname}:{parsed.port} ({exc}); "
                         "start the cluster, or leave --ray-address out to run on a local Ray") from None
+    if not ray_like:
+        what = "a Ray dashboard" if parsed.scheme in ("http", "https") else "Ray (its GCS or client server speak gRPC)"
+        raise PlanError(f"--ray-address {address}: something answers at {parsed.hostname}:{parsed.port}, but not "
+                        f"{what}; check the port (the GCS is `ray start --port`, the dashboard its --dashboard-port)")
+
+
+def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at host:port speaks HTTP/2, as every gRPC server does: it answers the client preface with
+    a SETTINGS frame (frame type 4). Redis, PostgreSQL or an HTTP/1 server answer otherwise, or not at all."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        frame = b""
+        try:
+            while len(frame) < 9:
+                chunk = sock.recv(9 - len(frame))
+                if not chunk:
+                    break
+                frame += chunk
+        except socket.timeout:
+            return False
+    return len(frame) == 9 and frame[3] == 4
+
+
+def _dashboard_answers(address: str, timeout: float) -> bool:
+    """Whether a Ray dashboard answers at the http(s) address: its version endpoint names the Ray version (or asks
+    for Ray's token)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=timeout) as resp:
+            body = resp.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode(errors="replace") if exc.code in (401, 403) else ""
+        return "token" in body.lower()
+    return "ray_version" in body
+
+
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def _keep_credentials_out_of_trial_runtime_envs() -> None:
+    """Tune copies the driver's AWS credentials into every trial's runtime env (`ray.tune.execution.class_cache`
+    ENV_VARS_TO_PROPAGATE), and Ray's runtime env agent writes each runtime env to its log in clear
+    (`session_*/logs/runtime_env_agent.log`). The trials do not need the copy: a local Ray's processes inherit the
+    driver's environment, and on a cluster the nodes' own credentials or the job's runtime env provide them (or
+    `_forwarded_env`, from a client outside the cluster, which says so). tests/test_faults.py looks for the secret
+    in everything a sweep on the S3 API writes."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV)
 
 
 def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     """ray.init, bound to this sweep; returns what to log about it."""
     import ray
 
+    _keep_credentials_out_of_trial_runtime_envs()
     if plan.ray_address:  # make_plan has checked that it answers
         ctx = ray.init(address=plan.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None,
                        log_to_driver=False, logging_level=logging.WARNING)
         if ctx.dashboard_url and "RAY_API_SERVER_ADDRESS" not in os.environ:
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{ctx.dashboard_url}"
         return {"ray": plan.ray_address}
+    others = _other_local_rays()
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     # Ray 2.60 turns token authentication on for a new local cluster, and says so in a warning on every sweep. It
@@ -59,11 +117,54 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     # 2 warnings without, none with).
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
     os.environ["RAY_API_SERVER_ADDRESS"] = api
-    # The dashboard serves the State API; without it a finished trial's resources can stay held.
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {**local_train_env(), **env_vars, "RAY_API_SERVER_ADDRESS": api}})
-    return {"ray": f"local, dashboard {api}"}
+    # The dashboard serves the State API; without it a finished trial's resources can stay held. address="local":
+    # always a Ray of the sweep's own, never one a user started on this host with `ray start` (ray.init would join
+    # that one, and refuse num_cpus there).
+    with _ray_processes_in_their_own_groups():
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 logging_level=logging.WARNING,
+                 runtime_env={"env_vars": {**local_train_env(), **env_vars, "RAY_API_SERVER_ADDRESS": api}})
+    note = (f"; another Ray runs on this host ({', '.join(sorted(others))}): not used, pass --ray-address to join it"
+            if others else "")
+    return {"ray": f"a local Ray of its own, dashboard {api}{note}"}
+
+
+def _other_local_rays() -> set[str]:
+    """The GCS addresses of Ray instances already running on this host (a user's `ray start`, a notebook)."""
+    from ray._private import services
+
+    try:
+        return set(services.find_gcs_addresses())
+    except Exception:  # pgrep missing or unreadable /proc: nothing to say
+        return set()
+
+
+@contextlib.contextmanager
+def _ray_processes_in_their_own_groups():
+    """Start a local Ray's processes (GCS, raylet, dashboard; the raylet's workers inherit its group) each in a
+    process group of its own, not the driver's.
+
+    A stop signal to the driver's process group (what `timeout`, a container runtime or a job scheduler send, and
+    a terminal's Ctrl-C) must reach the driver alone: it then stops Tune gracefully, closes the runs and shuts Ray
+    down. In the driver's group, Ray's GCS and raylet died of the same SIGTERM at once, and the driver could only
+    fail a minute later ("Failed to connect to GCS"). Ray starts these processes through
+    `ray._private.services.ConsolePopen` and offers no setting for their group; Python 3.11's `process_group`
+    puts each in its own (they keep Ray's fate-sharing: they still die with the driver)."""
+    from ray._private import services
+
+    original = services.ConsolePopen
+
+    class OwnGroupPopen(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = original
 
 
 LOCAL_HEALTH_CHECK_INTERVAL_S = "0.5"

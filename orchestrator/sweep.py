@@ -44,15 +44,17 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV loggers (JSON is added back)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes: the sweep prints its own
+# A diverged trial's last report has no objective (orchestrator.trial.RaySink.diverged), which Tune's strict check
+# would turn into an error; the metric names themselves are checked against the space before Ray starts.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 from adin_core.evaluation import REPORT_MAP  # noqa: E402
-from orchestrator.plan import PLAN_ERRORS, PlanError, SweepPlan, make_plan, write_sweep_file  # noqa: E402
+from orchestrator.plan import (DEFAULT_DATA_ROOT, DEFAULT_STORAGE, PLAN_ERRORS, PlanError, SweepPlan,  # noqa: E402
+                               make_plan, write_sweep_file)
 from orchestrator.retry import DEFAULT_BUDGET_S  # noqa: E402
 from orchestrator.tracking import schema  # noqa: E402
 from orchestrator.tracking.store import DEFAULT_TRACKING_URI  # noqa: E402
 
-DEFAULT_STORAGE = "runs/sweeps"
-DEFAULT_DATA_ROOT = "runs/data"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
                  "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
@@ -60,9 +62,15 @@ EXIT_OK, EXIT_NO_TRIAL, EXIT_INPUT, EXIT_TRACKING = 0, 1, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, like every other input error of the sweep (argparse prints its whole usage first)."""
+        self.exit(EXIT_INPUT, f"error: {message} (python -m orchestrator.sweep --help)\n")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m orchestrator.sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m orchestrator.sweep", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", required=True, help="search-space YAML file")
     ap.add_argument("--name", help="sweep name (default: <space name>-<UTC time>-<random>)")
     ap.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
@@ -88,13 +96,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "0: off)")
     ap.add_argument("--scheduler", choices=["asha", "none"],
                     help="early stopping: the space's ASHA settings (or defaults), or none (every trial runs out)")
-    ap.add_argument("--retry-budget", type=float, default=DEFAULT_BUDGET_S,
-                    metavar="SECONDS", help="how long a storage or tracking outage is waited out (with backoff) "
+    ap.add_argument("--retry-budget", type=_seconds("--retry-budget"),
+                    default=os.environ.get("ADIN_RETRY_BUDGET_S", DEFAULT_BUDGET_S), metavar="SECONDS", help="how long a storage or tracking outage is waited out (with backoff) "
                     "before the trial or the write fails (default 300; ADIN_RETRY_BUDGET_S)")
     ap.add_argument("--wait-for-resources", action="store_true",
                     help="the cluster autoscales: start even if it cannot hold a trial yet")
     ap.add_argument("--quiet", action="store_true", help="no live trial table")
     return ap.parse_args(argv)
+
+
+def _seconds(flag: str):
+    """argparse type for a duration: a number; the message names the flag (argparse also runs it on a default
+    read from the environment, so ADIN_RETRY_BUDGET_S=abc is named too)."""
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (from {flag} or "
+                                             "ADIN_RETRY_BUDGET_S)") from None
+    parse.__name__ = "seconds"
+    return parse
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -138,13 +159,16 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def _signal_watcher(stops: StopSignals):
-    from ray.tune import Callback
+def _signal_watcher(stops: StopSignals, sweep: str):
+    """A Tune callback that wraps Tune's SIGINT handler once Tune has installed it. It is a LiveCallback: Tune
+    pickles its callbacks with the sweep, and a resumed sweep must watch with this run's `stops`, not with the
+    unpickled copy of the first run's (which once made a Ctrl-C during a resumed sweep look like success)."""
+    from orchestrator.tracking.callback import LiveCallback
 
-    class WatchSignals(Callback):
+    class WatchSignals(LiveCallback):
         def setup(self, **info) -> None:
             stops.watch_tune()
-    return WatchSignals()
+    return WatchSignals().register(f"signals:{sweep}")
 
 
 def build_tuner(plan: SweepPlan, callbacks: list):
@@ -185,16 +209,33 @@ def build_tuner(plan: SweepPlan, callbacks: list):
     )
 
 
-def _forwarded_env() -> dict[str, str]:
-    """Endpoints and credentials reach the workers through the runtime env; inside `ray job submit`, those the
-    job's own runtime env sets must not be restated (Ray refuses conflicting keys)."""
+def _forwarded_env(plan: SweepPlan) -> dict[str, str]:
+    """What the workers need from this environment, through Ray's runtime env. A local Ray's processes inherit this
+    environment, so nothing is passed then. Joining a cluster, endpoints and settings are passed, except those a
+    job's own runtime env sets (Ray refuses conflicting keys); credentials only from a client outside the cluster
+    (--ray-address), with a note, since Ray writes runtime envs into its logs on the nodes. Inside a job they come
+    from the job's runtime env or the nodes' own credentials."""
+    from orchestrator.ray_session import CREDENTIAL_ENV
+
+    if not plan.ray_address:
+        return {}
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env", {}) or {}
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    out = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})
+           and not (in_job and k in CREDENTIAL_ENV)}
+    if any(k in out for k in CREDENTIAL_ENV):
+        print("note: the AWS credentials of this shell go to the cluster's workers in Ray's runtime env, which Ray "
+              "writes to its logs on the nodes (runtime_env_agent.log); to keep them out, give the nodes their own "
+              "(an instance role, IRSA or their environment) and unset them here", file=sys.stderr)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a malformed command line (2, one line printed)
+        return int(exc.code or 0)
     t_start = time.perf_counter()
     stops = StopSignals()
     try:
@@ -231,7 +272,7 @@ class Sweep:
         if not plan.resume:
             write_sweep_file(plan)
         try:
-            ray_info = ray_session.start(plan, _forwarded_env())
+            ray_info = ray_session.start(plan, _forwarded_env(plan))
             self.stops.install()
             self.t["ray"] = time.perf_counter()
             ray_session.check_resources(plan)
@@ -259,7 +300,7 @@ class Sweep:
         tracking = MLflowTrialCallback(queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
                                        run_name=self._run_name, checkpoint_uri=self._checkpoint_uri,
                                        inputs=self._inputs("trial"))
-        callbacks: list = [tracking, _signal_watcher(self.stops)]
+        callbacks: list = [tracking, _signal_watcher(self.stops, plan.sweep)]
         table = None
         if not plan.quiet:
             table = ProgressTable(plan.sweep, plan.space.objective.metric, [p.name for p in plan.space.params],
@@ -366,20 +407,25 @@ class Sweep:
                            [[r.trial, r.outcome, r.evals, _objective_cell(r), "-" if r.probe is None else
                              f"{r.probe:.3f}", *[r.params.get(n, "") for n in names]]
                             for r in rank(rows, plan.space.objective)]))
+        for r in rows:
+            if r.note:
+                print(f"  {r.trial} {r.outcome}: {r.note}")
         faults = tracking.queue.faults_summary()
         print_faults(faults)
         if self.stops.received:
             tracking.close_unfinished()
             code = EXIT_SIGNAL.get(self.stops.received, 130)
-            done = sum(r.outcome in ("finished", "pruned") for r in rows)
+            done = sum(r.outcome in ("finished", "pruned", "diverged") for r in rows)
             print(f"\ninterrupted (exit {code}) with {done} of {plan.space.search.num_samples} trials done; the sweep "
                   f"is marked partial. Continue with:\n  {plan.resume_command()}", file=sys.stderr)
             return "KILLED", code
         winner = pick_winner(rows, plan.space.objective)
         if winner is None:
             failed = sum(r.outcome == "failed" for r in rows)
-            print(f"\nerror: no trial finished ({failed} failed, {len(rows) - failed} stopped early); nothing to "
-                  f"export. The trials' errors are in {plan.sweep_uri}/*/error.txt", file=sys.stderr)
+            diverged = sum(r.outcome == "diverged" for r in rows)
+            print(f"\nerror: no trial finished ({failed} failed, {diverged} diverged, "
+                  f"{len(rows) - failed - diverged} stopped early); nothing to export. The trials' errors are in "
+                  f"{plan.sweep_uri}/*/error.txt", file=sys.stderr)
             return "FAILED", EXIT_NO_TRIAL
         self._summarise_winner(parent, rows, winner)
         self.t["verified"] = self.t["winner"] = time.perf_counter()
@@ -429,7 +475,7 @@ class Sweep:
         plan = self.plan
         print(f"\nverifying the winner: winner, baseline and the paper's default ADIN on {plan.space.verify.seeds} "
               "fresh seeds, scored on the report targets", flush=True)
-        callbacks: list = [_signal_watcher(self.stops)]
+        callbacks: list = [_signal_watcher(self.stops, plan.sweep)]
         if not plan.quiet:
             callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm", "seed_index"], every_s=30.0))
         results = verify.build(plan, winner.params, callbacks).fit()

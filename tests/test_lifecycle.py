@@ -61,7 +61,7 @@ def _wait_for_a_running_trial(root, n: int, proc: subprocess.Popen, timeout: flo
     pytest.fail(f"no running trial had logged {n} evaluations within {timeout} s")
 
 
-def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoints(tmp_path):
+def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume_finishes(tmp_path):
     # 20 evaluations a trial, Ctrl-C once a running trial has logged its second: the graceful stop (2-8 s, at
     # 0.5 s an evaluation on the smoke space) cannot let that trial finish, as it once did with 10 (then no trial
     # was left to resume from a checkpoint)
@@ -90,7 +90,32 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     board = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:8] in
              {c.data.tags["adin.trial_id"] for c in children}}
     assert board[interrupted[0]] == "killed", out[-3000:]  # the leaderboard says what MLflow says, not "pruned"
-    # the resumed sweep replays --epochs 20 --num-samples 2 (stored with the sweep) and finishes
+    # the resumed sweep replays --epochs 20 --num-samples 2 (stored with the sweep); it is stopped again, by SIGTERM
+    # to its whole process group (what `timeout`, a container stop or a scheduler send), the sweep leading its
+    # group as a shell job does. A resumed sweep once took such a stop for success (exit 0, "winner", the cut trial
+    # "pruned" and its run left RUNNING); SIGTERM to the group once killed Ray under the driver (exit 1 after 62 s).
+    resumed = subprocess.Popen(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, process_group=0)
+    try:
+        _wait_for_a_running_trial(tmp_path, 5, resumed)
+        t2 = time.perf_counter()
+        os.killpg(resumed.pid, signal.SIGTERM)
+        out, _ = resumed.communicate(timeout=120)
+        term_s = time.perf_counter() - t2
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+    assert resumed.returncode == 143, out[-4000:]
+    assert "--resume life" in out and "Traceback" not in out and "winner" not in out, out[-4000:]
+    (parent,), children, client = _runs(tmp_path)
+    assert parent.info.status == "KILLED" and parent.data.tags["adin.state"] == "partial"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    cut = [c for c in children if c.data.tags["adin.outcome"] == "killed"]
+    assert cut and all(c.info.status == "KILLED" for c in cut)
+    board = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:8] in
+             {c.data.tags["adin.trial_id"] for c in children}}
+    assert all(board[c.data.tags["adin.trial_id"]] == "killed" for c in cut), out[-3000:]
+    # and the sweep finishes from there
     t1 = time.perf_counter()
     resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=900)
@@ -102,11 +127,12 @@ def test_ctrl_c_exits_130_closes_the_runs_and_resume_finishes_from_the_checkpoin
     first = next(c for c in children if c.data.tags["adin.trial_id"] == interrupted[0])  # stopped mid-run
     assert first.data.metrics["faults/resumed_from_step"] > 0  # it went on from its checkpoint, not from 0
     assert first.data.tags["adin.checkpoint"].startswith(str(tmp_path / "sweeps" / "life" / "train" / "trial-"))
-    for child in children:  # every evaluation once: those Tune had not taken at the stop were resent on resume
+    for child in children:  # every evaluation once: those Tune had not taken at the stops were resent on resume
         history = [m.step for m in client.get_metric_history(child.info.run_id, "transfer_mAP")]
         assert history == list(range(1, 21)), (child.data.tags["adin.trial_id"], history)
-    print(f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed from step "
-          f"{first.data.metrics['faults/resumed_from_step']:.0f}; resume finished in {time.perf_counter() - t1:.0f} s")
+    print(f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed, then SIGTERM to its process group: exit 143 "
+          f"{term_s:.1f} s after it; resumed from step {first.data.metrics['faults/resumed_from_step']:.0f}; the last "
+          f"resume finished in {time.perf_counter() - t1:.0f} s")
 
 
 @pytest.mark.rehearsal

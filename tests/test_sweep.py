@@ -47,12 +47,46 @@ def mlflow_runs(tracking_uri: str, experiment: str = "smoke"):
 
 
 @pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory):
+def users_ray():
+    """A Ray a user started on this host with `ray start --head` (its own temp root, shared with the sweeps that
+    run beside it, as the default /tmp/ray would be): a bare ray.init() there joins it. Stopped by its process id."""
+    import shutil
+    import tempfile
+
+    temp_root = tempfile.mkdtemp(prefix="ru", dir="/tmp")  # short: Ray's socket paths are length-limited
+    port, dash = free_port(), free_port()
+    env = _env(RAY_TMPDIR=temp_root)
+    other = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
+                              str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                              "--num-cpus", "1", "--include-dashboard", "true"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not glob.glob(os.path.join(temp_root, "ray", "ray_current_cluster")):
+            assert other.poll() is None and time.time() < deadline, "the user's Ray did not start"
+            time.sleep(0.5)
+        yield temp_root, f"127.0.0.1:{port}"
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)  # the instance this test started, and only it
+        try:
+            other.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
+        shutil.rmtree(temp_root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, users_ray):
+    """The smoke sweep, beside a user's own Ray (a sweep once joined it and died: "When connecting to an existing
+    cluster, num_cpus and num_gpus must not be provided")."""
     root = tmp_path_factory.mktemp("sweep")
+    temp_root, address = users_ray
     t0 = time.perf_counter()
-    proc = run_cli("orchestrator.sweep", *sweep_args(root, "--name", "smoke-local", "--verify-seeds", "2"))
+    proc = run_cli("orchestrator.sweep", *sweep_args(root, "--name", "smoke-local", "--verify-seeds", "2"),
+                   env=_env(RAY_TMPDIR=temp_root))
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"a local Ray of its own" in proc.stdout and address in proc.stdout, proc.stdout[:2000]
     return root, proc, seconds
 
 
@@ -171,6 +205,37 @@ def test_export_errors(tmp_path):
     port = free_port()
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--tracking-uri", f"http://127.0.0.1:{port}")
     assert proc.returncode == 2 and "unreachable" in proc.stderr
+
+
+def test_a_diverged_trial_is_reported_as_such_and_never_crowned(tmp_path):
+    """beta 1e30 blows every trial's weights up: the trial stops at the check that sees it (no retries), the
+    leaderboard and MLflow say why, the study records it FAILED, and the sweep exits 1 with nothing to export
+    (smoke.yaml with beta up to 1e300 once crowned a NaN model at transfer_mAP 2.07 and exported it)."""
+    import yaml
+
+    raw = yaml.safe_load(open(SMOKE))
+    raw["parameters"] = {"lr_heads": raw["parameters"]["lr_heads"]}
+    raw["fixed"].update(beta=1e30, adv_loss="kl")
+    raw["resources"]["workers"] = 1
+    space = tmp_path / "diverge.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    args = ["--space", str(space), *sweep_args(tmp_path, "--name", "smoke-nan", "--num-samples", "1")[2:]]
+    t0 = time.perf_counter()
+    proc = run_cli("orchestrator.sweep", *args)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no trial finished (0 failed, 1 diverged" in proc.stderr and "orchestrator.best" not in proc.stdout
+    assert " diverged: seed 0 diverged at step " in proc.stdout and "Traceback" not in proc.stderr
+    client, (parent,), (child,) = mlflow_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert child.info.status == "FAILED" and child.data.tags["adin.outcome"] == "diverged"
+    assert "seed 0 diverged at step" in child.data.tags["adin.diverged"]
+    assert parent.info.status == "FAILED" and "adin.best_trial" not in parent.data.tags
+    import optuna
+
+    (trial,) = optuna.load_study(study_name="smoke-nan", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    assert trial.state.name == "FAIL" and "diverged at step" in trial.user_attrs["diverged"]
+    assert len(glob.glob(str(tmp_path / "sweeps" / "smoke-nan" / "run_trial_*"))) == 1  # one attempt, no retry
+    print(f"\ndiverged trial: exit 1 after {seconds:.0f} s; {child.data.tags['adin.diverged']}")
 
 
 @pytest.mark.rehearsal
