@@ -60,7 +60,8 @@ def s3_env(s3_server, monkeypatch):
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    # a secret no file holds by chance, so a test can look for it in everything a sweep writes
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"adin-test-secret-{uuid.uuid4().hex}")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     bucket = f"adin-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)

@@ -223,12 +223,71 @@ def _ray_list(env: dict, what: str, *filters: str) -> list[dict]:
     return json.loads(text) if text.startswith("[") else []  # "No resource in the cluster" when empty
 
 
+def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of these processes and their descendants, read
+    from /proc (what `ss -ltnp` shows)."""
+    import ipaddress
+    import socket
+    import struct
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    procs, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in procs:
+            procs.add(pid)
+            todo += children.get(pid, [])
+    owner: dict[str, int] = {}
+    for pid in procs:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    owner[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owner:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            raw = b"".join(struct.pack("<I", w) for w in struct.unpack(">" + "I" * (len(raw) // 4), raw))
+            addr = ipaddress.ip_address(socket.inet_ntop(family, raw))
+            ip = str(getattr(addr, "ipv4_mapped", None) or addr)  # ::ffff:127.0.0.1 is 127.0.0.1
+            name = open(f"/proc/{owner[inode]}/comm").read().strip()
+            out.append((name, ip, int(hex_port, 16)))
+    return out
+
+
 @pytest.mark.slow
 def test_two_node_cluster_end_to_end(local_cluster):
     state, env = local_cluster
     job = _submit(state, env, "--num-samples", "2")
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout and "winner: trial" in job.stdout
+    # every port of the cluster (Ray's GCS, raylets, object managers, dashboard and its agents, the workers it
+    # keeps, moto, MLflow) listens on loopback only (with nodes on 127.0.0.2/.3 Ray listened on every interface)
+    import ipaddress
+
+    info = json.load(open(os.path.join(state, "pids.json")))
+    sockets = _listening(list(info["pids"].values()))
+    names = {name for name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names and len(sockets) >= 12, sockets
+    beyond = [s for s in sockets if not ipaddress.ip_address(s[1]).is_loopback]
+    assert not beyond, beyond
+    assert len(_ray_list(env, "nodes", "state=ALIVE")) == 2  # still two nodes, both on 127.0.0.1
+    print(f"\n{len(sockets)} listening sockets of the cluster's processes, all on loopback")
     # nested runs on the MLflow server
     from mlflow.tracking import MlflowClient
 
@@ -347,8 +406,7 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(local_cluster):
 def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluster):
     state, env = local_cluster
     sweep = "smoke-node-lost"
-    nodes = {n["node_id"]: n["node_ip"] for n in _ray_list(env, "nodes", "state=ALIVE")}
-    worker_node = next(i for i, ip in nodes.items() if ip == "127.0.0.3")
+    worker_node = next(n["node_id"] for n in _ray_list(env, "nodes", "state=ALIVE") if not n["is_head_node"])
     # one 0.6-CPU worker per trial: two trials run at once only one per node, so one is on the worker node;
     # no early stopping, so that trial is still training when its node goes
     job = _job_id(_submit(state, env, "--name", sweep, "--num-samples", "2", "--max-concurrent", "2", "--workers",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -50,7 +52,8 @@ def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_pa
     s3_proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
     ml_proxy = TcpProxy(mlflow_server)
     direct = MlflowClient(f"http://127.0.0.1:{mlflow_server}")
-    env = dict(os.environ, AWS_ENDPOINT_URL=s3_proxy.url)
+    ray_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # this sweep's Ray writes its logs here (short: sockets)
+    env = dict(os.environ, AWS_ENDPOINT_URL=s3_proxy.url, RAY_TMPDIR=ray_root)
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", "--space", "search_spaces/smoke.yaml", "--quiet",
          "--name", "outage", "--num-samples", "1", "--epochs", "60", "--storage", f"s3://{s3_env}/sweeps",
@@ -95,6 +98,24 @@ def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_pa
     assert trial_faults["faults/storage_retries"] >= 1, faults
     assert child.data.metrics["faults/storage_retries"] >= 1
     assert child.data.tags["adin.checkpoint"].startswith(f"s3://{s3_env}/sweeps/outage/")
+    # no secret at rest: not in the bucket (Tune's state, searcher state, checkpoints), not in the local files of the
+    # sweep (data, Ray's session logs: the runtime env agent logs what it is given), not in MLflow
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_env)
+            for o in page.get("Contents", [])]
+    assert any(k.endswith("tuner.pkl") for k in keys) and any("search_gen_state" in k for k in keys), keys[:20]
+    holding = [k for k in keys if secret in s3.get_object(Bucket=s3_env, Key=k)["Body"].read()]
+    local = [os.path.join(d, f) for folder in (ray_root, str(tmp_path)) for d, _, files in os.walk(folder)
+             for f in files]
+    holding += [p for p in local if os.path.isfile(p) and secret in open(p, "rb").read()]
+    assert not holding, holding
+    assert any("runtime_env_agent" in p for p in local), "Ray's logs were not where the test looked"
+    assert secret.decode() not in out
+    shutil.rmtree(ray_root, ignore_errors=True)
+    print(f"\nno secret in {len(keys)} objects of the bucket and {len(local)} local files")
     print(f"\noutage {outage_s} s: MLflow outage recorded as {outage['seconds']} s ({outage['attempts']} retries); "
           f"storage: {trial_faults['faults/storage_retries']:.0f} retries, {trial_faults['faults/storage_wait_s']:.1f}"
           f" s waited; {len(steps)} reports, all in MLflow; sweep exit 0")

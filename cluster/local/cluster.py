@@ -1,8 +1,10 @@
 """A real, small cluster on this machine, on 127.0.0.1 only: `bash cluster/local/up.sh`, `bash cluster/local/down.sh`.
 
 up starts
-  * a Ray head and a second Ray worker node (two raylets: a real multi-node cluster), token-authenticated, every
-    Ray port chosen free (Ray's fixed defaults, such as the dashboard agent's 52365, collide with any other Ray);
+  * a Ray head and a second Ray worker node (two raylets: a real multi-node cluster), both on 127.0.0.1 (Ray binds
+    every server of a node to loopback only when the node's address is 127.0.0.1; the worker node is started by
+    `ray_node.py`, see there why), token-authenticated, every Ray port chosen free (Ray's fixed defaults, such as
+    the dashboard agent's 52365, collide with any other Ray);
   * an S3-API endpoint (moto_server, from the `cluster` extra) with the buckets `adin-data`, `adin-sweeps` and
     `adin-mlflow`;
   * two databases of its own, uniquely named, in the PostgreSQL on 127.0.0.1:5432 (a real multi-writer store, as on
@@ -11,7 +13,9 @@ up starts
   * an MLflow tracking server on that database, artifacts proxied into the bucket `adin-mlflow`;
 and says "cluster up" only once a test job has gone through `ray job submit`. A `ray start` that exits early is
 reported at once, with its log. It records each process id in <state>/pids.json and writes <state>/env.sh
-(endpoints, token; source it) and <state>/runtime_env.json (what a job needs) for `ray job submit`.
+(endpoints, token and the S3 credentials, mode 0600; source it) and <state>/runtime_env.json (what a job needs) for
+`ray job submit`. The S3 credentials reach the Ray nodes through their own environment, never a job's runtime env:
+Ray writes runtime envs to its logs (`runtime_env_agent.log`).
 down stops exactly the processes up recorded (by process id), the worker node first, drops the databases and
 removes env.sh and runtime_env.json.
 
@@ -36,9 +40,10 @@ import urllib.request
 
 from orchestrator.net import free_port, port_open
 
-# Two loopback addresses, one per node. In multi-node mode Ray replaces 127.0.0.1/localhost with the machine's
-# routed interface address; other addresses of 127.0.0.0/8 are left alone, so all traffic stays on loopback.
-HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+# Both nodes on 127.0.0.1, in Ray's single-machine mode: in multi-node mode Ray replaces 127.0.0.1 with the
+# machine's routed address, and with any other address (127.0.0.2, say) it binds its servers to every interface.
+NODE_IP = "127.0.0.1"
+RAY_MODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 STATE = os.environ.get("ADIN_CLUSTER_STATE", os.path.join("runs", "cluster"))
 BUCKETS = ("adin-data", "adin-sweeps", "adin-mlflow")
 ACCESS_KEY, SECRET_KEY = "adin-local", "adin-local-secret"  # moto accepts any; local cluster only
@@ -151,12 +156,12 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
              "client": free_port()}
     token = secrets.token_hex(32)
     ray_tmp = tempfile.mkdtemp(prefix="adinray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    # =1: Ray's single-machine mode (=0) refuses a second raylet; every process is pinned to 127.0.0.1 instead
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               AWS_EC2_METADATA_DISABLED="true")
     s3 = f"http://127.0.0.1:{ports['s3']}"
     aws = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
            "AWS_DEFAULT_REGION": "us-east-1"}
+    # the nodes' environment: every job and worker of the cluster inherits the credentials from its raylet
+    env = dict(os.environ, **RAY_MODE, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, AWS_EC2_METADATA_DISABLED="true",
+               **aws)
     pids: dict[str, int] = {}
     info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids, "token": token, "database": None}
     try:
@@ -172,7 +177,7 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
                               aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
         for b in BUCKETS:
             client.create_bucket(Bucket=b)
-        mlflow_env = dict(env, **aws, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        mlflow_env = dict(env, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         log = os.path.join(state, "mlflow.log")
         pids["mlflow"] = _start([_exe("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
                                  "--backend-store-uri", tracking_db,
@@ -180,7 +185,7 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
                                 log, mlflow_env)
         head_log = os.path.join(state, "ray_head.log")
         pids["ray_head"] = _start(
-            [_exe("ray"), "start", "--head", "--block", "--node-ip-address", HEAD_IP, "--port", str(ports["gcs"]),
+            [_exe("ray"), "start", "--head", "--block", "--node-ip-address", NODE_IP, "--port", str(ports["gcs"]),
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard",
              "true", "--ray-client-server-port", str(ports["client"]), *_ray_ports(), "--num-cpus", str(head_cpus),
              "--temp-dir", ray_tmp], head_log, env)
@@ -194,13 +199,14 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
         down(state)
         raise
     exports = {"RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}", "RAY_AUTH_MODE": "token",
-               "RAY_AUTH_TOKEN": token, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
+               "RAY_AUTH_TOKEN": token, **RAY_MODE,
                "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}", "ADIN_STUDY_STORAGE": study_db, **aws}
     with open(os.path.join(state, "env.sh"), "w") as fh:
         os.chmod(fh.name, 0o600)
         fh.write("".join(f"export {k}={v}\n" for k, v in exports.items()))
-    runtime_env = {"env_vars": {**aws, "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
+    # no credential here (the nodes have them): Ray logs a job's runtime env
+    runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": s3, "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
                                 "ADIN_STORAGE": "s3://adin-sweeps/sweeps", "ADIN_DATA_ROOT": "s3://adin-data/datasets",
                                 "ADIN_STUDY_STORAGE": study_db, "AWS_EC2_METADATA_DISABLED": "true",
                                 "RAY_API_SERVER_ADDRESS": exports["RAY_API_SERVER_ADDRESS"]}}
@@ -212,17 +218,22 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
 
 
 def _ray_env(info: dict) -> dict[str, str]:
-    return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1", RAY_AUTH_MODE="token",
-                RAY_AUTH_TOKEN=info["token"], AWS_EC2_METADATA_DISABLED="true")
+    """The environment the cluster's Ray nodes run with (what up gave them)."""
+    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{info['ports']['s3']}", "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+    return dict(os.environ, **RAY_MODE, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=info["token"],
+                AWS_EC2_METADATA_DISABLED="true", **aws)
 
 
 def _start_worker(state: str, info: dict, env: dict[str, str]) -> None:
     gcs = info["ports"]["gcs"]
     wait_until(lambda: _nodes(gcs, env) == 1, "the head to see no other node", 120)  # a removed one is gone
     log = os.path.join(state, "ray_worker.log")
+    ports = _ray_ports()
+    ports[ports.index("--dashboard-agent-grpc-port")] = "--metrics-agent-port"  # the same port, RayParams' name
     info["pids"]["ray_worker"] = _start(
-        [_exe("ray"), "start", "--block", "--address", f"{HEAD_IP}:{gcs}", "--node-ip-address", WORKER_IP,
-         *_ray_ports(), "--num-cpus", str(info["worker_cpus"])], log, env)
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_node.py"), "--address",
+         f"{NODE_IP}:{gcs}", *ports, "--num-cpus", str(info["worker_cpus"])], log, env)
     wait_until(lambda: _nodes(gcs, env) == 2, "the second Ray node", 180, pid=info["pids"]["ray_worker"], log=log)
 
 
@@ -280,7 +291,7 @@ def _write(state: str, info: dict) -> None:
 
 
 def _nodes(gcs_port: int, env: dict[str, str]) -> int:
-    out = subprocess.run([_exe("ray"), "status", "--address", f"{HEAD_IP}:{gcs_port}"], env=env,
+    out = subprocess.run([_exe("ray"), "status", "--address", f"{NODE_IP}:{gcs_port}"], env=env,
                          capture_output=True, text=True, timeout=60).stdout
     section = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
     return sum(1 for line in section.splitlines() if line.strip().startswith("1 node_"))
