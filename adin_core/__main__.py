@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
 
     from adin_core.benchmark import run_benchmark
+    from adin_core.train import TrainingDiverged
 
     def show(r) -> None:
         n = "-" if r.nuisance_acc is None else f"{r.nuisance_acc:.3f}"
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except TrainingDiverged as exc:
+        print(f"error: {exc}; lower beta or the learning rates", file=sys.stderr)
+        return 1
     m = out["metrics"]
     if args.json:
         print(json.dumps(out))

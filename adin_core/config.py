@@ -29,6 +29,8 @@ NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
 ADVERSARIAL_PHASE_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "nuisance",
                                       "shuffle_nuisance", "i_target", "i_trigger", "n_trigger"})
 THRESHOLD_MODES = ("relative", "absolute")
+MAX_IMAGE_SIDE = 2048  # pixels; ReID crops are 256x128, and past this a value is a typo (memory runs out first)
+MAX_WIDTH = 65536  # feature and head widths
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -145,6 +147,10 @@ class TrainConfig:
             _positive_int(name, getattr(self, name))
         for name in ("max_adversarial_steps", "max_rescue_steps", "refresh_steps"):
             _positive_int(name, getattr(self, name))
+        for name, most in (("image_height", MAX_IMAGE_SIDE), ("image_width", MAX_IMAGE_SIDE),
+                           ("feature_dim", MAX_WIDTH), ("head_hidden", MAX_WIDTH)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be <= {most}, got {getattr(self, name)}")
         for f in fields(self):
             if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
                 raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")

@@ -12,10 +12,11 @@ the sweep as `sweep.json`) and refuses different ones, so `--resume` cannot sile
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from adin_core.data.datasets import is_synthetic, resolve_dataset
@@ -23,10 +24,13 @@ from adin_core.data.layouts import LayoutError
 from adin_core.data.shards import ShardError, ShardSet
 from adin_core.data.storage import StorageError
 from adin_core.nuisance import heads_for
-from orchestrator.space import SearchSpace, SpaceError, load_space
+from orchestrator.space import NAME, SearchSpace, SpaceError, load_space
 from orchestrator.storage import location
-from orchestrator.tracking.store import TrackingError, absolute_tracking_uri, check_tracking_uri
+from orchestrator.tracking.store import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri,
+                                         check_tracking_uri)
 
+DEFAULT_STORAGE = "runs/sweeps"  # the embedded defaults: everything of the main job under ./runs
+DEFAULT_DATA_ROOT = "runs/data"
 SWEEP_FILE = "sweep.json"  # <storage>/<sweep>/sweep.json: the space file and the overrides of the first run
 # command-line flags that change the experiment (replayed by --resume): flag -> (space key, parse)
 EXPERIMENT_FLAGS: dict[str, str] = {
@@ -67,14 +71,18 @@ class SweepPlan:
     quiet: bool = False
     wait_for_resources: bool = False
     space_file: str = ""
+    places: Mapping[str, str] = field(default_factory=dict)  # the stores given other than by default: flag -> value
 
     @property
     def sweep_uri(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.sweep}"
 
     def resume_command(self) -> str:
-        return f"python -m orchestrator.sweep --space {self.space_file} --resume {self.sweep}" + \
-            ("" if self.storage == os.path.abspath("runs/sweeps") else f" --storage {self.storage}")
+        """The command that continues this sweep: its space and name, and every store it was not given by default
+        (storage, data root, tracking and study storage, the Ray address), so it finds the same places; the
+        experiment flags are replayed from sweep.json."""
+        return " ".join([f"python -m orchestrator.sweep --space {self.space_file} --resume {self.sweep}",
+                         *[f"{flag} {value}" for flag, value in self.places.items()]])
 
 
 def absolute(uri: str) -> str:
@@ -120,9 +128,12 @@ def open_study_storage(url: str):
                                 "journal file path ending in .log or .journal")
             path = os.path.abspath(url)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            _check_journal(url, path)
             from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
+            storage = optuna.storages.JournalStorage(JournalFileBackend(path))
+            storage.get_all_studies()  # reads the journal now: a damaged file fails here, not inside the sweep
+            return storage
         if url.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
@@ -132,6 +143,24 @@ def open_study_storage(url: str):
         hint = ("; name the installed driver: postgresql+psycopg2://..." if isinstance(exc, ModuleNotFoundError)
                 and url.startswith("postgresql://") else "")
         raise PlanError(f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+
+
+def _check_journal(url: str, path: str) -> None:
+    """An existing journal file must be one: whole lines of JSON. Optuna skips a line it cannot parse as one still
+    being written, and then fails deep inside the sweep when the study it just created is not found."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, 1):
+        try:
+            ok = not line or isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok or (number == len(lines) and line):
+            raise PlanError(f"--study-storage {url}: line {number} of {path} is not an Optuna journal entry; give "
+                            "another journal file (or move this one away)")
 
 
 def _overrides(args: Any) -> dict[str, Any]:
@@ -158,11 +187,23 @@ def _space_changes(space: SearchSpace, overrides: Mapping[str, Any]) -> dict[str
     return changes
 
 
+def check_sweep_name(flag: str, name: str) -> str:
+    """A sweep's name is a folder under the storage and part of URIs: ASCII letters, digits, '-' and '_' only, so
+    it can never reach outside the storage (`--resume ../../x`)."""
+    if not NAME.match(name):
+        raise PlanError(f"{flag} {name!r}: a sweep name uses ASCII letters, digits, '-' and '_' only")
+    return name
+
+
+def space_digest(path: str) -> str:
+    """sha256 of the space file as it is now: a resumed sweep must search the space it started with."""
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
 def new_sweep_name(space: SearchSpace, name: str | None) -> str:
     if name is not None:
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise PlanError(f"--name {name!r}: use letters, digits, '-' and '_'")
-        return name
+        return check_sweep_name("--name", name)
     # the random part keeps two sweeps started in the same second (same storage) apart
     return f"{space.name}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
@@ -192,7 +233,7 @@ def read_sweep_file(storage: str, sweep: str) -> dict[str, Any]:
 def write_sweep_file(plan: SweepPlan) -> None:
     """Written once, before Ray starts: what --resume replays."""
     record = {"sweep": plan.sweep, "space_file": plan.space_file, "space": plan.space.name,
-              "overrides": dict(plan.overrides),
+              "space_sha256": space_digest(plan.space_file), "overrides": dict(plan.overrides),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     location(plan.storage).join(plan.sweep, SWEEP_FILE).write_bytes_atomic(json.dumps(record, indent=1).encode())
 
@@ -246,11 +287,14 @@ def make_plan(args: Any) -> SweepPlan:
     if args.resume is not None:
         if args.name:
             raise PlanError("--name and --resume: give the name to --resume")
-        sweep = args.resume or latest_sweep(storage, space.name)
+        sweep = check_sweep_name("--resume", args.resume) if args.resume else latest_sweep(storage, space.name)
         stored = read_sweep_file(storage, sweep)
         if stored.get("space") != space.name:
             raise PlanError(f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not "
                             f"{space.name!r} ({args.space})")
+        if stored.get("space_sha256", space_digest(args.space)) != space_digest(args.space):
+            raise PlanError(f"--resume {sweep}: {args.space} has changed since the sweep started (its sha256 differs "
+                            "from the one stored in sweep.json); restore the file, or start a new sweep")
         replay = stored.get("overrides", {})
         conflicts = [f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
                      for flag in given if replay.get(flag) != given[flag]]
@@ -290,11 +334,17 @@ def make_plan(args: Any) -> SweepPlan:
                         f"{sorted(t.name for t in select)}")
     versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
                     "files": dict(sorted(s.file_hashes().items()))} for u, s in shards.items()}
+    places = {"--storage": (storage, os.path.abspath(DEFAULT_STORAGE)),
+              "--data-root": (data_root, os.path.abspath(DEFAULT_DATA_ROOT)),
+              "--tracking-uri": (tracking_uri, absolute_tracking_uri(DEFAULT_TRACKING_URI)),
+              "--study-storage": (study_storage, default_study_storage(tracking_uri)),
+              "--ray-address": (args.ray_address, os.environ.get("RAY_ADDRESS"))}  # a job's own: not restated
     return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
-                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source, select=select, report=report,
-                     data_versions=versions, overrides=overrides, retry_budget_s=args.retry_budget,
-                     ray_address=args.ray_address, quiet=args.quiet,
-                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space)
+                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source,
+                     select=select, report=report, data_versions=versions, overrides=overrides,
+                     retry_budget_s=args.retry_budget, ray_address=args.ray_address, quiet=args.quiet,
+                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space,
+                     places={flag: value for flag, (value, default) in places.items() if value and value != default})
 
 
 PLAN_ERRORS = (SpaceError, StorageError, TrackingError, ShardError, LayoutError)

@@ -8,14 +8,13 @@ raised, so a trial fails with a message that names the service instead of hangin
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
-DEFAULT_BUDGET_S = float(os.environ.get("ADIN_RETRY_BUDGET_S", "300"))
+DEFAULT_BUDGET_S = 300.0  # the sweep's --retry-budget default, unless ADIN_RETRY_BUDGET_S says otherwise (plan.py)
 
 
 @dataclass(frozen=True)

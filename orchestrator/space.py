@@ -36,6 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -53,6 +54,13 @@ TRAIN_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 RESERVED_FIXED = {"epochs"}  # set through training.epochs
 RANK_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 MAX_CORNERS = 4096  # 2**12: every corner of a 12-parameter space; larger spaces are checked on the first ones
+# Upper bounds: past these a value is a typo, not an experiment (1e9 seeds once built a list of 1e9 per trial)
+MAX_SAMPLES = 100_000
+MAX_CONCURRENT = 10_000
+MAX_SEEDS = 32  # training seeds a trial
+MAX_VERIFY_SEEDS = 64
+MAX_SAMPLER_SEED = 2**32 - 1  # NumPy's seeds, under every sampler
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # ASCII: a sweep or space name is a folder, a URI part and an MLflow name
 
 
 class FrozenDict(dict):
@@ -331,21 +339,25 @@ def _section(raw: Mapping, path: str, key: str, allowed: set[str], required: fro
 
 
 def _number(path: str, key: str, value: Any, *, integer: bool = False, low: float | None = None,
-            low_open: bool = False) -> float:
+            low_open: bool = False, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise _err(path, key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
         raise _err(path, key, f"must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise _err(path, key, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise _err(path, key, f"must be <= {high:g}, got {value!r}")
     return int(value) if integer else float(value)
 
 
-def _uri_list(path: str, key: str, value: Any) -> tuple[str, ...]:
+def _uri_list(path: str, key: str, value: Any, *, required: bool = False) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise _err(path, key, "must be a URI or a list of URIs")
+    if required and not value:
+        raise _err(path, key, "must name at least one target (the objective is scored on them)")
     if len(set(value)) != len(value):
         raise _err(path, key, "lists a target twice")
     return tuple(value)
@@ -422,6 +434,9 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
         step = _number(path, f"{key}.step", step, integer=ptype == "int", low=0, low_open=True)
         if log:
             raise _err(path, f"{key}.step", "cannot be combined with log: true")
+        if step > high - low:
+            raise _err(path, f"{key}.step", f"{step:g} is wider than the range {low:g}..{high:g}: the parameter "
+                                            "would take one value only; use a smaller step, or put it in fixed")
     return Param(name, ptype, low, high, log, step, when=tuple(when))
 
 
@@ -435,8 +450,8 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
         if key not in raw:
             raise _err(path, key, "is required")
     name = raw["name"]
-    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise _err(path, "name", f"must be letters, digits, '-' or '_', got {name!r}")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise _err(path, "name", f"must be ASCII letters, digits, '-' or '_', got {name!r}")
     obj = _section(raw, path, "objective", {"metric", "mode"})
     mode = obj.get("mode", "max")
     if mode not in ("max", "min"):
@@ -445,7 +460,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if not isinstance(raw["source"], str) or not raw["source"]:
         raise _err(path, "source", "must be a shard-set URI")
     tsec = _section(raw, path, "targets", {"select", "report"}, frozenset({"select"}))
-    targets = Targets(raw["source"], _uri_list(path, "targets.select", tsec["select"]),
+    targets = Targets(raw["source"], _uri_list(path, "targets.select", tsec["select"], required=True),
                       _uri_list(path, "targets.report", tsec.get("report", [])))
     overlap = sorted(set(targets.select) & set(targets.report))
     if overlap:
@@ -457,16 +472,20 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
     search = SearchSettings(s.get("sampler", "tpe"),
-                            _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1),
-                            _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1),
-                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0),
-                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1),
+                            _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1,
+                                    high=MAX_SAMPLES),
+                            _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1,
+                                    high=MAX_CONCURRENT),
+                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0,
+                                    high=MAX_SAMPLER_SEED),
+                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1, high=MAX_SEEDS),
                             None if s.get("startup_trials") is None else
                             _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0))
     if search.startup_trials is not None and search.sampler == "random":
         raise _err(path, "search.startup_trials", "has no meaning for sampler random (every trial is random)")
     v = _section(raw, path, "verify", {"seeds"})
-    verify = VerifySettings(_number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0))
+    verify = VerifySettings(_number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0,
+                                    high=MAX_VERIFY_SEEDS))
     if verify.seeds == 1:
         raise _err(path, "verify.seeds", "must be 0 (off) or >= 2: one seed gives no interval")
     if verify.seeds and not targets.report:
@@ -521,10 +540,15 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
 
 def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str, Param], fixed: Mapping[str, Any],
                   training: TrainingSettings, evaluations: int) -> int:
-    """ASHA's first rung, in evaluations. When every searched parameter is one that acts only after pretraining
+    """ASHA's first rung, in evaluations (never beyond a trial's last). When every searched parameter is one that
+    acts only after pretraining
     (ADVERSARIAL_PHASE_FIELDS), all trials train the same encoder until then, so a rung inside pretraining ranks
     identical models (ties, or thread noise) and stops trials for nothing the search chose. The default is then
     the first evaluation after pretraining, and an earlier one is refused; otherwise the default is 1."""
+    if grace is not None and grace > evaluations:
+        raise _err(path, "scheduler.grace_period", f"{grace} evaluations is beyond a trial's last: it has "
+                                                   f"{evaluations} ({training.epochs:g} epochs, one evaluation every "
+                                                   f"{training.eval_every_epochs:g})")
     if stype != "asha" or not set(params) <= ADVERSARIAL_PHASE_FIELDS:
         return 1 if grace is None else grace
     defaults = TrainConfig.__dataclass_fields__

@@ -40,6 +40,55 @@ def _select_is_source(raw):
     raw["targets"]["select"] = [raw["source"]]
 
 
+def _grace_beyond(raw):
+    raw["scheduler"]["grace_period"] = 9  # smoke: 4 evaluations
+
+
+def _seed_too_large(raw):
+    raw["search"]["seed"] = 2**32
+
+
+def _step_too_wide(raw):
+    raw["parameters"]["lr_heads"] = {"type": "float", "low": 0.01, "high": 0.3, "step": 0.5}
+
+
+def _huge_image(raw):
+    raw["fixed"]["image_height"] = 100000
+
+
+class _NotRay:
+    """A TCP server that answers, but not as Ray does (as Redis on Ray's default port 6379 would)."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.sendall(b"-ERR unknown command\r\n")
+            conn.close()
+
+
+_NOT_RAY: list = []
+
+
+def _not_ray_address(_t) -> list[str]:
+    if not _NOT_RAY:
+        _NOT_RAY.append(_NotRay())
+    return ["--space", SMOKE, "--ray-address", f"127.0.0.1:{_NOT_RAY[0].port}"]
+
+
 SWEEP_CASES = {
     "objective metric no trial reports": (lambda t: ["--space", _space(t, _metric_foo)],
                                           "objective.metric: 'foo' is not a metric a trial reports"),
@@ -63,7 +112,7 @@ SWEEP_CASES = {
     "--epochs negative": (lambda t: ["--space", SMOKE, "--epochs", "-1"], "--epochs: must be > 0, got -1"),
     "--workers zero": (lambda t: ["--space", SMOKE, "--workers", "0"], "--workers: must be >= 1, got 0"),
     "--retry-budget negative": (lambda t: ["--space", SMOKE, "--retry-budget", "-1"], "--retry-budget must be >= 0"),
-    "--name with a slash": (lambda t: ["--space", SMOKE, "--name", "a/b"], "--name 'a/b': use letters"),
+    "--name with a slash": (lambda t: ["--space", SMOKE, "--name", "a/b"], "--name 'a/b': a sweep name uses ASCII letters"),
     "--ray-address that nothing answers": (lambda t: ["--space", SMOKE, "--ray-address", f"127.0.0.1:{free_port()}"],
                                            "nothing answers at 127.0.0.1"),
     "--select not a dataset": (lambda t: ["--space", SMOKE, "--select", str(t / "nothing")],
@@ -73,13 +122,46 @@ SWEEP_CASES = {
     "--study-storage that does not open": (lambda t: ["--space", SMOKE, "--study-storage",
                                                       f"postgresql://127.0.0.1:{free_port()}/adin"],
                                            "cannot open it"),
+    # what a red-team run found failing late (after Ray started) or with a traceback
+    "grace_period beyond the evaluations": (lambda t: ["--space", _space(t, _grace_beyond)],
+                                            "scheduler.grace_period: 9 evaluations is beyond a trial's last: it has 4"),
+    "--select of no URI": (lambda t: ["--space", SMOKE, "--select", ","], "--select: must name at least one target"),
+    "search.seed beyond NumPy's": (lambda t: ["--space", _space(t, _seed_too_large)], "search.seed: must be <= "),
+    "a garbage journal study file": (lambda t: ["--space", SMOKE, "--study-storage",
+                                                _write(t, "s.journal", b"\x00\x01 not a journal {")],
+                                     "s.journal is not an Optuna journal entry"),
+    "a tracking URI that is not SQLite": (lambda t: ["--space", SMOKE, "--tracking-uri",
+                                                     f"sqlite:///{_write(t, 'notdb.db', 'hello, not a database')}"],
+                                          "notdb.db is not an SQLite database"),
+    "a postgresql tracking URI without its driver": (
+        lambda t: ["--space", SMOKE, "--tracking-uri", "postgresql://postgres@127.0.0.1:5432/postgres"],
+        "its database driver is not installed (No module named 'psycopg'); name an installed one"),
+    "a PostgreSQL tracking URI that does not answer": (
+        lambda t: ["--space", SMOKE, "--tracking-uri", f"postgresql+psycopg2://u:pw@127.0.0.1:{free_port()}/x"],
+        "MLflow tracking database postgresql+psycopg2://u:***@127.0.0.1:"),
+    "ADIN_RETRY_BUDGET_S not a number": (lambda t: (os.environ.__setitem__("ADIN_RETRY_BUDGET_S", "abc"),
+                                                    ["--space", SMOKE])[1],
+                                         "'abc' is not a number of seconds (from --retry-budget or ADIN_RETRY_BUDGET_S)"),
+    "--ray-address at a port that is not Ray": (_not_ray_address, "something answers at 127.0.0.1:"),
+    "--resume outside the storage": (lambda t: ["--space", SMOKE, "--resume", "../../x"],
+                                     "--resume '../../x': a sweep name uses ASCII letters"),
+    "--name not ASCII": (lambda t: ["--space", SMOKE, "--name", "ñame"], "--name 'ñame': a sweep name uses ASCII"),
+    "a float step wider than its range": (lambda t: ["--space", _space(t, _step_too_wide)],
+                                          "parameters.lr_heads.step: 0.5 is wider than the range 0.01..0.3"),
+    "--seeds past its bound": (lambda t: ["--space", SMOKE, "--seeds", "1000000000"], "--seeds: must be <= 32"),
+    "--verify-seeds past its bound": (lambda t: ["--space", SMOKE, "--verify-seeds", "1000"],
+                                      "--verify-seeds: must be <= 64"),
+    "--num-samples past its bound": (lambda t: ["--space", SMOKE, "--num-samples", "1000000000"],
+                                     "--num-samples: must be <= 100000"),
+    "an image size past its bound": (lambda t: ["--space", _space(t, _huge_image)], "image_height must be <= 2048"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(SWEEP_CASES))
-def test_sweep_input_mistakes_fail_before_ray(tmp_path, capsys, case):
+def test_sweep_input_mistakes_fail_before_ray(tmp_path, capsys, monkeypatch, case):
     import ray
 
+    monkeypatch.setenv("ADIN_RETRY_BUDGET_S", "300")  # a case may set it; monkeypatch puts it back
     from orchestrator.sweep import main
 
     make_args, message = SWEEP_CASES[case]
@@ -116,6 +198,42 @@ def test_resume_refuses_different_settings_and_replays_its_own(tmp_path, capsys)
         make_plan(parse_args([*base, "--resume", "smoke-r", "--epochs", "3"]))
 
 
+def test_resume_refuses_an_edited_space_and_its_command_carries_every_store(tmp_path):
+    """A space file edited under the same name once resumed with other trials and epochs; the printed --resume
+    command kept --storage but dropped the other stores, so it found another tracking database."""
+    import shutil
+
+    from orchestrator.plan import PlanError, make_plan, write_sweep_file
+    from orchestrator.sweep import parse_args
+
+    space = str(tmp_path / "smoke.yaml")
+    shutil.copy(SMOKE, space)
+    base = ["--space", space, "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--study-storage", str(tmp_path / "study.journal")]
+    plan = make_plan(parse_args([*base, "--name", "smoke-e"]))
+    write_sweep_file(plan)
+    command = plan.resume_command()
+    for flag, value in (("--storage", tmp_path / "s"), ("--data-root", tmp_path / "d"),
+                        ("--tracking-uri", f"sqlite:///{tmp_path}/m.db"),
+                        ("--study-storage", tmp_path / "study.journal")):
+        assert f"{flag} {value}" in command, command
+    with open(space, "a") as fh:
+        fh.write("# edited\n")
+    with pytest.raises(PlanError, match="smoke.yaml has changed since the sweep started"):
+        make_plan(parse_args([*base, "--resume", "smoke-e"]))
+
+
+def test_a_resume_command_names_no_store_given_by_default(tmp_path, monkeypatch):
+    from orchestrator.plan import make_plan
+    from orchestrator.sweep import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("ADIN_STORAGE", "ADIN_DATA_ROOT", "MLFLOW_TRACKING_URI", "ADIN_STUDY_STORAGE", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    plan = make_plan(parse_args(["--space", SMOKE, "--name", "smoke-d"]))
+    assert plan.resume_command() == f"python -m orchestrator.sweep --space {SMOKE} --resume smoke-d"
+
+
 def test_plan_paths_are_absolute(tmp_path, monkeypatch):
     """Relative storage, data root and tracking paths mean the same place in Ray's per-trial working folders."""
     from orchestrator.plan import make_plan
@@ -133,11 +251,16 @@ def test_plan_paths_are_absolute(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (["--register", "a/b"], "--register 'a/b': a model name is letters"),
     (["--export", "/proc/adin/x"], "--export /proc/adin/x: cannot create /proc/adin"),
+    (["--export", "/proc/x"], "--export /proc/x: cannot write in /proc"),
     (["--sweep", "nope"], "no sweep named 'nope'"),
+    (["--tracking-uri", "sqlite:////tmp/adin-no-such-folder/m.db"], "no tracking database at /tmp/adin-no-such-folder"),
 ])
 def test_best_input_mistakes_fail_before_any_export(tmp_path, capsys, args, message):
     from orchestrator.best import main
 
+    from orchestrator.tracking import TrackingQueue
+
+    TrackingQueue(f"sqlite:///{tmp_path}/m.db").client.search_experiments()  # an (empty) tracking database
     full = ["--export", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     for i in range(0, len(args), 2):
         if args[i] in full:
@@ -147,7 +270,38 @@ def test_best_input_mistakes_fail_before_any_export(tmp_path, capsys, args, mess
     assert main(full) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not os.path.exists(tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out") and not os.path.exists("/tmp/adin-no-such-folder")
+
+
+def test_inspect_decodes_every_image_so_a_damaged_image_with_a_recomputed_hash_is_found(tmp_path, capsys):
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from orchestrator.data import main
+
+    assert main(["synth", "--preset", "tiny", "--out", str(tmp_path / "trees")]) == 0
+    src = next(p for p in (tmp_path / "trees").iterdir() if "source" in p.name)
+    assert main(["shard", "--format", "market1501", "--src", str(src), "--dest", str(tmp_path / "store"),
+                 "--name", "tiny-src", "--version", "v1"]) == 0
+    version = tmp_path / "store" / "tiny-src" / "v1"
+    assert main(["inspect", str(version)]) == 0
+    capsys.readouterr()
+    manifest = json.loads((version / "manifest.json").read_text())
+    entry = manifest["splits"]["query"]["files"][0]
+    path = version / entry["path"]
+    table = pq.read_table(path)
+    images = table.column("image").to_pylist()
+    images[0] = images[0][:20] + b"\x00" * 40  # a damaged image...
+    table = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    pq.write_table(table, path)
+    entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # ...under a recomputed hash
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["inspect", str(version)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot decode tiny-src/v1:" in err and "(split query)" in err and "Traceback" not in err
 
 
 def test_data_cli_mistakes(tmp_path, capsys):

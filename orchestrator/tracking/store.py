@@ -36,9 +36,10 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message names the URI."""
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (seconds, not minutes of retries): an unknown scheme, a server that does not answer its health
-    check, or an SQLite file that cannot be created."""
+def check_tracking_uri(uri: str, timeout: float = 5.0, *, must_exist: bool = False) -> None:
+    """Fail fast (seconds, not minutes of retries): an unknown scheme, a server or database that does not answer,
+    a missing database driver, or an SQLite file that cannot be created or is not one. `must_exist`: a reader
+    (`orchestrator.best`) needs the SQLite file to be there already (opening it would create an empty one)."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise TrackingError(f"--tracking-uri {uri!r}: the scheme {scheme + '://' if scheme else '(none)'} is not one "
@@ -53,12 +54,58 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     elif scheme == "sqlite":
         path = uri[len("sqlite:///"):]
         folder = os.path.dirname(os.path.abspath(path)) or "."
+        if must_exist and not os.path.isfile(path):
+            raise TrackingError(f"--tracking-uri {uri}: no tracking database at {path} (did a sweep run with it?)")
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             raise TrackingError(f"--tracking-uri {uri}: cannot create {folder}: {exc.strerror or exc}") from None
         if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
             raise TrackingError(f"--tracking-uri {uri}: {path if os.path.exists(path) else folder} is not writable")
+        _check_sqlite_file(uri, path)
+    elif scheme.split("+")[0] in ("postgresql", "mysql"):
+        _check_database(uri, timeout)
+
+
+def _check_sqlite_file(uri: str, path: str) -> None:
+    """An existing file must be an SQLite database (MLflow would fail on it only once Ray had started)."""
+    if os.path.isdir(path):
+        raise TrackingError(f"--tracking-uri {uri}: {path} is a folder; give an SQLite file")
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise TrackingError(f"--tracking-uri {uri}: {path} is not an SQLite database")
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    """A database URL must name an installed driver and answer within `timeout` (MLflow would wait minutes)."""
+    import sqlalchemy
+
+    shown = _without_password(uri)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
+    except ModuleNotFoundError as exc:
+        hint = " (postgresql+psycopg2://..., with pip install -e '.[cluster]')" if uri.startswith("postgresql") else ""
+        raise TrackingError(f"--tracking-uri {shown}: its database driver is not installed ({exc}); name an installed "
+                            f"one{hint}") from None
+    except Exception as exc:  # a malformed URL
+        raise TrackingError(f"--tracking-uri {shown}: not a database URL SQLAlchemy reads ({exc})") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # refused, unknown host, authentication, no such database
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]
+        raise TrackingError(f"MLflow tracking database {shown} is unreachable: {first}") from None
+    finally:
+        engine.dispose()
+
+
+def _without_password(uri: str) -> str:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    return uri
 
 
 def absolute_tracking_uri(uri: str) -> str:
