@@ -28,6 +28,13 @@ NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
 # freezes f_E during pretrain_nuisance), learning rates, center loss, everything of the identity branch.
 ADVERSARIAL_PHASE_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "nuisance",
                                       "shuffle_nuisance", "i_target", "i_trigger", "n_trigger"})
+# The fields that act only from the first decision after pretraining on: the schedule's thresholds and the
+# adversarial loss, its weight and calibration (f_N pretrains on plain cross-entropy whatever they are). Configs that
+# differ only in these train the very same pretraining, f_N, optimisers and RNG streams included, so a sweep trains
+# it once per seed and every trial starts from it (adin_core.train.pretraining_key, ADINTrainer.pretrain). The
+# nuisance labels and their shuffling are not among them: f_N pretrains on them.
+DECISION_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "i_target", "i_trigger",
+                             "n_trigger"})
 THRESHOLD_MODES = ("relative", "absolute")
 MAX_IMAGE_SIDE = 2048  # pixels; ReID crops are 256x128, and past this a value is a typo (memory runs out first)
 MAX_WIDTH = 65536  # feature and head widths
@@ -225,4 +232,5 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CALIBRATIONS", "NUISANCES", "PAPER_CANE"]
+__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CALIBRATIONS", "DECISION_FIELDS", "NUISANCES",
+           "PAPER_CANE"]

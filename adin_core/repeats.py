@@ -66,7 +66,7 @@ class SeedGroup:
         self._fresh = [False] * len(self.trainers)
         self.hooks = []
         for k, trainer in enumerate(self.trainers):
-            hook = EvaluationHook(evaluator, self._keeper(k), rank=rank, start_step=trainer.schedule.step)
+            hook = EvaluationHook(evaluator, self._keeper(k), rank=rank, start_step=trainer.resume_step)
             trainer.hooks.append(hook)
             self.hooks.append(hook)
 
@@ -77,9 +77,10 @@ class SeedGroup:
         return keep
 
     def restored(self) -> None:
-        """After the trainers loaded a checkpoint: evaluations resume from the steps they reached."""
+        """After the trainers loaded a checkpoint or adopted shared pretraining: evaluations resume from the steps
+        they reached (a pending check's from where its interval began)."""
         for hook, trainer in zip(self.hooks, self.trainers):
-            hook.previous_step = trainer.schedule.step
+            hook.previous_step = trainer.resume_step
 
     @property
     def done(self) -> bool:

@@ -113,11 +113,14 @@ class Schedule:
         }[phase or self.phase]
 
     def steps_until_check(self) -> int:
-        """How many steps of the current phase to train before the next call to observe()."""
+        """How many steps of the current phase to train before the next call to observe(): to the next multiple of
+        check_every within the phase (a phase entered mid-way, as a baseline that adopts shared pretraining enters
+        its identity phase, keeps the checks of a run that trained it from the start), its end, or the budget's."""
         if self.done:
             return 0
         left_in_phase = max(1, self.phase_budget() - self.phase_step)
-        return max(1, min(self.config.check_every, left_in_phase, self.config.total_steps - self.step))
+        to_next = self.config.check_every - self.phase_step % self.config.check_every
+        return max(1, min(to_next, left_in_phase, self.config.total_steps - self.step))
 
     def advance(self, steps: int) -> None:
         if self.done:

@@ -13,9 +13,10 @@ runs on rank 0 and its accuracies are broadcast, so every worker takes the same 
 
 from __future__ import annotations
 
+import copy
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adin_core.config import TrainConfig
+from adin_core.config import DECISION_FIELDS, TrainConfig
 from adin_core.data.memory import Batch, TrainingData, prefetch
 from adin_core.features import resize_uint8
 from adin_core.losses import adversarial_loss, identity_loss, tempered_prior
@@ -134,6 +135,7 @@ class ADINTrainer:
         self._rng_state = torch.get_rng_state()  # this trainer's own stream (run_check swaps it in)
         self._batches: Iterator[Batch] | None = None
         self._t0 = 0.0
+        self._pending: dict[str, Any] | None = None  # an interval trained whose check is not concluded yet
         self._sums: dict[str, torch.Tensor] = {}  # per-check running sums (tensors: no device sync per step)
         self._counts: dict[str, int] = {}
         if self.distributed:
@@ -385,25 +387,33 @@ class ADINTrainer:
     def run_check(self) -> CheckReport:
         """Train up to the next validation check, take the schedule's transition, call the hooks. Several trainers
         can take turns (a trial's seeds): each keeps its own torch RNG stream, so a seed trains the same whichever
-        trainers run beside it."""
+        trainers run beside it. A check left pending by shared pretraining (`adopt_pretraining`) is concluded
+        first, without training."""
         if self.schedule.done:
             raise RuntimeError("the schedule is done")
+        with self._own_rng():
+            pending, self._pending = self._pending or self._train_interval(), None
+            return self._conclude(pending)
+
+    @contextmanager
+    def _own_rng(self):
         outer = torch.get_rng_state()
         torch.set_rng_state(self._rng_state)
         try:
-            return self._check()
+            yield
         finally:
             self._rng_state = torch.get_rng_state()
             torch.set_rng_state(outer)
 
-    def _check(self) -> CheckReport:
+    def _train_interval(self) -> dict[str, Any]:
+        """Train the steps up to the next check; the interval as a plain record (what a pending check holds)."""
         sched = self.schedule
         if self._batches is None:
             self._batches = prefetch(self._batches_from(sched.step))
             self._t0 = time.perf_counter()
             self.model.train()
         phase = sched.phase
-        n = sched.steps_until_check()
+        start, n = sched.step, sched.steps_until_check()
         t_phase = time.perf_counter()
         for _ in range(n):
             x, pids, labels = self._prepare(next(self._batches), train=True)
@@ -421,6 +431,15 @@ class ADINTrainer:
         losses = self._take_means("loss")
         if not self.weights_finite():
             raise TrainingDiverged(sched.step, phase.value, losses, self.config.seed)
+        return {"phase": phase.value, "start_step": start, "losses": losses, "grip": self._take_means("grip")}
+
+    def _conclude(self, interval: dict[str, Any]) -> CheckReport:
+        """Validate, take the schedule's transition, report to the hooks."""
+        sched = self.schedule
+        if self._batches is None:  # a pending check concluded first thing: the data resumes at its step
+            self._batches = prefetch(self._batches_from(sched.step))
+            self._t0 = time.perf_counter()
+            self.model.train()
         id_acc, by_kind = self._validate_synced()
         nuisance_acc = float(np.mean(list(by_kind.values()))) if by_kind else None
         transition = sched.observe(id_acc, nuisance_acc)
@@ -428,16 +447,74 @@ class ADINTrainer:
             self.model.reset_nuisance_heads()
             self.opt_nuisance = self._make_nuisance_optimizer()
         report = CheckReport(
-            step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=phase.value,
+            step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=interval["phase"],
             next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
-            nuisance_acc_by_kind=by_kind, losses=losses,
+            nuisance_acc_by_kind=by_kind, losses=dict(interval["losses"]),
             transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - self._t0,
-            grip=self._take_means("grip"), phase_steps=dict(sched.phase_steps),
+            grip=dict(interval["grip"]), phase_steps=dict(sched.phase_steps),
             phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
         self.history.append(report)
         for hook in self.hooks:
             hook.on_check(self, report)
         return report
+
+    # --- shared pretraining ----------------------------------------------------------------------------------
+    @property
+    def resume_step(self) -> int:
+        """The step the next interval's evaluation cadence counts from: where a pending check's interval began."""
+        return self._pending["start_step"] if self._pending else self.schedule.step
+
+    def pretrain(self) -> dict[str, Any]:
+        """Train through pretraining and stop at its last check before the decision it takes: the state returned
+        (`state_dict`, with the check pending) is what every config of the same `pretraining_key` would have
+        trained to that point, whatever its thresholds, adversarial loss or weight (`adopt_pretraining`)."""
+        if not self.config.adversarial:
+            raise ValueError("pretrain(): an identity-only config (adv_loss none) has no pretraining to share; "
+                             "pretrain an adversarial one of the same pretraining_key")
+        pretraining = (Phase.PRETRAIN_ID, Phase.PRETRAIN_NUISANCE)
+        while self._pending is None:
+            sched = self.schedule
+            if sched.phase not in pretraining:
+                raise RuntimeError(f"pretrain(): pretraining is over (phase {sched.phase.value})")
+            last = (sched.phase is Phase.PRETRAIN_NUISANCE
+                    and sched.phase_step + sched.steps_until_check() >= sched.phase_budget())
+            if last:
+                with self._own_rng():
+                    self._pending = self._train_interval()
+            else:
+                self.run_check()
+        return self.state_dict()
+
+    def adopt_pretraining(self, state: dict[str, Any]) -> None:
+        """Start from shared pretraining (`pretrain`'s state, made with a config of the same pretraining_key): the
+        run then goes on exactly as if it had trained that pretraining itself, its own thresholds deciding at the
+        pending check. An identity-only baseline takes f_E, f_I, their optimiser, the RNG streams and the data
+        position (bit-identical to its own pretraining, f_N aside: it keeps its own untouched f_N), in its one
+        identity phase."""
+        mine, theirs = pretraining_key(self.config), state.get("pretraining_key")
+        if theirs != mine:
+            raise ValueError(f"adopt_pretraining: made for pretraining_key {str(theirs)[:12]}, this config's is "
+                             f"{mine[:12]} (a field outside DECISION_FIELDS differs, or the seed)")
+        meta = state["model_meta"]
+        if (meta["num_identities"], meta["nuisance_classes"], state.get("steps_per_epoch")) != (
+                self.data.num_identities, self.data.num_nuisance_classes(), self.steps_per_epoch):
+            raise ValueError("adopt_pretraining: made on other data (identities, nuisance classes or steps per "
+                             "epoch differ)")
+        if not state.get("pending"):
+            raise ValueError("adopt_pretraining: the state holds no pending check (not made by pretrain())")
+        state = copy.deepcopy(state)  # the optimisers would keep its tensors as their own and train them in place
+        if self.config.adversarial:
+            self.load_state_dict(state)
+            return
+        keep = {k: v for k, v in self.model.state_dict().items() if k.startswith("nuisance_heads.")}
+        self.load_state_dict({**state, "opt_nuisance": self.opt_nuisance.state_dict(),
+                              "model": {**state["model"], **keep}, "schedule": None})
+        step = state["schedule"]["step"]
+        self.schedule = Schedule(self.schedule.config, phase=Phase.PRETRAIN_ID, step=step, phase_step=step,
+                                 phase_steps={Phase.PRETRAIN_ID.value: step})
+        self.phase_seconds = {Phase.PRETRAIN_ID.value: sum(self.phase_seconds.values())}
+        self._pending = {**self._pending, "phase": Phase.PRETRAIN_ID.value,
+                         "losses": {k: v for k, v in self._pending["losses"].items() if k == "identity"}}
 
     # ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -455,6 +532,9 @@ class ADINTrainer:
             "aug_rng": self.aug_rng.get_state(),
             "phase_seconds": dict(self.phase_seconds),
             "history": [_report_to_dict(r) for r in self.history],
+            "pending": self._pending,  # a check trained but not concluded (pretrain())
+            "pretraining_key": pretraining_key(self.config),
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -463,7 +543,9 @@ class ADINTrainer:
         self.model.load_state_dict(state["model"])
         self.opt_main.load_state_dict(state["opt_main"])
         self.opt_nuisance.load_state_dict(state["opt_nuisance"])
-        self.schedule = Schedule.from_state_dict(self.schedule.config, state["schedule"])
+        if state["schedule"] is not None:
+            self.schedule = Schedule.from_state_dict(self.schedule.config, state["schedule"])
+        self._pending = state.get("pending")
         self._rng_state = state["torch_rng"]
         self.aug_rng.set_state(state["aug_rng"])
         self.phase_seconds = dict(state.get("phase_seconds", {}))
@@ -480,6 +562,17 @@ def _report_from_dict(d: dict[str, Any]) -> CheckReport:
     d = dict(d)
     d["transition"] = None if d["transition"] is None else Transition(**d["transition"])
     return CheckReport(**d)
+
+
+def pretraining_key(config: TrainConfig) -> str:
+    """What determines a seed's pretraining: every field but DECISION_FIELDS (the seed included). Configs with the
+    same key train bit-identical pretraining (tests/test_train.py), so one `pretrain()` serves them all."""
+    import hashlib
+    import json
+
+    canonical = TrainConfig.from_dict(config.to_dict()).to_dict()  # 4 and 4.0 epochs are the same pretraining
+    fields = {k: v for k, v in sorted(canonical.items()) if k not in DECISION_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def model_from_state(state: dict[str, Any]) -> tuple[ADINModel, TrainConfig]:
@@ -501,4 +594,5 @@ def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
     return trainer.run()
 
 
-__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "TrainingDiverged", "fit", "resolve_device"]
+__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "TrainingDiverged", "fit", "pretraining_key",
+           "resolve_device"]

@@ -1,7 +1,8 @@
 """`python -m orchestrator.best --export DIR [--sweep NAME] [--register MODEL_NAME]`: take a sweep's winner.
 
 Finds the sweep (its MLflow parent run; without --sweep, the latest sweep that has a finished trial), picks the
-winner with the rule the sweep used (`orchestrator.results.pick_winner`: the best finished trial by the space's
+winner with the rule the sweep used (`orchestrator.results.choose_winner`: the best start point that finished,
+unless another finished trial leads it by more than search.promote_se standard errors; the space's
 metric and mode), fetches its checkpoint from local or S3 storage, and writes into DIR (which must not exist):
 
     model.pt       the weights (a plain state dict: torch.load(..., weights_only=True))
@@ -35,7 +36,7 @@ from adin_core.data.shards import ShardError
 from adin_core.data.storage import StorageError, resolve
 from adin_core.models import ADINModel
 from adin_core.train import model_from_state
-from orchestrator.results import TrialRow, pick_winner
+from orchestrator.results import TrialRow, per_seed_values, pick_winner
 from orchestrator.space import Objective
 from orchestrator.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri,
                                    redact)
@@ -112,7 +113,8 @@ def trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
         tid = c.data.tags.get(S.TRIAL, c.info.run_id)
         outcome = c.data.tags.get(S.OUTCOME, "finished" if c.data.metrics.get(S.FINAL) else "pruned")
         rows.append(TrialRow(tid, c.data.metrics.get(metric), outcome, params=dict(c.data.params),
-                             checkpoint=c.data.tags.get(S.CHECKPOINT)))
+                             checkpoint=c.data.tags.get(S.CHECKPOINT), per_seed=per_seed_values(c.data.metrics, metric),
+                             start_point=c.data.tags.get(S.START_POINT, "")))
         runs[tid] = c
     return rows, runs
 
@@ -130,7 +132,7 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
     for parent in parents:
         rows, runs = trial_rows(client, parent)
         objective = sweep_objective(parent)
-        best = pick_winner(rows, objective)
+        best = pick_winner(rows, objective, float(parent.data.tags.get(S.PROMOTE_SE, "0")))
         name = parent.data.tags[S.SWEEP]
         if best is None:
             skipped.append(f"{name} ({len(rows)} trial runs, none finished)")

@@ -25,6 +25,8 @@ class TrialRow:
     probe: float | None = None  # the camera probe's accuracy at the trial's last evaluation
     spread: float | None = None  # the objective's standard error over the trial's seeds (search.seeds > 1)
     note: str = ""  # why it ended as it did, when that needs saying (a diverged trial's seed, step and losses)
+    per_seed: tuple[float, ...] = ()  # the objective on each of the trial's seeds (the same seeds for every trial)
+    start_point: str = ""  # the name of the start point it is (search.start_from), if it is one
 
 
 def _order(objective: Objective):
@@ -34,13 +36,85 @@ def _order(objective: Objective):
     return lambda r: (r.objective is None, sign * (r.objective or 0.0), r.trial)
 
 
-def pick_winner(rows: Iterable[TrialRow], objective: Objective) -> TrialRow | None:
-    """The best trial that trained its whole budget (a pruned trial's objective is from an earlier rung, not
-    comparable) and left a checkpoint, by the space's metric and mode, ties to the smaller trial id; None when
-    there is none. A non-finite objective never wins (a diverged trial reports none)."""
-    eligible = [r for r in rows if r.outcome == "finished" and r.objective is not None and r.checkpoint
-                and math.isfinite(r.objective)]
-    return min(eligible, key=_order(objective), default=None)
+@dataclass(frozen=True)
+class WinnerChoice:
+    """What the winner rule chose, and why (printed under the leaderboard)."""
+
+    row: TrialRow | None
+    incumbent: TrialRow | None = None  # the best start point that finished
+    lead: float = 0.0  # the winner's mean paired lead over the incumbent, in the objective's direction
+    se: float = 0.0  # its standard error
+    held_back: tuple[str, ...] = ()  # trials ahead of the incumbent by less than promote_se standard errors
+
+    def why(self, promote_se: float) -> str:
+        if self.row is None:
+            return "no trial finished"
+        if self.incumbent is None:
+            return "the best finished trial (no start point finished)"
+        if self.row is self.incumbent:
+            held = (f"; {len(self.held_back)} trial(s) ahead of it by less than {promote_se:g} standard errors of their "
+                    f"paired lead stay behind it: {', '.join(self.held_back)}" if self.held_back else "")
+            return f"the start point `{self.incumbent.start_point}`{held}"
+        return (f"ahead of the start point `{self.incumbent.start_point}` by {self.lead:+.4f} (standard error "
+                f"{self.se:.4f} over the paired seeds: more than {promote_se:g} of them)")
+
+
+def _eligible(rows: Iterable[TrialRow]) -> list[TrialRow]:
+    """Trials that trained their whole budget (a pruned trial's objective is from an earlier rung, not comparable),
+    left a checkpoint and a finite objective (a diverged trial reports none)."""
+    return [r for r in rows if r.outcome == "finished" and r.objective is not None and r.checkpoint
+            and math.isfinite(r.objective)]
+
+
+def choose_winner(rows: Iterable[TrialRow], objective: Objective, promote_se: float = 0.0) -> WinnerChoice:
+    """The one winner rule, of the sweep's report and `orchestrator.best` alike.
+
+    Among the trials that trained their whole budget, the best start point (search.start_from) is the incumbent.
+    Another trial wins only if it leads the incumbent on their paired seeds by more than `promote_se` standard
+    errors of that lead: with a few seeds a trial, the best of many noisy trials is mostly the luckiest, and a
+    setting no better than the one we ship must not be crowned over it. The standard error is the larger of the
+    trial's own (sd of its per-seed leads / sqrt(seeds)) and the one pooled over every finished trial, so two seeds
+    that happen to agree do not make a lead look certain. Among the trials that pass, the best objective wins.
+    Without a start point that finished, or with one seed a trial (no paired spread), the best objective wins.
+    Ties go to the smaller trial id."""
+    eligible = sorted(_eligible(rows), key=_order(objective))
+    if not eligible:
+        return WinnerChoice(None)
+    starts = [r for r in eligible if r.start_point]
+    if not starts:
+        return WinnerChoice(eligible[0])
+    incumbent = starts[0]
+    sign = 1.0 if objective.mode == "max" else -1.0
+    k = len(incumbent.per_seed)
+    leads = {r.trial: [sign * (a - b) for a, b in zip(r.per_seed, incumbent.per_seed)] for r in eligible
+             if r is not incumbent and len(r.per_seed) == k}
+    if k < 2 or not leads:
+        return WinnerChoice(eligible[0], incumbent, sign * (eligible[0].objective - incumbent.objective))
+    variances = {t: float(np_var(d)) for t, d in leads.items()}
+    pooled = sum(variances.values()) / len(variances)
+    passed, held = [], []
+    for r in eligible:
+        if r is incumbent or r.trial not in leads:
+            continue
+        lead, se = sum(leads[r.trial]) / k, math.sqrt(max(variances[r.trial], pooled) / k)
+        if lead > promote_se * se and lead > 0:
+            passed.append((r, lead, se))
+        elif lead > 0:
+            held.append(r.trial)
+    if not passed:
+        return WinnerChoice(incumbent, incumbent, held_back=tuple(held))
+    row, lead, se = min(passed, key=lambda x: _order(objective)(x[0]))
+    return WinnerChoice(row, incumbent, lead, se, tuple(held))
+
+
+def np_var(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def pick_winner(rows: Iterable[TrialRow], objective: Objective, promote_se: float = 0.0) -> TrialRow | None:
+    """The winner's row (`choose_winner`), or None when no trial finished."""
+    return choose_winner(rows, objective, promote_se).row
 
 
 def rank(rows: Sequence[TrialRow], objective: Objective) -> list[TrialRow]:
@@ -69,8 +143,18 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
                              checkpoint=checkpoint_uri(ckpt) if ckpt else None,
                              order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
                              probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se"),
-                             note=str(m.get(schema.DIVERGED_WHY, ""))))
+                             note=str(m.get(schema.DIVERGED_WHY, "")),
+                             per_seed=per_seed_values(m, space.objective.metric),
+                             start_point=str((r.config or {}).get(schema.START_POINT_KEY, ""))))
     return rows
+
+
+def per_seed_values(metrics: dict[str, Any], metric: str) -> tuple[float, ...]:
+    """The objective on each of a trial's seeds (`seed<k>/<metric>`, reported when it trains several)."""
+    out = []
+    while f"seed{len(out)}/{metric}" in metrics:
+        out.append(float(metrics[f"seed{len(out)}/{metric}"]))
+    return tuple(out)
 
 
 def study_of(rows: Sequence[TrialRow], space: SearchSpace):
@@ -144,4 +228,5 @@ def save_plots(study, out_dir: str, log=print) -> list[str]:
     return paths
 
 
-__all__ = ["TrialRow", "pick_winner", "rank", "rows_from_results", "save_plots", "study_of"]
+__all__ = ["TrialRow", "WinnerChoice", "choose_winner", "per_seed_values", "pick_winner", "rank", "rows_from_results",
+           "save_plots", "study_of"]

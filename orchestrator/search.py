@@ -1,9 +1,12 @@
-"""The searcher of a sweep: Optuna's, through Tune, with the study kept in Optuna's own storage."""
+"""The searcher and the scheduler of a sweep: Optuna's sampler through Tune, with the study kept in Optuna's own
+storage, its known start points tried first; ASHA, which never stops a start point early."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Any, Mapping, Sequence
 
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.tracking import schema
@@ -19,7 +22,26 @@ class StudySearch(OptunaSearch):
       reason as the user attribute `diverged`.
     - A trial the scheduler stopped early (its last report is not `final`) is PRUNED, at its last value: Tune hands
       that last result to `on_trial_complete` only (never to `on_trial_result`), so it is recorded here first.
+    - The space's start points (search.start_from) are the study's first trials (Optuna's enqueue_trial); each
+      carries its name in its Tune config (schema.START_POINT_KEY) and as the Optuna user attribute `start_point`,
+      so the winner rule knows its incumbent and the scheduler never stops one early.
     """
+
+    def __init__(self, *args: Any, start_points: Sequence[tuple[str, Mapping[str, Any]]] = (), **kwargs: Any) -> None:
+        super().__init__(*args, points_to_evaluate=[dict(p) for _, p in start_points] or None, **kwargs)
+        self._start_points = [(name, dict(point)) for name, point in start_points]
+        self._handed = 0  # start points given out so far (Optuna hands enqueued trials out first, in order)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if new and params is not None and self._handed < len(self._start_points):
+            name, point = self._start_points[self._handed]
+            self._handed += 1
+            if all(params.get(k) == v for k, v in point.items()):
+                self._ot_trials[trial_id].set_user_attr("start_point", name)
+                params = {**params, schema.START_POINT_KEY: name}
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -42,6 +64,19 @@ class StudySearch(OptunaSearch):
             return super().on_trial_complete(trial_id, None, error=True)
         if result is not None and not error and not result.get(schema.FINAL):
             if trial_id not in self._completed_trials and trial_id in self._ot_trials:
-                self._report(trial_id, result)
+                for report in (*schema.replayed(result), result):  # stopped at its first report: with what it resent
+                    self._report(trial_id, report)
             result = None  # Optuna then records the trial as pruned
         super().on_trial_complete(trial_id, result, error)
+
+
+class StartPointASHA(ASHAScheduler):
+    """ASHA that records a start point's results at its rungs (they set the cutoffs others are held to) but never
+    stops one: the winner rule compares every finished trial with the best start point, which must therefore train
+    its whole budget."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if (trial.config or {}).get(schema.START_POINT_KEY):
+            return TrialScheduler.CONTINUE
+        return decision

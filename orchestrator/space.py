@@ -33,6 +33,7 @@ command-line flag that set the value), the key and what is allowed. The objectiv
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -42,7 +43,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from adin_core.config import ADVERSARIAL_PHASE_FIELDS, ConfigError, TrainConfig
+from adin_core.config import ADVERSARIAL_PHASE_FIELDS, DECISION_FIELDS, ConfigError, TrainConfig
 from adin_core.evaluation import OBJECTIVE, PROBE_KINDS
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
@@ -113,6 +114,11 @@ class SearchSettings:
     seed: int = 0  # the sampler's
     seeds: int = 1  # training seeds per trial, the same for every trial (paired); the objective is their mean
     startup_trials: int | None = None  # trials drawn at random before a model-based sampler steers (None: default)
+    # known points tried first, in order (Optuna's enqueue_trial), each as (name, {param: value}); the best of them
+    # that finishes is the incumbent the winner rule starts from (orchestrator.results.pick_winner)
+    start_from: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    # a trial replaces the incumbent only when it leads it by more than this many standard errors of its paired lead
+    promote_se: float = 2.0
 
     @property
     def random_start(self) -> int:
@@ -140,12 +146,31 @@ class SearchSettings:
         return cls(seed=self.seed, n_startup_trials=self.random_start)
 
 
+VERIFY_ARMS = ("winner", "baseline", "default", "paper")
+
+
 @dataclass(frozen=True)
 class VerifySettings:
-    """After the search: the winner, the identity-only baseline and the paper's default ADIN retrained on `seeds`
-    fresh seeds and scored on the report targets (0: off)."""
+    """After the search: the winner, the identity-only baseline (the winner with adv_loss none), the shipped default
+    ADIN (TrainConfig's defaults under the space's fixed values) and, when asked, the paper's CaNE, retrained on
+    fresh seeds and scored on the report targets. `seeds` fresh seeds first (0: off), then `step` more at a time
+    until winner - baseline is distinguishable or `max_seeds` have run; each look's interval is at 95% / looks, so
+    the verdict keeps its 5% error rate however many looks it takes (orchestrator.verify)."""
 
     seeds: int = 0
+    max_seeds: int = 0
+    step: int = 2
+    arms: tuple[str, ...] = ("winner", "baseline", "default")
+
+    @property
+    def looks(self) -> int:
+        """How many times the verdict may be read: after the first round and after each added one."""
+        return 1 + math.ceil(max(0, self.max_seeds - self.seeds) / self.step) if self.seeds else 0
+
+    @property
+    def level(self) -> float:
+        """The confidence level of each look's interval (Bonferroni over the looks)."""
+        return 1 - 0.05 / max(1, self.looks)
 
 
 @dataclass(frozen=True)
@@ -238,6 +263,20 @@ class SearchSpace:
 
     def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.params)
+
+    @property
+    def shares_pretraining(self) -> bool:
+        """Whether every trial pretrains the same (no searched parameter acts before the first decision after
+        pretraining): then each seed's pretraining is trained once (orchestrator.pretraining)."""
+        return all(p.name in DECISION_FIELDS for p in self.params)
+
+    def some_config(self) -> TrainConfig:
+        """A valid trial config (the first corner of the space): what every trial shares when shares_pretraining."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.active(values):
+                values[p.name] = p.corners()[0]
+        return self.train_config(values)
 
     def train_config(self, sampled: Mapping[str, Any]) -> TrainConfig:
         return make_train_config(self.fixed, sampled, self.training.epochs)
@@ -468,7 +507,8 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                                             "cannot report generalisation")
     if targets.source in targets.select + targets.report:
         raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
-    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials"})
+    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials",
+                                       "start_from", "promote_se"})
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
     search = SearchSettings(s.get("sampler", "tpe"),
@@ -480,14 +520,12 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                                     high=MAX_SAMPLER_SEED),
                             _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1, high=MAX_SEEDS),
                             None if s.get("startup_trials") is None else
-                            _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0))
+                            _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0),
+                            promote_se=_number(path, "search.promote_se", s.get("promote_se", 2.0), low=0,
+                                               high=100))
     if search.startup_trials is not None and search.sampler == "random":
         raise _err(path, "search.startup_trials", "has no meaning for sampler random (every trial is random)")
-    v = _section(raw, path, "verify", {"seeds"})
-    verify = VerifySettings(_number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0,
-                                    high=MAX_VERIFY_SEEDS))
-    if verify.seeds == 1:
-        raise _err(path, "verify.seeds", "must be 0 (off) or >= 2: one seed gives no interval")
+    verify = _verify(path, _section(raw, path, "verify", {"seeds", "max_seeds", "step", "arms"}))
     if verify.seeds and not targets.report:
         raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
     t = _section(raw, path, "training", {"epochs", "eval_every_epochs", "checkpoints_to_keep"})
@@ -530,12 +568,93 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if verify.seeds and fixed.get("adv_loss") == "none":
         raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
                                          "verify against (set verify.seeds: 0)")
+    if s.get("start_from") is not None:
+        search = dataclasses.replace(search, start_from=_start_points(path, s["start_from"], params, fixed,
+                                                                      training.epochs))
+        if len(search.start_from) > search.num_samples:
+            raise _err(path, "search.start_from", f"names {len(search.start_from)} points, more than the "
+                                                  f"{search.num_samples} trials of the search (num_samples)")
     space = SearchSpace(path=path, name=name, objective=objective, targets=targets, search=search,
                         scheduler=scheduler, resources=resources, training=training, verify=verify,
                         params=tuple(params.values()),
                         fixed=FrozenDict(fixed), raw=FrozenDict(raw))
     _check_corners(space)
     return space
+
+
+def _start_points(path: str, raw: Any, params: Mapping[str, Param], fixed: Mapping[str, Any],
+                  epochs: float) -> tuple[tuple[str, FrozenDict], ...]:
+    """`search.start_from`: a list of `defaults` (TrainConfig's defaults of the searched parameters, what the project
+    ships) and explicit points ({parameter: value}, unnamed ones at their defaults); each must lie inside the space
+    and make a valid config."""
+    if not isinstance(raw, list) or not raw:
+        raise _err(path, "search.start_from", "must be a list of points: `defaults` or {parameter: value} mappings")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        key = f"search.start_from[{i}]"
+        if item == "defaults":
+            name, given = "defaults", {}
+        elif isinstance(item, dict):
+            unknown = sorted(set(item) - set(params), key=str)
+            if unknown:
+                raise _err(path, f"{key}.{unknown[0]}", f"is not a searched parameter; they are {sorted(params)}")
+            name, given = f"start{i}", dict(item)
+        else:
+            raise _err(path, key, f"must be `defaults` or a mapping {{parameter: value}}, got {item!r}")
+        point: dict[str, Any] = {}
+        for p in params.values():
+            if not p.active(point):
+                if p.name in given:
+                    raise _err(path, f"{key}.{p.name}", f"does not apply: its `when:` condition does not hold there")
+                continue
+            value = given.get(p.name, defaults[p.name])
+            where = f"{key}.{p.name}" if p.name in given else f"{key} ({name}: {p.name}'s default)"
+            point[p.name] = _inside(path, where, p, value)
+        try:
+            make_train_config(fixed, point, epochs)
+        except ConfigError as exc:
+            raise _err(path, key, f"is not a valid config: {exc}") from None
+        frozen = tuple(sorted(point.items()))
+        if frozen in seen:
+            raise _err(path, key, "repeats an earlier start point")
+        seen.add(frozen)
+        out.append((name, FrozenDict(point)))
+    return tuple(out)
+
+
+def _inside(path: str, key: str, p: Param, value: Any) -> Any:
+    """`value` as parameter `p` would sample it, or an error saying where the space excludes it."""
+    if p.type == "categorical":
+        if value not in p.choices:
+            raise _err(path, key, f"{value!r} is not among its choices {list(p.choices)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (p.type == "int" and
+                                                                          not float(value).is_integer()):
+        raise _err(path, key, f"must be {'an integer' if p.type == 'int' else 'a number'}, got {value!r}")
+    if not p.low <= value <= p.high:
+        raise _err(path, key, f"{value!r} lies outside the searched range {p.low:g}..{p.high:g}; widen "
+                              f"parameters.{p.name} or start elsewhere")
+    if p.step is not None and abs((value - p.low) / p.step - round((value - p.low) / p.step)) > 1e-9:
+        raise _err(path, key, f"{value!r} is not on the grid of step {p.step:g} from {p.low:g}")
+    return int(value) if p.type == "int" else float(value)
+
+
+def _verify(path: str, v: Mapping[str, Any]) -> VerifySettings:
+    seeds = _number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0, high=MAX_VERIFY_SEEDS)
+    if seeds == 1:
+        raise _err(path, "verify.seeds", "must be 0 (off) or >= 2: one seed gives no interval")
+    max_seeds = _number(path, "verify.max_seeds", v.get("max_seeds", seeds), integer=True, low=0,
+                        high=MAX_VERIFY_SEEDS)
+    if max_seeds < seeds:
+        raise _err(path, "verify.max_seeds", f"{max_seeds} is fewer than verify.seeds ({seeds}), the first round")
+    step = _number(path, "verify.step", v.get("step", 2), integer=True, low=1, high=MAX_VERIFY_SEEDS)
+    arms = v.get("arms", list(VerifySettings.arms))
+    if not isinstance(arms, list) or any(a not in VERIFY_ARMS for a in arms) or len(set(arms)) != len(arms):
+        raise _err(path, "verify.arms", f"must list arms among {list(VERIFY_ARMS)}, each once; got {arms!r}")
+    if "winner" not in arms or "baseline" not in arms:
+        raise _err(path, "verify.arms", "must include winner and baseline: the verdict is winner - baseline")
+    return VerifySettings(seeds, max(max_seeds, seeds), step, tuple(arms))
 
 
 def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str, Param], fixed: Mapping[str, Any],

@@ -175,11 +175,11 @@ def build_tuner(plan: SweepPlan, callbacks: list):
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from orchestrator.plan import open_study_storage
-    from orchestrator.search import StudySearch
+    from orchestrator.search import StartPointASHA, StudySearch
 
     from orchestrator.storage import tune_storage
     from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_trial
@@ -194,11 +194,11 @@ def build_tuner(plan: SweepPlan, callbacks: list):
                                   storage_filesystem=storage_fs)
     searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
                            sampler=space.search.make_sampler(), study_name=plan.sweep,
-                           storage=open_study_storage(plan.study_storage))
+                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from)
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent)
     s = space.scheduler
-    scheduler = (ASHAScheduler(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor) if s.type == "asha" else FIFOScheduler())
+    scheduler = (StartPointASHA(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
+                                reduction_factor=s.reduction_factor) if s.type == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,
@@ -258,6 +258,8 @@ class Sweep:
 
     def __init__(self, plan: SweepPlan, stops: StopSignals, t_start: float) -> None:
         self.plan, self.stops, self.t = plan, stops, {"start": t_start, "checked": time.perf_counter()}
+        # shared pretraining: its stages' time, the seed-epochs they trained, what trainings started from it
+        self.shared = {"trained_epochs": 0.0, "seeds": 0, "used_epochs": 0.0}
         self._tmp = ""  # files the parent run logs (kept until its writes have drained)
 
     def run(self) -> int:
@@ -311,6 +313,10 @@ class Sweep:
               f"{ray_info['ray']}", flush=True)
         status, code = "FAILED", EXIT_NO_TRIAL
         try:
+            self._pretrain_search_seeds(parent)
+            self.t["pretrained"] = time.perf_counter()
+            if self.stops.received:
+                raise KeyboardInterrupt
             results = build_tuner(plan, callbacks).fit()
             self.t["fit"] = time.perf_counter()
             status, code = self._report(results, parent, tracking)
@@ -331,6 +337,32 @@ class Sweep:
             shutil.rmtree(self._tmp, ignore_errors=True)
         return code
 
+    # --- shared pretraining ------------------------------------------------------------------------------------
+    def _pretrain(self, consumers: list, evaluate: bool, name: str) -> None:
+        """Make the snapshots these trainings (config, seeds) can share (orchestrator.pretraining), and count."""
+        from orchestrator import pretraining
+
+        jobs = pretraining.jobs_for(self.plan, consumers, evaluate)
+        if not jobs:
+            return
+        print(f"shared pretraining: {len(jobs)} seed(s), each for {max(j.consumers for j in jobs)} trainings", flush=True)
+        stage = pretraining.run_stage(self.plan, jobs, name, [_signal_watcher(self.stops, self.plan.sweep)])
+        self.shared["trained_epochs"] += stage.seed_epochs
+        self.shared["seeds"] += stage.made
+        if stage.failed and not self.stops.received:
+            print(f"warning: shared pretraining failed for {', '.join(stage.failed)}; those trainings pretrain "
+                  "themselves", file=sys.stderr)
+
+    def _pretrain_search_seeds(self, parent) -> None:
+        from adin_core.repeats import seed_list
+
+        space = self.plan.space
+        if not space.shares_pretraining:
+            return
+        config = space.some_config()
+        seeds = seed_list(config, space.search.seeds)
+        self._pretrain([(config, seeds)] * space.search.num_samples, evaluate=True, name="pretrain-search")
+
     # --- tracking ----------------------------------------------------------------------------------------------
     def _open_parent(self, queue, ray_info: dict[str, Any]):
         from orchestrator.tracking import SweepRun, code_version, experiment_id
@@ -346,6 +378,7 @@ class Sweep:
             S.SELECT: json.dumps([t.uri for t in plan.select]), S.REPORT: json.dumps([t.uri for t in plan.report]),
             S.TARGET_NAMES: json.dumps(targets), S.STORAGE: plan.storage, S.OVERRIDES: json.dumps(plan.overrides),
             S.OBJECTIVE_METRIC: plan.space.objective.metric, S.OBJECTIVE_MODE: plan.space.objective.mode,
+            S.PROMOTE_SE: str(plan.space.search.promote_se),
             S.DATA_VERSIONS: json.dumps({u: f"{d['dataset']}/{d['version']}" for u, d in plan.data_versions.items()}),
             S.SWEEP_STATE: "running"})
         space = plan.space
@@ -391,7 +424,7 @@ class Sweep:
     # --- the outcome -------------------------------------------------------------------------------------------
     def _report(self, results, parent, tracking) -> tuple[str, int]:
         from orchestrator.progress import format_table
-        from orchestrator.results import pick_winner, rank, rows_from_results
+        from orchestrator.results import choose_winner, rank, rows_from_results
 
         plan = self.plan
         rows = rows_from_results(results, plan.space, self._checkpoint_uri)
@@ -403,9 +436,9 @@ class Sweep:
         print(f"\nleaderboard ({metric}, {plan.space.objective.mode}"
               + (f"; mean over {plan.space.search.seeds} seeds +/- standard error)" if plan.space.search.seeds > 1
                  else ")"))
-        print(format_table(["trial", "outcome", "evals", metric, "probe camera", *names],
+        print(format_table(["trial", "outcome", "evals", metric, "probe camera", *names, "start"],
                            [[r.trial, r.outcome, r.evals, _objective_cell(r), "-" if r.probe is None else
-                             f"{r.probe:.3f}", *[r.params.get(n, "") for n in names]]
+                             f"{r.probe:.3f}", *[r.params.get(n, "") for n in names], r.start_point or "-"]
                             for r in rank(rows, plan.space.objective)]))
         for r in rows:
             if r.note:
@@ -419,7 +452,8 @@ class Sweep:
             print(f"\ninterrupted (exit {code}) with {done} of {plan.space.search.num_samples} trials done; the sweep "
                   f"is marked partial. Continue with:\n  {plan.resume_command()}", file=sys.stderr)
             return "KILLED", code
-        winner = pick_winner(rows, plan.space.objective)
+        choice = choose_winner(rows, plan.space.objective, plan.space.search.promote_se)
+        winner = choice.row
         if winner is None:
             failed = sum(r.outcome == "failed" for r in rows)
             diverged = sum(r.outcome == "diverged" for r in rows)
@@ -427,6 +461,7 @@ class Sweep:
                   f"{len(rows) - failed - diverged} stopped early); nothing to export. The trials' errors are in "
                   f"{plan.sweep_uri}/*/error.txt", file=sys.stderr)
             return "FAILED", EXIT_NO_TRIAL
+        print(f"\nwinner: trial {winner.trial}, {choice.why(plan.space.search.promote_se)}")
         self._summarise_winner(parent, rows, winner)
         self.t["verified"] = self.t["winner"] = time.perf_counter()
         if plan.space.verify.seeds:
@@ -434,24 +469,31 @@ class Sweep:
             if outcome is not None:
                 return outcome
         self.t["end"] = time.perf_counter()
-        t = self.t
+        t, shared = self.t, self.shared
+        shared["used_epochs"] += sum(float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results)
         timing = {"timing/checks_s": t["checked"] - t["start"], "timing/ray_start_s": t["ray"] - t["checked"],
-                  "timing/trials_s": t["fit"] - t["ray"], "timing/verification_s": t["verified"] - t["winner"],
+                  "timing/pretraining_s": t["pretrained"] - t["ray"],  # the search's; the verification's is in its own
+                  "timing/trials_s": t["fit"] - t["pretrained"], "timing/verification_s": t["verified"] - t["winner"],
                   "timing/wrap_up_s": t["end"] - t["fit"] - (t["verified"] - t["winner"]),
-                  "timing/total_s": t["end"] - t["start"]}
+                  "timing/total_s": t["end"] - t["start"],
+                  "pretraining/seed_epochs_saved": shared["used_epochs"] - shared["trained_epochs"]}
         waits = sorted(tracking.result_seconds)  # what each result held Tune's loop in the MLflow callback
         if waits:
             timing.update({"timing/tracking_result_ms_median": 1000 * waits[len(waits) // 2],
                            "timing/tracking_result_ms_max": 1000 * waits[-1]})
         parent.log_metrics(timing, step=int(time.time()))  # a resumed sweep adds a point, it does not overwrite
         k = plan.space.search.seeds
-        print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s,"
-              f" trials {timing['timing/trials_s']:.1f} s (repeats: {100 * (k - 1) / k:.0f}% of it, {k} seeds a trial),"
-              f" verification {timing['timing/verification_s']:.1f} s "
+        sharing = (f"shared pretraining {timing['timing/pretraining_s']:.1f} s ({shared['seeds']} seed(s) pretrained "
+                   f"once in all, {shared['trained_epochs']:g} seed-epochs; the trainings that started from them did "
+                   f"not retrain {timing['pretraining/seed_epochs_saved']:g} seed-epochs), "
+                   if shared["used_epochs"] else "")
+        print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s, "
+              f"{sharing}trials {timing['timing/trials_s']:.1f} s (repeats: {100 * (k - 1) / k:.0f}% of it, {k} seeds a "
+              f"trial), verification {timing['timing/verification_s']:.1f} s "
               f"({100 * timing['timing/verification_s'] / max(timing['timing/total_s'], 1e-9):.0f}% of the sweep), "
-              f"wrap-up {timing['timing/wrap_up_s']:.1f} s"
+              f"wrap-up {timing['timing/wrap_up_s']:.1f} s, total {timing['timing/total_s']:.0f} s"
               + (f"; MLflow tracking held Tune's loop {timing['timing/tracking_result_ms_median']:.1f} ms a result "
-                 f"(median of {len(waits)}, max {timing['timing/tracking_result_ms_max']:.1f})" if waits else ""))
+                 f"(median of {len(waits)}, max {timing['timing/tracking_result_ms_max']:.1f} ms)" if waits else ""))
         from orchestrator.tracking import ui_url
 
         uri = plan.tracking_uri
@@ -466,31 +508,44 @@ class Sweep:
         return "FINISHED", EXIT_OK
 
     def _verify(self, parent, winner) -> tuple[str, int] | None:
-        """Retrain winner, baseline and the paper's default on fresh seeds; log the paired differences. Returns an
-        outcome when it was interrupted or failed (the search's result stays, unverified)."""
+        """Retrain the arms on fresh seeds, in rounds (orchestrator.verify); log the paired differences. Returns an
+        outcome when it was interrupted (the search's result stays, unverified)."""
         from orchestrator import verify
         from orchestrator.progress import ProgressTable
         from orchestrator.tracking import schema as S
 
-        plan = self.plan
-        print(f"\nverifying the winner: winner, baseline and the paper's default ADIN on {plan.space.verify.seeds} "
-              "fresh seeds, scored on the report targets", flush=True)
+        plan, settings = self.plan, self.plan.space.verify
+        arms = ", ".join(verify.ARM_NAMES[a] for a in verify.trained_arms(plan, winner.params))
+        more = (f", then {settings.step} more at a time up to {settings.max_seeds} until winner - baseline is "
+                f"distinguishable ({100 * settings.level:.4g}% intervals: {settings.looks} looks)"
+                if settings.max_seeds > settings.seeds else "")
+        print(f"\nverifying the winner: {arms} on {settings.seeds} fresh seeds{more}; scored on the report targets",
+              flush=True)
         callbacks: list = [_signal_watcher(self.stops, plan.sweep)]
         if not plan.quiet:
             callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm", "seed_index"], every_s=30.0))
-        results = verify.build(plan, winner.params, callbacks).fit()
+        seeds = verify.verification_seeds(plan, winner.params)
+
+        def pretrain(indices: list[int]) -> None:
+            consumers = [(verify.arm_config(plan, arm, winner.params), [seeds[k] for k in indices])
+                         for arm in verify.trained_arms(plan, winner.params)]
+            self._pretrain(consumers, evaluate=False, name="pretrain-verify")
+
+        try:
+            outcome = verify.run(plan, winner.params, callbacks, stopped=lambda: bool(self.stops.received),
+                                 pretrain=pretrain, log=print)
+        except verify.VerificationError as exc:
+            self.t["verified"] = time.perf_counter()
+            print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
+            parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})
+            return None
         self.t["verified"] = time.perf_counter()
-        if self.stops.received:
+        if outcome is None:
             code = EXIT_SIGNAL.get(self.stops.received, 130)
             print(f"\ninterrupted during the verification (exit {code}); the search is done. Continue with:\n"
                   f"  {plan.resume_command()}", file=sys.stderr)
             return "KILLED", code
-        try:
-            outcome = verify.collect(results, plan.space.verify.seeds)
-        except verify.VerificationError as exc:
-            print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
-            parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})
-            return None
+        self.shared["used_epochs"] += outcome.shared_epochs
         print(f"verification on {outcome.seeds} fresh seeds, report-target mAP:")
         for line in outcome.lines():
             print(f"  {line}")
@@ -511,7 +566,7 @@ class Sweep:
         model, config = model_from_state(state)
         size = (config.image_height, config.image_width)
         scores = score_targets(model, [open_target(t, size) for t in plan.report], config)
-        print(f"\nwinner: trial {winner.trial}  {plan.space.objective.metric} {winner.objective:.4f}")
+        print(f"  {plan.space.objective.metric} {winner.objective:.4f}")
         for name, s in scores.items():
             print(f"  report target {name}: mAP {s['mAP']:.4f}  rank-1 {s['rank1']:.4f}")
         parent.set_tags({S.BEST_TRIAL: winner.trial, S.BEST_CHECKPOINT: winner.checkpoint})

@@ -42,7 +42,7 @@ PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bo
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer (DESIGN 3)
 MAX_WORKER_FAILURES = 2  # Train restarts a trial's worker group this often from its last checkpoint
-VERIFY_SEED_OFFSET = 1000  # verification seeds: fresh, never the search's (config.seed + k, k < search.seeds)
+SHARED_PREFIX = "pretraining/"  # pretraining/shared_seeds, pretraining/shared_epochs: what a trial did not train
 
 
 def open_target(target: "Target", image_size: tuple[int, int]) -> EvalTarget:
@@ -91,16 +91,18 @@ class TrialProgress:
         except FileNotFoundError:
             return {}
 
-    def start(self, resumed_from_step: int, previous: dict[str, Any]) -> None:
-        """Called once the checkpoint (if any) is loaded; `previous` is what the last attempt recorded."""
-        self.resumed_from_step = resumed_from_step
+    def start(self, step: int, previous: dict[str, Any]) -> None:
+        """Called once the checkpoint or the shared pretraining (if any) is loaded, at the step this attempt starts
+        from; `previous` is what the last attempt recorded. A first attempt that starts from shared pretraining is no
+        restart: only a restart records the step it resumed from."""
         if previous:
-            redone = max(0, int(previous["step"]) - resumed_from_step)
+            redone = max(0, int(previous["step"]) - step)
+            self.resumed_from_step = step
             self.restarts = int(previous.get("restarts", 0)) + 1
             self.redone_steps = int(previous.get("redone_steps", 0)) + redone
-            print(f"[trial] restart {self.restarts}: resumed from step {resumed_from_step}; the last attempt had "
+            print(f"[trial] restart {self.restarts}: resumed from step {step}; the last attempt had "
                   f"reached step {previous['step']}, so {redone} steps are redone", flush=True)
-        self.write(resumed_from_step, force=True)
+        self.write(step, force=True)
 
     def write(self, step: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -131,6 +133,16 @@ class RaySink:
     def __init__(self, rank: int, progress: TrialProgress | None, stats: RetryStats, upload: Callable) -> None:
         self.rank, self.progress, self.stats, self.upload = rank, progress, stats, upload
         self.history: list[dict[str, Any]] = []  # rank 0: the reports so far, oldest first
+        self.extra: dict[str, float] = {}  # on every report: the shared pretraining the trial started from
+        self._unsent: list[dict[str, Any]] = []  # reports made before this run's first, sent with it
+
+    def adopted(self, replayed: list[dict[str, Any]], extra: dict[str, float]) -> None:
+        """The trial started from shared pretraining: the evaluations made inside it (aggregated over the seeds)
+        are this trial's first reports, sent with its first own one as schema.REPLAY, and kept in every
+        checkpoint's history like the others."""
+        self.history = [dict(r, **extra) for r in replayed]
+        self._unsent = list(self.history)
+        self.extra = dict(extra)
 
     def on_check(self, trainer: ADINTrainer, report: CheckReport) -> None:
         if self.progress is not None:
@@ -145,12 +157,18 @@ class RaySink:
             if self.rank == 0:
                 if self.progress is not None:
                     metrics.update(self.progress.metrics())
+                metrics.update(self.extra)
                 for k, trainer in enumerate(trainers):
                     torch.save(trainer.state_dict(), os.path.join(tmp, state_file(k)))
                 self.history.append(_plain(metrics))
                 with open(os.path.join(tmp, REPORTS_FILE), "w") as fh:
                     json.dump(self.history, fh)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                if self._unsent:
+                    from orchestrator.tracking import schema
+
+                    metrics[schema.REPLAY] = json.dumps(self._unsent)
+                    self._unsent = []
 
             def upload(ckpt, dir_name: str):
                 persisted = self.upload(ckpt, dir_name)
@@ -184,6 +202,7 @@ class RaySink:
         metrics: dict[str, Any] = {}
         if self.rank == 0:
             self.history = list(history)
+            self.extra = {k: v for k, v in history[-1].items() if k.startswith(SHARED_PREFIX)}
             metrics = dict(history[-1], checkpoint_path=checkpoint.path,
                            **{schema.REPLAY: json.dumps(history[:-1])})
             if self.progress is not None:
@@ -284,6 +303,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         for trainer, state in zip(trainers, states):
             trainer.load_state_dict(state)
         group.restored()
+    else:
+        _start_from_shared_pretraining(plan, config, seeds, trainers, group, sink, storage_retry,
+                                       evaluate=not loop_config.get("report"))
     if progress is not None:
         progress.start(trainers[0].schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
     if history:  # every rank read the same checkpoint, so every rank makes this report
@@ -292,6 +314,32 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         group.run()
     except TrainingDiverged as exc:  # raised on every rank at the same check (the weights are the same)
         sink.diverged(exc)
+
+
+def _start_from_shared_pretraining(plan: "SweepPlan", config: TrainConfig, seeds: list[int],
+                                   trainers: list[ADINTrainer], group: SeedGroup, sink: RaySink, storage_retry,
+                                   evaluate: bool) -> None:
+    """Every seed starts from its stored pretraining when all of them have one (orchestrator.pretraining); else
+    the trial pretrains itself, as it always could."""
+    from orchestrator import pretraining
+
+    locs = storage_retry(lambda: pretraining.available(plan, config, seeds, evaluate),
+                         what="looking for shared pretraining")
+    if not locs:
+        return
+    try:
+        loaded = [storage_retry(functools.partial(pretraining.load, loc), what=f"reading {loc.uri}") for loc in locs]
+        replayed = pretraining.replay([record for _, record in loaded], plan.space.objective.metric) if evaluate else []
+    except pretraining.SnapshotError as exc:
+        print(f"[trial] shared pretraining not used ({exc}); pretraining here", flush=True)
+        return
+    for trainer, (state, _) in zip(trainers, loaded):  # found by this config's own key: it serves all of them
+        trainer.adopt_pretraining(state)
+    group.restored()
+    epochs = sum(record["epochs"] for _, record in loaded)
+    sink.adopted(replayed, {f"{SHARED_PREFIX}shared_seeds": float(len(seeds)), f"{SHARED_PREFIX}shared_epochs": epochs})
+    print(f"[trial] started from shared pretraining: {len(seeds)} seed(s), {epochs:g} seed-epochs not retrained",
+          flush=True)
 
 
 def train_run_name(trial_id: str) -> str:
@@ -308,11 +356,10 @@ def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
 def run_verification(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
     """A verification trial: one arm (the winner, the baseline, the paper's default) on one of the fresh seeds,
     scored on the report targets at the end."""
-    from orchestrator.verify import arm_config
+    from orchestrator.verify import arm_config, verification_seeds
 
     config = arm_config(plan, tune_config["arm"], tune_config["params"])
-    seeds = seed_list(config, plan.space.verify.seeds, offset=VERIFY_SEED_OFFSET)
-    _train(plan, config, [seeds[tune_config["seed_index"]]], report=True)
+    _train(plan, config, [verification_seeds(plan, tune_config["params"])[tune_config["seed_index"]]], report=True)
 
 
 def _train(plan: "SweepPlan", config: TrainConfig, seeds: list[int], *, report: bool) -> None:

@@ -1,39 +1,47 @@
-"""Is the winner really better than not using ADIN at all? After the search, three arms are retrained on fresh seeds
-(never the search's) and scored on the report targets (never used to choose):
+"""Is the winner really better than not using ADIN at all, and no worse than what we ship? After the search, the
+arms are retrained on fresh seeds (never the search's) and scored on the report targets (never used to choose):
 
 * `winner`: the winning trial's parameters;
 * `baseline`: the same parameters with `adv_loss: none` (identity only; everything else equal);
-* `paper_default`: the space's fixed values with the paper's CaNE (`adin_core.config.PAPER_CANE`).
+* `default`: the shipped default ADIN, TrainConfig's defaults under the space's fixed values (when the winner is
+  that very config it is not trained twice: winner - default is then exactly 0);
+* `paper` (when `verify.arms` asks): the paper's CaNE (`adin_core.config.PAPER_CANE`).
 
-The arms share seeds, so the differences winner - baseline and winner - paper_default are paired: each is given
-with a paired-t 95% interval and a sign count, printed, logged on the sweep's run and written into the model card,
-e.g. "winner - baseline: +0.031 mAP [+0.012, +0.050], 5/5 seeds", or "... : not distinguishable".
+The arms share seeds, so winner - baseline and winner - default are paired differences, given with a paired-t
+interval and a sign count, printed, logged on the sweep's run and written into the model card.
 
-Each (arm, seed) is its own Tune trial, not each arm, so a cluster with room for arms x seeds trials verifies in
-the time of one training instead of `seeds` trainings in turn. On 2 cores it gains nothing: 1080 s for 3 x 3 on
-the README's main job against about 1030 s expected from arm-sized trials (measured on a machine 1.75x slower
-than the one that timed those at 589 s); an arm left alone there ran faster, so the "idle" slot was not idle.
+Seeds are added in rounds (`verify.seeds`, then `verify.step` more at a time) until the winner - baseline interval
+excludes 0 or `verify.max_seeds` have run. Reading a verdict after every round and stopping when it looks
+distinguishable would make "distinguishable" too easy, so each look's interval is at 1 - 0.05 / looks (Bonferroni
+over the planned looks): the verdict keeps a 5% error rate however many rounds it takes. The verdict also gives the
+smallest gain its seeds could have shown (80% power at that level, at the measured seed-to-seed sd): "not
+distinguishable" then says how small an effect could have hidden.
 
-A verification trial is scored once, at its end (`Evaluator.score_during`): only that score counts, and scoring
-every 2 epochs was a third of a benchmark training. It still reports (and checkpoints) at the space's cadence, so
-a lost worker resumes where it was. On the main job: 379 s -> 296 s, the same report mAP on every seed.
+Each (arm, seed) is its own Tune trial, so a cluster with room for them all verifies a round in the time of one
+training. A verification trial is scored once, at its end (`Evaluator.score_during`); its reports before that
+only checkpoint, so a lost worker resumes where it was. Shared pretraining (orchestrator.pretraining) serves the
+arms of a seed that pretrain alike: the winner, its baseline and, in a thresholds space, the default.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from adin_core.config import PAPER_CANE, TrainConfig
 from adin_core.evaluation import REPORT_MAP
-from adin_core.stats import Paired
+from adin_core.repeats import seed_list
+from adin_core.stats import Paired, detectable_effect
 from orchestrator.plan import SweepPlan
-from orchestrator.space import make_train_config
+from orchestrator.space import VERIFY_ARMS, make_train_config
 
-ARMS = ("winner", "baseline", "paper_default")
-EXPERIMENT = "verify"  # <storage>/<sweep>/verify: the verification's own Tune experiment
+VERIFY_SEED_OFFSET = 1000  # verification seeds: fresh, never the search's (config.seed + k, k < search.seeds)
+EXPERIMENT = "verify"  # <storage>/<sweep>/verify-r<round>: each round's own Tune experiment
+POWER = 0.8
+ARM_NAMES = {"winner": "winner", "baseline": "baseline", "default": "shipped default", "paper": "paper's CaNE"}
 
 
 def arm_config(plan: SweepPlan, arm: str, params: dict[str, Any]) -> TrainConfig:
@@ -42,39 +50,88 @@ def arm_config(plan: SweepPlan, arm: str, params: dict[str, Any]) -> TrainConfig
         return space.train_config(params)
     if arm == "baseline":
         return space.train_config(params).replace(adv_loss="none")
-    if arm == "paper_default":
+    if arm == "default":
+        return make_train_config(space.fixed, {}, space.training.epochs)
+    if arm == "paper":
         return make_train_config({**space.fixed, **PAPER_CANE}, {}, space.training.epochs)
-    raise ValueError(f"unknown verification arm {arm!r}; choose one of {list(ARMS)}")
+    raise ValueError(f"unknown verification arm {arm!r}; choose one of {list(VERIFY_ARMS)}")
+
+
+def verification_seeds(plan: SweepPlan, params: dict[str, Any]) -> list[int]:
+    """The fresh seeds, shared by every arm (the arms' configs share their `seed` field)."""
+    return seed_list(arm_config(plan, "winner", params), plan.space.verify.max_seeds, offset=VERIFY_SEED_OFFSET)
+
+
+def trained_arms(plan: SweepPlan, params: dict[str, Any]) -> tuple[str, ...]:
+    """The arms that need training: the default is not trained again when the winner is it."""
+    arms = plan.space.verify.arms
+    if "default" in arms and arm_config(plan, "default", params) == arm_config(plan, "winner", params):
+        return tuple(a for a in arms if a != "default")
+    return arms
 
 
 @dataclass(frozen=True)
 class Verification:
     seeds: int
     per_seed: dict[str, list[float]]  # arm -> report_mAP on each fresh seed
-    versus_baseline: Paired
-    versus_paper_default: Paired
+    versus: dict[str, Paired]  # other arm -> winner - it
+    looks: int
+    default_is_winner: bool = False
+    rounds: list[int] = field(default_factory=list)  # seeds after each round
+    shared_epochs: float = 0.0  # seed-epochs the arms did not train: they started from shared pretraining
+
+    @property
+    def versus_baseline(self) -> Paired:
+        return self.versus["baseline"]
+
+    @property
+    def detectable(self) -> float:
+        """The smallest winner - baseline gain these seeds would show 80% of the time at this look's level."""
+        return detectable_effect(self.versus_baseline.sd, self.seeds, alpha=1 - self.versus_baseline.level,
+                                 power=POWER)
+
+    @property
+    def lost_to_baseline(self) -> bool:
+        p = self.versus_baseline
+        return p.mean < 0 and p.positive * 2 < len(p.diffs)
 
     def lines(self) -> list[str]:
-        return [f"winner - baseline:      {self.versus_baseline.summary()}",
-                f"winner - paper default: {self.versus_paper_default.summary()}"]
+        width = max(len(ARM_NAMES[a]) for a in self.versus) + len("winner - ")
+        out = []
+        for arm, paired in self.versus.items():
+            label = f"winner - {ARM_NAMES[arm]}:".ljust(width + 1)
+            if arm == "default" and self.default_is_winner:
+                out.append(f"{label} +0.000 mAP: the winner is the shipped default")
+            else:
+                out.append(f"{label} {paired.summary()}")
+        looks = f" over {len(self.rounds)} of up to {self.looks} looks" if self.looks > 1 else ""
+        out.append(f"{self.seeds} fresh seeds{looks}: a gain over the baseline of {self.detectable:.3f} mAP or more "
+                   f"would have shown {POWER:.0%} of the time (seed-to-seed sd {self.versus_baseline.sd:.3f})")
+        if self.lost_to_baseline:
+            out.insert(0, f"WARNING: the winner scored below the identity-only baseline on {len(self.per_seed['winner']) - self.versus_baseline.positive} of "
+                          f"{self.seeds} fresh seeds")
+        return out
 
     def metrics(self) -> dict[str, float]:
         out = {f"verify/{arm}/{REPORT_MAP}": sum(v) / len(v) for arm, v in self.per_seed.items()}
-        for name, p in (("winner_minus_baseline", self.versus_baseline),
-                        ("winner_minus_paper_default", self.versus_paper_default)):
+        for arm, p in self.versus.items():
+            name = f"winner_minus_{arm}"
             out.update({f"verify/{name}": p.mean, f"verify/{name}_low": p.low, f"verify/{name}_high": p.high,
                         f"verify/{name}_positive": float(p.positive)})
+        out.update({"verify/seeds": float(self.seeds), "verify/looks": float(len(self.rounds)),
+                    "verify/detectable_mAP": self.detectable})
         return out
 
     def record(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "metric": REPORT_MAP, "per_seed": self.per_seed,
-                "winner_minus_baseline": self.versus_baseline.as_dict(),
-                "winner_minus_paper_default": self.versus_paper_default.as_dict(),
-                "summary": self.lines()}
+        return {"seeds": self.seeds, "metric": REPORT_MAP, "per_seed": self.per_seed, "rounds": self.rounds,
+                "planned_looks": self.looks, "level": self.versus_baseline.level, "detectable": self.detectable,
+                "default_is_winner": self.default_is_winner, "lost_to_baseline": self.lost_to_baseline,
+                **{f"winner_minus_{arm}": p.as_dict() for arm, p in self.versus.items()}, "summary": self.lines()}
 
 
-def build(plan: SweepPlan, winner_params: dict[str, Any], callbacks: list):
-    """The verification's Tuner: one trial per (arm, fresh seed), restored if a resumed sweep had started it."""
+def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int],
+                callbacks: list):
+    """One round's Tuner: a trial per (trained arm, fresh seed index), restored if a resumed sweep had started it."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -83,36 +140,78 @@ def build(plan: SweepPlan, winner_params: dict[str, Any], callbacks: list):
 
     trainable = tune.with_resources(tune.with_parameters(run_verification, plan=plan), TRIAL_DRIVER_RESOURCES)
     path, fs = tune_storage(plan.sweep_uri, plan.retry_budget_s)
-    exp = os.path.join(path, EXPERIMENT) if fs is None else f"{path}/{EXPERIMENT}"
+    name = f"{EXPERIMENT}-r{round_index}"
+    exp = os.path.join(path, name) if fs is None else f"{path}/{name}"
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
         return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
     return tune.Tuner(
-        trainable, param_space={"arm": tune.grid_search(list(ARMS)),
-                                "seed_index": tune.grid_search(list(range(plan.space.verify.seeds))),
-                                "params": dict(winner_params)},
+        trainable, param_space={"arm": tune.grid_search(list(trained_arms(plan, winner_params))),
+                                "seed_index": tune.grid_search(seed_indices), "params": dict(winner_params)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=path, storage_filesystem=fs, verbose=0,
+        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
                                   callbacks=[JsonLoggerCallback(), *callbacks],
                                   failure_config=tune.FailureConfig(max_failures=1)))
 
 
-def collect(results, seeds: int) -> Verification:
-    """The arms' report mAP per fresh seed (one trial each), and the paired differences."""
-    per_seed: dict[str, dict[int, float]] = {arm: {} for arm in ARMS}
+def collect(results, per_seed: dict[str, dict[int, float]]) -> float:
+    """A round's report mAP per (arm, seed index), into `per_seed`; returns the seed-epochs its trials started from
+    shared pretraining."""
+    shared = 0.0
     for r in results:
         m, config = r.metrics or {}, r.config or {}
         arm, k = config.get("arm"), config.get("seed_index")
-        if r.error or arm not in ARMS or not m.get("final"):
-            raise VerificationError(f"verification arm {arm!r}, seed {k}, did not finish"
-                                    + (f": {str(r.error).splitlines()[0][:300]}" if r.error else ""))
-        per_seed[arm][int(k)] = float(m[REPORT_MAP])
-    missing = [f"{arm} seed {k}" for arm in ARMS for k in range(seeds) if k not in per_seed[arm]]
+        if r.error or arm not in VERIFY_ARMS or not m.get("final"):
+            why = (str(r.error).splitlines()[0][:300] if r.error else m.get("diverged_reason", "stopped early"))
+            raise VerificationError(f"verification arm {arm!r}, seed {k}, did not finish: {why}")
+        per_seed.setdefault(arm, {})[int(k)] = float(m[REPORT_MAP])
+        shared += float(m.get("pretraining/shared_epochs", 0.0))
+    return shared
+
+
+def verdict(plan: SweepPlan, winner_params: dict[str, Any], per_seed: dict[str, dict[int, float]],
+            rounds: list[int], shared_epochs: float = 0.0) -> Verification:
+    """The paired differences over the seeds run so far, at this look's level."""
+    settings = plan.space.verify
+    n = rounds[-1]
+    default_is_winner = "default" in settings.arms and "default" not in trained_arms(plan, winner_params)
+    missing = [f"{arm} seed {k}" for arm in trained_arms(plan, winner_params) for k in range(n)
+               if k not in per_seed.get(arm, {})]
     if missing:
         raise VerificationError(f"verification has no result for {', '.join(missing)}")
-    values = {arm: [per_seed[arm][k] for k in range(seeds)] for arm in ARMS}
-    return Verification(seeds, values, Paired.of(values["winner"], values["baseline"]),
-                        Paired.of(values["winner"], values["paper_default"]))
+    values = {arm: [per_seed[arm][k] for k in range(n)] for arm in trained_arms(plan, winner_params)}
+    if default_is_winner:
+        values["default"] = list(values["winner"])
+    versus = {arm: Paired.of(values["winner"], values[arm], level=settings.level)
+              for arm in settings.arms if arm != "winner"}
+    return Verification(n, values, versus, settings.looks, default_is_winner, list(rounds), shared_epochs)
+
+
+def run(plan: SweepPlan, winner_params: dict[str, Any], callbacks: list, *, stopped: Callable[[], bool],
+        pretrain: Callable[[list[int]], None], log=print) -> Verification | None:
+    """The rounds: each trains its new seeds' arms (their shared pretraining first), then reads the verdict; None
+    when a stop signal ended a round (the search's result stands, unverified)."""
+    settings = plan.space.verify
+    per_seed: dict[str, dict[int, float]] = {}
+    rounds: list[int] = []
+    done, shared = 0, 0.0
+    while done < settings.max_seeds:
+        new = list(range(done, min(settings.max_seeds, done + (settings.seeds if not rounds else settings.step))))
+        pretrain(new)
+        if stopped():
+            return None
+        results = build_round(plan, winner_params, len(rounds), new, callbacks).fit()
+        if stopped():
+            return None
+        shared += collect(results, per_seed)
+        done = new[-1] + 1
+        rounds.append(done)
+        outcome = verdict(plan, winner_params, per_seed, rounds, shared)
+        if outcome.versus_baseline.distinguishable or done >= settings.max_seeds:
+            return outcome
+        log(f"  after {done} seeds: winner - baseline {outcome.versus_baseline.summary()}; "
+            f"{min(settings.step, settings.max_seeds - done)} more seeds")
+    return verdict(plan, winner_params, per_seed, rounds, shared)
 
 
 class VerificationError(RuntimeError):
@@ -123,4 +222,5 @@ def to_json(v: Verification) -> str:
     return json.dumps(v.record())
 
 
-__all__ = ["ARMS", "Verification", "VerificationError", "arm_config", "build", "collect"]
+__all__ = ["EXPERIMENT", "VERIFY_SEED_OFFSET", "Verification", "VerificationError", "arm_config", "build_round",
+           "collect", "run", "trained_arms", "verdict", "verification_seeds"]

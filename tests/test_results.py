@@ -49,3 +49,46 @@ def test_a_diverged_trial_or_a_non_finite_objective_never_wins():
             TrialRow("c", 0.1, "finished", 4, checkpoint="/c/c")]
     assert pick_winner(rows, Objective()).trial == "c"
     assert pick_winner(rows[:2], Objective()) is None
+
+
+def _paired(trial, per_seed, start="", outcome="finished"):
+    return TrialRow(trial, sum(per_seed) / len(per_seed), outcome, 4, checkpoint=f"/c/{trial}",
+                    per_seed=tuple(per_seed), start_point=start)
+
+
+def test_the_start_point_stays_the_winner_unless_a_trial_leads_it_by_more_than_its_standard_errors():
+    """The best of many noisy trials is mostly the luckiest: a trial replaces the best start point only when its
+    paired lead exceeds promote_se standard errors (the larger of its own and the pooled one)."""
+    from orchestrator.results import choose_winner
+
+    start = _paired("s", [0.40, 0.30], start="defaults")
+    lucky = _paired("a", [0.47, 0.31])  # +0.04 on average, but +0.07 and +0.01: se 0.03
+    steady = _paired("b", [0.46, 0.36])  # +0.06 on both seeds: its own se is 0, the pooled one is not
+    worse = _paired("c", [0.35, 0.25])
+    choice = choose_winner([start, lucky, worse], Objective(), promote_se=2.0)
+    assert choice.row is start and choice.held_back == ("a",)
+    assert "the start point `defaults`" in choice.why(2.0) and "stay behind it: a" in choice.why(2.0)
+    choice = choose_winner([start, lucky, steady, worse], Objective(), promote_se=1.0)
+    pooled = ((0.06 ** 2 / 2) + 0 + 0) / 3  # variances of the leads: a 0.0018, b 0, c 0
+    assert choice.row is steady and choice.se == pytest.approx((pooled / 2) ** 0.5)
+    assert "ahead of the start point `defaults` by +0.0600" in choice.why(1.0)
+    assert choose_winner([start, lucky, steady], Objective(), promote_se=0.0).row is steady  # plain best then
+    # a pruned or failed start point is no incumbent: the best finished trial wins, as without start points
+    assert choose_winner([_paired("s", [0.9, 0.9], "defaults", "pruned"), lucky, worse], Objective(), 2.0).row is lucky
+    # minimising: a lead is a decrease
+    low = _paired("d", [0.20, 0.10])
+    assert choose_winner([_paired("s", [0.4, 0.3], "defaults"), low], Objective("m", "min"), 0.0).row is low
+
+
+def test_the_winner_is_never_worse_than_the_best_start_point():
+    import random
+
+    from orchestrator.results import choose_winner
+
+    rng = random.Random(0)
+    for _ in range(200):
+        rows = [_paired(f"t{i}", [rng.random(), rng.random()], start="defaults" if i < 2 else "")
+                for i in range(8)]
+        best_start = max(r.objective for r in rows if r.start_point)
+        for se in (0.0, 1.0, 2.0):
+            assert choose_winner(rows, Objective(), se).row.objective >= best_start - 1e-12

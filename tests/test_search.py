@@ -66,3 +66,48 @@ def test_evaluations_a_resumed_trial_resends_are_recorded_once_without_warnings(
     search.on_trial_complete("t1", _result(0.18, 3, 2, final=True))
     (trial,) = search._ot_study.trials
     assert trial.intermediate_values == pytest.approx({1: 0.10, 2: 0.12})  # the study's own value of 1 is kept
+
+
+def test_start_points_are_the_first_trials_and_carry_their_names():
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("beta", 0.01, 1.0, log=True)
+
+    search = StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="s",
+                         storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0),
+                         start_points=[("defaults", {"beta": 0.1}), ("start1", {"beta": 0.5})])
+    first, second, third = search.suggest("t1"), search.suggest("t2"), search.suggest("t3")
+    assert first == {"beta": 0.1, S.START_POINT_KEY: "defaults"}
+    assert second == {"beta": 0.5, S.START_POINT_KEY: "start1"}
+    assert S.START_POINT_KEY not in third
+    assert [t.user_attrs.get("start_point") for t in search._ot_study.trials] == ["defaults", "start1", None]
+
+
+def test_asha_records_a_start_points_results_but_never_stops_it():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from orchestrator.search import StartPointASHA
+
+    asha = StartPointASHA(time_attr=S.EVALUATION, max_t=8, grace_period=2, reduction_factor=2, metric="m",
+                          mode="max")
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={S.START_POINT_KEY: "defaults"} if i == 0 else {})
+              for i in range(3)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, trials[1], {S.EVALUATION: 2, "m": 0.9}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, trials[2], {S.EVALUATION: 2, "m": 0.8}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, trials[0], {S.EVALUATION: 2, "m": 0.1}) == TrialScheduler.CONTINUE  # protected
+
+
+def test_a_trial_stopped_at_its_first_report_keeps_the_evaluations_it_resent_with_it():
+    """A trial that started from shared pretraining sends the evaluations made inside it with its first report;
+    when ASHA stops it right there, that report reaches only on_trial_complete."""
+    import json
+
+    search = _search()
+    search.suggest("t1")
+    search.on_trial_complete("t1", dict(_result(0.20, 2, 1), **{S.REPLAY: json.dumps([_result(0.12, 1, 1)])}))
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == pytest.approx({1: 0.12, 2: 0.20})

@@ -87,10 +87,38 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
     ("verify.colour", 1, r"verify.colour: unknown key"),
     ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
     ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
+    # start points: inside the space, naming searched parameters, valid configs
+    ("search.start_from", "defaults", r"search.start_from: must be a list of points"),
+    ("search.start_from", [{"beta": 20.0}], r"start_from\[0\].beta: 20.0 lies outside the searched range 0.1..10"),
+    ("search.start_from", [{"lr_heads": 0.2}], r"start_from\[0\].lr_heads: is not a searched parameter"),
+    ("search.start_from", [{"adv_loss": "ne", "prior_temperature": 1.0}],
+     r"start_from\[0\].prior_temperature: does not apply: its `when:` condition does not hold there"),
+    ("search.start_from", [{"adv_loss": "rg"}], r"start_from\[0\].adv_loss: 'rg' is not among its choices"),
+    ("search.start_from", ["defaults", {"beta": 0.1}], r"start_from\[1\]: repeats an earlier start point"),
+    ("search.start_from", [42], r"start_from\[0\]: must be `defaults` or a mapping"),
+    ("search.promote_se", -1, r"search.promote_se: must be >= 0"),
+    ("verify.arms", ["winner", "default"], r"verify.arms: must include winner and baseline"),
+    ("verify.arms", ["winner", "baseline", "oracle"], r"verify.arms: must list arms among"),
 ])
 def test_malformed_space_names_the_key(path, value, match):
     with pytest.raises(SpaceError, match=match):
         parse_space(with_(path, value), "space.yaml")
+
+
+def test_start_points_resolve_defaults_inside_the_space_and_say_where_a_default_falls_outside():
+    space = parse_space(with_("search.start_from", ["defaults", {"beta": 2.0, "adv_loss": "ne"}]), "space.yaml")
+    assert [(n, dict(p)) for n, p in space.search.start_from] == [
+        ("defaults", {"adv_loss": "kl", "prior_temperature": 1.0, "beta": 0.1}),
+        ("start1", {"adv_loss": "ne", "beta": 2.0})]  # prior_temperature applies only under kl
+    raw = with_("search.start_from", ["defaults"])
+    raw["parameters"]["beta"]["low"] = 0.5
+    with pytest.raises(SpaceError, match=r"start_from\[0\] \(defaults: beta's default\): 0.1 lies outside the "
+                                         r"searched range 0.5..10"):
+        parse_space(raw, "space.yaml")
+    with pytest.raises(SpaceError, match="names 3 points, more than the 2 trials"):
+        parse_space(dict(with_("search.start_from", ["defaults", {"beta": 1.0}, {"beta": 2.0}]),
+                         search={"num_samples": 2, "start_from": ["defaults", {"beta": 1.0}, {"beta": 2.0}]}),
+                    "space.yaml")
 
 
 def test_a_model_based_sampler_steers_at_least_half_the_trials_by_default():
@@ -209,7 +237,8 @@ def test_scheduler_override_from_the_command_line():
     off = space.with_overrides(_space_changes(space, {"--scheduler": "none"}))
     assert off.scheduler.type == "none"
     on = off.with_overrides(_space_changes(off, {"--scheduler": "asha"}))
-    assert on.scheduler.type == "asha" and on.scheduler.grace_period == 1  # defaults when the file has none
+    # defaults when the file has none: the first rung after pretraining (1.5 epochs), every parameter acting after it
+    assert on.scheduler.type == "asha" and on.scheduler.grace_period == 2
     assert not _space_changes(space, {"--scheduler": "asha"})  # the file's own ASHA settings are kept
 
 

@@ -269,3 +269,56 @@ def test_a_run_whose_weights_go_non_finite_stops_at_the_check_with_the_reason(be
     assert "adversarial" not in seen  # the diverged check reached no hook
     assert not trainer.weights_finite()
     assert fit(_config(epochs=1, pretrain_id_epochs=0.5, pretrain_nuisance_epochs=0.25), _data(bench)).history
+
+
+def _trained(bench, config, state=None):
+    trainer = ADINTrainer(config, _data(bench))
+    if state is not None:
+        trainer.adopt_pretraining(state)
+    result = trainer.run()
+    return trainer, result
+
+
+def test_a_run_that_adopts_shared_pretraining_is_the_run_that_trained_it_itself(bench):
+    """One `pretrain()` per seed serves every config of its pretraining_key: the thresholds, beta, the adversarial
+    loss and its calibration decide only from the pending check on. Each consumer ends bit-identical to the same
+    config trained from scratch (weights, optimisers, schedule, reports), the identity-only baseline included
+    (f_E and f_I; it keeps its own untouched f_N), so sharing changes no result."""
+    from adin_core.train import pretraining_key
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = _config(epochs=4, pretrain_id_epochs=1.5, pretrain_nuisance_epochs=0.5, seed=5)
+        producer = ADINTrainer(base, _data(bench))
+        state = producer.pretrain()
+        assert state["pending"] and producer.schedule.phase.value == "pretrain_nuisance"
+        assert state["schedule"]["step"] == producer.schedule.config.pretrain_id_steps + \
+            producer.schedule.config.pretrain_nuisance_steps
+        for changes in ({}, {"beta": 0.7, "i_trigger": 0.9, "n_trigger": 0.5}, {"adv_loss": "ne",
+                        "calibration": "class_prior"}, {"adv_loss": "none"}):
+            config = base.replace(**changes)
+            assert pretraining_key(config) == pretraining_key(base)
+            scratch, expected = _trained(bench, config)
+            shared, got = _trained(bench, config, state)
+            assert [(r.step, r.phase, r.next_phase, r.id_acc) for r in got.history[-len(expected.history):]] == \
+                [(r.step, r.phase, r.next_phase, r.id_acc) for r in expected.history], changes
+            a, b = scratch.state_dict(), shared.state_dict()
+            differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+            assert not differ, (changes, differ[:3])
+            assert a["schedule"]["phase_steps"] == b["schedule"]["phase_steps"], changes
+            if config.adversarial:
+                assert a["schedule"] == b["schedule"], changes
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_shared_pretraining_refuses_a_config_it_does_not_serve(bench):
+    base = _config(epochs=4, pretrain_id_epochs=1.5, pretrain_nuisance_epochs=0.5)
+    state = ADINTrainer(base, _data(bench)).pretrain()
+    for changes in ({"seed": 1}, {"lr_heads": 0.05}, {"freeze_encoder_for_nuisance": True},
+                    {"shuffle_nuisance": True}):
+        with pytest.raises(ValueError, match="pretraining_key"):
+            ADINTrainer(base.replace(**changes), _data(bench)).adopt_pretraining(state)
+    with pytest.raises(ValueError, match="identity-only"):
+        ADINTrainer(base.replace(adv_loss="none"), _data(bench)).pretrain()

@@ -92,7 +92,9 @@ class MLflowTrialCallback(LiveCallback):
         self.queue.submit(OpenRun(
             trial.trial_id, self.experiment_id, self.run_name(trial.trial_id, trial.config),
             find=((schema.PARENT, parent), (schema.TRIAL, trial.trial_id)),
-            tags=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_TRIAL)),
+            tags=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_TRIAL),
+                  *([(schema.START_POINT, trial.config[schema.START_POINT_KEY])]
+                    if (trial.config or {}).get(schema.START_POINT_KEY) else [])),
             params=items(redact(self.trial_params(trial.config)))),
             *[replace(i, key=trial.trial_id) for i in self.inputs if first])
 

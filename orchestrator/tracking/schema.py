@@ -24,6 +24,7 @@ PHASE = "adin.phase"  # the schedule's phase at the latest evaluation
 OUTCOME = "adin.outcome"  # finished | pruned (stopped early by the scheduler) | diverged | failed | killed
 OUTCOMES = ("finished", "pruned", "diverged", "failed", "killed")
 DIVERGED_REASON = "adin.diverged"  # why a diverged trial stopped (which seed, the step, its losses)
+START_POINT = "adin.start_point"  # the name of the known point a trial tried (search.start_from): `defaults`, ...
 
 # --- tags on a sweep's run ---------------------------------------------------------------------------------------
 SPACE_FILE = "adin.space_file"
@@ -42,6 +43,7 @@ BEST_TRIAL = "adin.best_trial"
 BEST_CHECKPOINT = "adin.best_checkpoint"
 OBJECTIVE_METRIC = "adin.objective"  # the space's objective metric name, and its mode
 OBJECTIVE_MODE = "adin.objective_mode"
+PROMOTE_SE = "adin.promote_se"  # the winner rule's margin (search.promote_se), for orchestrator.best
 
 # --- on the experiment ------------------------------------------------------------------------------------------
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's saved views of the runs table (the UI's "Views" menu)
@@ -51,6 +53,9 @@ def view_id(sweep: str) -> str:
     """The id of a sweep's saved view (the viewStateShareKey of its URL)."""
     return f"adin-{sweep}"
 
+
+# --- in a trial's Tune config -------------------------------------------------------------------------------------
+START_POINT_KEY = "start_point"  # beside the sampled parameters: which start point the trial is (StudySearch)
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 FINAL = "final"  # 1 on a trial's last report when it trained its whole budget

@@ -1,0 +1,257 @@
+"""Shared pretraining: each training seed's pretraining trained once, and every trial and verification arm it serves
+started from it.
+
+Until pretraining ends, configs that differ only in `adin_core.config.DECISION_FIELDS` (the thresholds, the
+adversarial loss, its weight and calibration) train the very same thing: the same f_E, f_I and f_N, the same
+optimiser state, RNG streams and data position. A thresholds sweep's trials and its verification arms are such
+configs, so each of them used to retrain the same pretraining on each of its seeds: about a third of all the
+seed-epochs of the main job. Here a stage of Ray Train runs (one per seed, like trials, with the trials' workers)
+trains it once (`ADINTrainer.pretrain`: up to the last pretraining check, before the decision it takes), and
+stores it under the sweep:
+
+    <storage>/<sweep>/pretrained/<key>/seed-<seed>/state.pt        the trainer's state, the check pending
+    <storage>/<sweep>/pretrained/<key>/seed-<seed>/snapshot.json   its sha256, what it serves, the reports of the
+                                                                   evaluations inside pretraining (written last)
+
+A trial finds the snapshots of its seeds by their key and starts from them (`ADINTrainer.adopt_pretraining`),
+exactly as if it had trained them itself (tests/test_train.py holds it to the bit); it resends the evaluations made
+inside pretraining as its own first reports, so its MLflow history, the study and ASHA see what they would have
+seen. The key holds everything that determines the snapshot: every training field but the decision ones (the
+seed included), the source's data version, the workers, the evaluation plan whose reports it carries and the
+snapshot format; so a different `fixed` value, dataset version or worker count never reuses one. A resumed or
+retried trial goes on from its own checkpoint; a snapshot missing or damaged only means that trial trains its
+pretraining itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from adin_core.config import TrainConfig
+from adin_core.repeats import aggregate
+from adin_core.train import pretraining_key
+from orchestrator.storage import location
+
+if TYPE_CHECKING:
+    from orchestrator.plan import SweepPlan
+
+FOLDER = "pretrained"
+STATE, SNAPSHOT = "state.pt", "snapshot.json"
+FORMAT = 1
+
+
+class SnapshotError(RuntimeError):
+    """A stored snapshot cannot be used (damaged, or made for something else); the trial pretrains itself."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One snapshot to make: the config to pretrain (an adversarial one of the key) on one seed."""
+
+    key: str
+    seed: int
+    config: dict[str, Any]
+    evaluate: bool  # score at the trials' cadence during pretraining (search trials resend those reports)
+    consumers: int = 0  # trainings that will start from it
+
+
+@dataclass
+class StageResult:
+    made: int = 0  # snapshots trained by this stage
+    failed: list[str] = field(default_factory=list)  # jobs whose snapshot is missing after it
+    seconds: float = 0.0
+    seed_epochs: float = 0.0  # what the stage trained
+
+
+def pretraining_epochs(config: TrainConfig) -> float:
+    return config.pretrain_id_epochs + config.pretrain_nuisance_epochs
+
+
+def snapshot_key(plan: "SweepPlan", config: TrainConfig, evaluate: bool) -> str:
+    """What determines the snapshot of `config`'s seed for this sweep (see the module docstring)."""
+    spec = {"format": FORMAT, "pretraining": pretraining_key(config.replace(seed=0)),  # the seed: the folder's
+            "source": plan.source,
+            "data": plan.data_versions.get(plan.source, {}).get("files"), "workers": plan.space.resources.workers,
+            "evaluate": evaluate and {"select": [(t.uri, t.name, plan.data_versions.get(t.uri, {}).get("files"))
+                                                 for t in plan.select],
+                                      "every_epochs": plan.space.training.eval_every_epochs}}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def snapshot_location(plan: "SweepPlan", key: str, seed: int):
+    return location(plan.sweep_uri).join(FOLDER, key, f"seed-{seed}")
+
+
+def available(plan: "SweepPlan", config: TrainConfig, seeds: list[int], evaluate: bool) -> list:
+    """The snapshot folders of `config` on each of `seeds`, or [] unless all of them are complete."""
+    key = snapshot_key(plan, config, evaluate)
+    locs = [snapshot_location(plan, key, seed) for seed in seeds]
+    return locs if all(loc.join(SNAPSHOT).exists() for loc in locs) else []
+
+
+def save(loc, state: dict[str, Any], record: dict[str, Any]) -> None:
+    """state.pt, then snapshot.json with its sha256: a snapshot exists only once complete."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    loc.join(STATE).write_bytes_atomic(data)
+    record = dict(record, sha256=hashlib.sha256(data).hexdigest(), format=FORMAT)
+    loc.join(SNAPSHOT).write_bytes_atomic(json.dumps(record, indent=1).encode())
+
+
+def load(loc) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A snapshot's state and record, its state checked against the recorded sha256."""
+    try:
+        record = json.loads(loc.join(SNAPSHOT).read_bytes())
+        data = loc.join(STATE).read_bytes()
+    except (FileNotFoundError, ValueError) as exc:
+        raise SnapshotError(f"{loc.uri}: {exc}") from None
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        raise SnapshotError(f"{loc.uri}/{STATE} does not match the sha256 in its {SNAPSHOT}: damaged")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), record
+
+
+def replay(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
+    """The evaluations made inside pretraining, aggregated over a trial's seeds as its own reports would be."""
+    counts = {len(r["reports"]) for r in records}
+    if len(counts) != 1:
+        raise SnapshotError(f"the seeds' snapshots hold different numbers of evaluations ({sorted(counts)})")
+    out = []
+    for i in range(counts.pop()):
+        metrics = aggregate([r["reports"][i] for r in records], objective)
+        metrics["final"] = 0.0
+        out.append(metrics)
+    return out
+
+
+def jobs_for(plan: "SweepPlan", consumers: list[tuple[TrainConfig, list[int]]], evaluate: bool) -> list[Job]:
+    """The snapshots worth making for these trainings (config, seeds): one per key and seed that at least two
+    trainings start from, and that is not stored already. The config pretrained is an adversarial one of the key
+    (an identity-only baseline has no pretrain_nuisance phase, but adopts the same snapshot)."""
+    wanted: dict[tuple[str, int], list[TrainConfig]] = {}
+    for config, seeds in consumers:
+        for seed in seeds:
+            wanted.setdefault((snapshot_key(plan, config, evaluate), seed), []).append(config.replace(seed=seed))
+    jobs = []
+    for (key, seed), configs in sorted(wanted.items()):
+        producer = next((c for c in configs if c.adversarial), None)
+        if len(configs) < 2 or producer is None:
+            continue
+        if snapshot_location(plan, key, seed).join(SNAPSHOT).exists():
+            continue
+        jobs.append(Job(key, seed, producer.to_dict(), evaluate, len(configs)))
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the stage: Ray Train runs under Tune, like trials (imported lazily: Ray is needed only here)
+# ------------------------------------------------------------------------------------------------------------
+def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) -> StageResult:
+    """Train the jobs' snapshots, as many at once as the sweep runs trials; a failed one is reported, not fatal
+    (its consumers pretrain themselves)."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from orchestrator.storage import tune_storage
+    from orchestrator.trial import TRIAL_DRIVER_RESOURCES
+
+    result = StageResult()
+    if not jobs:
+        return result
+    t0 = time.perf_counter()
+    trainable = tune.with_resources(tune.with_parameters(run_pretraining, plan=plan), TRIAL_DRIVER_RESOURCES)
+    path, fs = tune_storage(plan.sweep_uri, plan.retry_budget_s)
+    tuner = tune.Tuner(
+        trainable, param_space={"job": tune.grid_search([job.__dict__ for job in jobs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
+        run_config=tune.RunConfig(name=f"{name}-{int(time.time())}", storage_path=path, storage_filesystem=fs,
+                                  verbose=0, callbacks=[JsonLoggerCallback(), *callbacks],
+                                  failure_config=tune.FailureConfig(max_failures=1)))
+    tuner.fit()
+    result.seconds = time.perf_counter() - t0
+    for job in jobs:
+        if snapshot_location(plan, job.key, job.seed).join(SNAPSHOT).exists():
+            result.made += 1
+            result.seed_epochs += pretraining_epochs(TrainConfig.from_dict(job.config))
+        else:
+            result.failed.append(f"seed {job.seed}")
+    return result
+
+
+def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
+    """The Tune function of one job: a TorchTrainer on the trials' workers, named by the snapshot."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.storage import train_storage
+    from orchestrator.trial import MAX_WORKER_FAILURES
+
+    job = Job(**tune_config["job"])
+    storage_path, storage_fs = train_storage(plan.storage, plan.sweep, plan.retry_budget_s)
+    res = plan.space.resources
+    use_gpu = res.gpus_per_worker > 0
+    TorchTrainer(
+        pretrain_worker, train_loop_config={"plan": plan, "job": job},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"pretrain-{job.key}-seed{job.seed}", storage_path=storage_path,
+                             storage_filesystem=storage_fs, callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)),
+    ).fit()
+
+
+def pretrain_worker(loop_config: dict[str, Any]) -> None:
+    """Every worker pretrains (gradients all-reduced); rank 0 evaluates at the trials' cadence (when the snapshot
+    serves search trials) and writes the snapshot."""
+    import ray.train
+    import ray.train.torch
+
+    from adin_core.data.shards import ShardSet
+    from adin_core.evaluation import EvaluationHook, Evaluator
+    from adin_core.train import ADINTrainer
+    from orchestrator.trial import open_target, source_target
+
+    plan: SweepPlan = loop_config["plan"]
+    job: Job = loop_config["job"]
+    config = TrainConfig.from_dict(job.config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    size = (config.image_height, config.image_width)
+    data = ShardSet.open(plan.source).training_data(config.nuisance, size)
+    trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
+    reports: list[dict[str, Any]] = []
+    if job.evaluate:
+        evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
+                                                       * data.steps_per_epoch(config.batch_size, world))))
+        if rank == 0:
+            evaluator.select = [open_target(t, size) for t in plan.select]
+            evaluator.source = source_target(plan.source, size)
+
+        def keep(_trainer, _report, metrics: dict[str, Any], _final: bool) -> None:
+            if rank == 0:
+                reports.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        trainer.hooks.append(EvaluationHook(evaluator, keep, rank=rank))
+    t0 = time.perf_counter()
+    state = trainer.pretrain()
+    if rank == 0:
+        record = {"key": job.key, "seed": job.seed, "pretraining_key": state["pretraining_key"],
+                  "step": state["schedule"]["step"], "epochs": pretraining_epochs(config), "world_size": world,
+                  "seconds": round(time.perf_counter() - t0, 2), "reports": reports, "serves": job.consumers,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        save(snapshot_location(plan, job.key, job.seed), state, record)
+        print(f"[pretraining] seed {job.seed}: {record['epochs']:g} epochs in {record['seconds']:.0f} s, stored for "
+              f"{job.consumers} trainings", flush=True)
+    ray.train.report({"pretrained_epochs": pretraining_epochs(config)} if rank == 0 else {})  # Tune's record of it
+
+
+__all__ = ["FOLDER", "Job", "SnapshotError", "StageResult", "available", "jobs_for", "load", "pretraining_epochs",
+           "replay", "run_stage", "save", "snapshot_key"]
