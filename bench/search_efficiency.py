@@ -17,10 +17,12 @@ differ only in the scheduler. (Left to its default, tpe+asha's 16 trials would s
 same sampler seed, exactly random search's 8 trials, leaving TPE nothing to steer within the budget.)
 
 All trials of all methods train the space's same paired seeds (search.seeds), so the methods differ only in which
-settings they try and when they stop them. The budget is what `random` spends: samples x epochs x seeds
-(seed-epochs); a method's curve is cut there. Epochs are counted per trial from its last evaluation (a stopped
-trial counts the epochs it trained), in the order the trials ended; with 2 trials in flight this ignores the
-unfinished one, the same way for every method.
+settings they try and when they stop them. The space's start points are left out (each method would try them
+first, and the winner rule would measure them, not the search), so the winner rule is the plain best objective.
+Epochs are what was trained: the shared pretraining once per seed (orchestrator.pretraining, counted first), then
+each trial's epochs from its last evaluation (a stopped trial counts the epochs it trained) less the pretraining it
+started from, in the order the trials ended; with 2 trials in flight this ignores the unfinished one, the same way
+for every method. The budget is what `random` trained in all; a method's curve is cut there.
 
 Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung
 there can know; "all equal" where every trial was still the same model), then the best objective so far
@@ -53,7 +55,7 @@ METHODS = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+asha": ("t
 
 @dataclass
 class TrialEnd:
-    row: TrialRow  # the trial as orchestrator.best reads it: objective, outcome, checkpoint
+    row: TrialRow | None  # the trial as orchestrator.best reads it: objective, outcome, checkpoint (None: pretraining)
     ended_ms: int
     epochs: float  # seed-epochs it trained (a stopped trial: up to its last evaluation)
 
@@ -75,6 +77,7 @@ def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: 
     elif random_start is not None:
         raw["search"]["startup_trials"] = random_start
     raw["verify"] = {"seeds": 0}
+    raw["search"].pop("start_from", None)  # the search itself is measured, from no known point
     path = os.path.join(folder, f"{raw['name']}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f, sort_keys=False)
@@ -95,7 +98,8 @@ def run_sweep(space_path: str, name: str, scheduler: str, args: argparse.Namespa
 
 
 def trial_ends(client, parent, epochs_per_eval: float, seeds: int, total_epochs: float) -> list[TrialEnd]:
-    """A sweep's trials in the order they ended, with the seed-epochs each trained."""
+    """A sweep's trials in the order they ended, with the seed-epochs each trained (less the shared pretraining it
+    started from), after the shared pretraining itself (a row-less first entry)."""
     from orchestrator.best import trial_rows
     from orchestrator.tracking import schema as S
 
@@ -105,8 +109,10 @@ def trial_ends(client, parent, epochs_per_eval: float, seeds: int, total_epochs:
         run = runs[row.trial]
         evals = run.data.metrics.get(S.EVALUATION, 0.0)
         trained = total_epochs if row.outcome == "finished" else min(total_epochs, evals * epochs_per_eval)
-        ends.append(TrialEnd(row, run.info.end_time or 0, trained * seeds))
-    return sorted(ends, key=lambda t: t.ended_ms)
+        shared = run.data.metrics.get("pretraining/shared_epochs", 0.0)
+        ends.append(TrialEnd(row, run.info.end_time or 0, trained * seeds - shared))
+    pretrained = parent.data.metrics.get("pretraining/seed_epochs_trained", 0.0)
+    return [TrialEnd(None, 0, pretrained)] * bool(pretrained) + sorted(ends, key=lambda t: t.ended_ms)
 
 
 def curve(ends: list[TrialEnd], budget: float, objective: Objective) -> list[tuple[float, TrialRow]]:
@@ -117,7 +123,7 @@ def curve(ends: list[TrialEnd], budget: float, objective: Objective) -> list[tup
         spent += end.epochs
         if spent > budget + 1e-9:
             break
-        best = pick_winner([e.row for e in ends[: i + 1]], objective)
+        best = pick_winner([e.row for e in ends[: i + 1] if e.row is not None], objective)
         if best is not None:
             points.append((spent, best))
     return points
@@ -215,7 +221,7 @@ def main() -> None:
     samples = args.samples or space.search.num_samples
     epochs = args.epochs or space.training.epochs
     seeds = args.seeds or space.search.seeds
-    budget = samples * epochs * seeds
+    budget = samples * epochs * seeds  # at most; each sweep seed's is what random trained in all (see the docstring)
     random_start = dataclasses.replace(space.search, sampler="tpe", num_samples=samples).random_start
     os.makedirs(args.out, exist_ok=True)
     db = os.path.abspath(os.path.join(args.out, "mlflow.db"))
@@ -253,6 +259,8 @@ def main() -> None:
                 continue
             report = ReportScores(parent, seeds)
             ends = trial_ends(MlflowClient(args.tracking_uri), parent, space.training.eval_every_epochs, seeds, epochs)
+            if method == "random":
+                budget = sum(e.epochs for e in ends)
             curves[method] = curve(ends, budget, space.objective)
             for spent, best in curves[method]:
                 lines.append(f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "

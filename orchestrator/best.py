@@ -158,30 +158,46 @@ def _data_ref(uri: str, version: str) -> str:
 
 
 def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict,
-               probe: dict[str, float]) -> tuple[dict, str]:
+               probe: dict[str, float], select_mean: dict | None = None, seeds: int = 1) -> tuple[dict, str]:
+    """The card: what the exported weights score (they are the winning trial's model on its first seed, `select`
+    and `report`), beside the trial's mean over its seeds on the select targets (`select_mean`, what chose it), the
+    verification's verdict, the probe, the data versions and how to use it. A winner that scored below the
+    identity-only baseline on most fresh seeds says so in the card's first line."""
     verification = json.loads(winner.parent_tags.get(S.VERIFICATION, "null"))
     card = {"sweep": winner.sweep, "trial_id": winner.trial_id, "mlflow_run_id": winner.run_id,
-            "verification": verification,
+            "verification": verification, "weights": {"seed_index": 0, "of_seeds": seeds},
             "objective": {winner.metric: winner.objective}, "select_targets": select, "report_targets": report,
+            "select_targets_trial_mean": select_mean or {},
             "nuisance_probe": probe, "data_versions": {_data_ref(k, v): v for k, v in data.items()},
             "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
             "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown")}
     lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", ""]
+    if verification and verification.get("lost_to_baseline"):
+        base = verification["winner_minus_baseline"]
+        lines += [f"> **Warning: this winner scored below the identity-only baseline on {base['seeds'] - base['positive']}"
+                  f" of {base['seeds']} fresh seeds** (report-target mAP {base['mean']:+.3f}); the search found no "
+                  "setting that beats not using ADIN here.", ""]
     if winner.partial:
         lines += [f"> **Partial sweep** (state: {card['sweep_state']}): chosen among the trials that finished before "
                   "the sweep was stopped.", ""]
-    lines += [f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}); the report targets were "
-              "never used to choose.", "", "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for role, scores in (("select", select), ("report", report)):
-        for name, s in scores.items():
-            lines.append(f"| {name} | {role} | {s.get('rank1', float('nan')):.4f} | {s.get('rank5', float('nan')):.4f}"
-                         f" | {s.get('rank10', float('nan')):.4f} | {s['mAP']:.4f} | {s['mINP']:.4f} |")
+    held = f"its first seed's model, of the {seeds} it trained" if seeds > 1 else "its model"
+    lines += [f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}"
+              + (f", the mean over its {seeds} seeds" if seeds > 1 else "") + "); the report targets were never used "
+              f"to choose. These weights are {held}; the table scores them.", "",
+              "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [("select", select), ("report", report)]
+    if select_mean and seeds > 1:
+        rows.insert(1, (f"select, trial mean of {seeds} seeds", select_mean))
+    for role, scores in rows:
+        for name, sc in scores.items():
+            lines.append(f"| {name} | {role} | {sc.get('rank1', float('nan')):.4f} | {sc.get('rank5', float('nan')):.4f}"
+                         f" | {sc.get('rank10', float('nan')):.4f} | {sc['mAP']:.4f} | {sc.get('mINP', float('nan')):.4f} |")
     lines += ["", "## Verified against the baseline", ""]
     if verification and "summary" in verification:
         lines += [f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
-                  "baseline (the winner's parameters, `adv_loss: none`) and the paper's default ADIN (CaNE); mean mAP "
-                  "over the report targets, paired differences with a 95% interval:", ""]
+                  "baseline (the winner's parameters, `adv_loss: none`) and the shipped default ADIN; mean mAP over "
+                  f"the report targets, paired differences with a {100 * verification.get('level', 0.95):.4g}% "
+                  "interval:", ""]
         lines += [f"- {line}" for line in verification["summary"]]
     else:
         lines.append("Not verified" + (f": {verification['error']}" if verification else
@@ -288,12 +304,9 @@ def load_export(export_dir: str) -> tuple[ADINModel, TrainConfig]:
     return model_from_state(state)
 
 
-def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
-                  register: str | None = None) -> tuple[Winner, dict]:
-    if register is not None and not MODEL_NAME.match(register):
-        raise ExportError(f"--register {register!r}: a model name is letters, digits, '_', '.' and '-' (no '/')")
-    check_export_dir(out_dir)
-    tracking_uri = absolute_tracking_uri(tracking_uri)
+def winner_card(tracking_uri: str, sweep: str | None) -> tuple[Winner, dict[str, Any], dict, str]:
+    """The winner of a sweep (or of the latest that has one), its training state and its model card: what the
+    export writes, and what the sweep logs on its parent run."""
     winner = find_winner(tracking_uri, sweep)
     state = load_state(winner.checkpoint_uri)
     check_finite_weights(state, f"trial {winner.trial_id}'s checkpoint {winner.checkpoint_uri}")
@@ -301,24 +314,35 @@ def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
     names = json.loads(winner.parent_tags.get(S.TARGET_NAMES, "{}"))
     select_uris = json.loads(winner.parent_tags.get(S.SELECT, "[]"))
     report_uris = json.loads(winner.parent_tags.get(S.REPORT, "[]"))
-    select: dict[str, dict[str, float]] = {}
+    mean: dict[str, dict[str, float]] = {}
     for k, v in winner.metrics.items():
         parts = k.split("/")
         if len(parts) == 3 and parts[0] == "select" and not parts[2].startswith("probe_"):
-            select.setdefault(parts[1], {})[parts[2]] = v
-    if not select and select_uris:
-        select = score_uris(model, config, {u: names.get(u, u) for u in select_uris})
+            mean.setdefault(parts[1], {})[parts[2]] = v
+    select = score_uris(model, config, {u: names.get(u, u) for u in select_uris})  # these weights' own
     report = score_uris(model, config, {u: names.get(u, u) for u in report_uris})
     probe = {k: v for k, v in winner.metrics.items() if k.startswith("probe/")}
     data = json.loads(winner.parent_tags.get(S.DATA_VERSIONS, "{}"))
-    card, md = model_card(winner, config, select, report, data, probe)
+    seeds = int(winner.metrics.get("seeds", 1))
+    card, md = model_card(winner, config, select, report, data, probe, select_mean=mean, seeds=seeds)
+    return winner, state, card, md
+
+
+def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
+                  register: str | None = None) -> tuple[Winner, dict]:
+    if register is not None and not MODEL_NAME.match(register):
+        raise ExportError(f"--register {register!r}: a model name is letters, digits, '_', '.' and '-' (no '/')")
+    check_export_dir(out_dir)
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    winner, state, card, md = winner_card(tracking_uri, sweep)
     card = write_export(out_dir, state, card, md)
     if register:
-        register_export(out_dir, tracking_uri, winner, register)
+        with open(os.path.join(out_dir, "model_card.md")) as fh:
+            register_export(out_dir, tracking_uri, winner, register, description=fh.read())
     return winner, card
 
 
-def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str) -> None:
+def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str, description: str = "") -> None:
     """Log the export to the sweep's parent run, in a folder of its own, and register that folder as a new model
     version (alias `champion`): earlier versions keep their own files.
 
@@ -338,7 +362,8 @@ def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str) 
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
     mv = client.create_model_version(name, source=source, run_id=winner.parent_run_id,
-                                     tags={S.TRIAL: winner.trial_id, "objective": f"{winner.objective:.6f}"})
+                                     tags={S.TRIAL: winner.trial_id, "objective": f"{winner.objective:.6f}"},
+                                     description=description or None)  # the model card, as the version's page
     client.set_registered_model_alias(name, "champion", mv.version)
     print(f"registered {name} version {mv.version} (alias 'champion') from {source}")
 

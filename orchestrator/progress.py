@@ -1,8 +1,11 @@
-"""What the sweep prints while it runs: a live table of trials (state, evaluations, the objective, the camera
-probe, the searched parameters) and, for a trial that has waited long for resources, what it waits for."""
+"""What the sweep prints while it runs. In a terminal: a live table of trials (state, evaluations, the objective, the
+camera probe, the searched parameters), redrawn in place, and for a trial that has waited long for resources, what it
+waits for. Into a file or a pipe (a log, `ray job logs`): one line per trial event (started, evaluated, finished,
+pruned, diverged, failed), never the whole table again."""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -25,16 +28,23 @@ def format_table(head: Sequence[str], lines: Sequence[Sequence[Any]]) -> str:
 
 
 class ProgressTable(LiveCallback):
-    """A Tune callback printing the table when a trial ends, and at most every `every_s` seconds otherwise."""
+    """A Tune callback: in a terminal (`live`), the table redrawn in place when a trial ends and at most every
+    `every_s` seconds otherwise; elsewhere a line per trial event."""
 
     def __init__(self, sweep: str, metric: str, params: list[str], *, every_s: float = 15.0,
                  waiting_reason: Callable[[], str | None] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, live: bool | None = None) -> None:
         self.metric, self.params, self.every_s = metric, params, every_s
         self.waiting_reason, self.log = waiting_reason, log
+        self.live = sys.stdout.isatty() if live is None else live
         self.rows: dict[str, dict[str, Any]] = {}
         self.last = 0.0
+        self.drawn = 0  # lines of the table last drawn (a terminal redraws over them)
         self.register(f"progress:{sweep}")
+
+    def _event(self, trial, what: str) -> None:
+        if not self.live:
+            self.log(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} {what}")
 
     def _row(self, trial, status: str, result: dict | None = None) -> None:
         row = self.rows.setdefault(trial.trial_id, {"status": "PENDING", "evals": 0, "obj": None, "probe": None,
@@ -48,17 +58,32 @@ class ProgressTable(LiveCallback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._row(trial, "RUNNING")
         self.rows[trial.trial_id]["since"] = time.monotonic()
+        shown = ", ".join(f"{p}={_fmt(trial.config[p])}" for p in self.params if p in (trial.config or {}))
+        start = (trial.config or {}).get(schema.START_POINT_KEY)
+        self._event(trial, f"started: {shown}" + (f" (start point {start})" if start else ""))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._row(trial, "RUNNING", result)
+        row = self.rows[trial.trial_id]
+        if result.get(schema.DIVERGED):
+            row["status"] = "DIVERGED"
+        elif self.metric in result:
+            row["final"] = bool(result.get(schema.FINAL))
+            self._event(trial, f"evaluation {row['evals']}: {self.metric} {result[self.metric]:.4f}"
+                               + ("" if row["probe"] is None else f", camera probe {row['probe']:.3f}"))
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._row(trial, "TERMINATED")
+        row = self.rows.get(trial.trial_id, {})
+        status = "DIVERGED" if row.get("status") == "DIVERGED" else ("FINISHED" if row.get("final") else "PRUNED")
+        self._row(trial, status)
+        self._event(trial, {"FINISHED": "finished", "PRUNED": f"stopped early (pruned) at evaluation {row.get('evals')}",
+                            "DIVERGED": "diverged (its weights went non-finite)"}[status])
         self._print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._row(trial, "ERROR")
+        self._event(trial, "failed (its error is in the sweep's storage: error.txt)")
         self._print(force=True)
 
     def on_step_end(self, iteration, trials, **info) -> None:
@@ -75,7 +100,7 @@ class ProgressTable(LiveCallback):
         return format_table(head, lines)
 
     def _print(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.last < self.every_s:
+        if not self.live or (not force and time.monotonic() - self.last < self.every_s):
             return
         self.last = time.monotonic()
         out = self.table()
@@ -86,4 +111,7 @@ class ProgressTable(LiveCallback):
         if reason:
             oldest = max(now - self.rows[t]["since"] for t in waiting)
             out += f"\n  {len(waiting)} trial(s) without a report for up to {oldest:.0f} s: {reason}"
+        if self.drawn:  # over the last drawing: cursor up to its first line, then clear to the end of the screen
+            out = f"\x1b[{self.drawn}F\x1b[J" + out
+        self.drawn = out.count("\n") + 1
         self.log(out)

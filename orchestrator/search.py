@@ -27,14 +27,38 @@ class StudySearch(OptunaSearch):
       so the winner rule knows its incumbent and the scheduler never stops one early.
     """
 
-    def __init__(self, *args: Any, start_points: Sequence[tuple[str, Mapping[str, Any]]] = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, start_points: Sequence[tuple[str, Mapping[str, Any]]] = (),
+                 study_attrs: Mapping[str, str] | None = None, tracking_key: str = "", **kwargs: Any) -> None:
         super().__init__(*args, points_to_evaluate=[dict(p) for _, p in start_points] or None, **kwargs)
         self._start_points = [(name, dict(point)) for name, point in start_points]
         self._handed = 0  # start points given out so far (Optuna hands enqueued trials out first, in order)
+        self._tracking_key = tracking_key  # the sweep's MLflow callback (a LiveCallback key): each trial's run id
+        if self._ot_study is not None:  # what optuna-dashboard shows: the metric's name, where the runs are
+            import optuna
+
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self.metric])
+            for key, value in (study_attrs or {}).items():
+                self._ot_study.set_user_attr(key, value)
+
+    def _link(self, trial_id: str) -> None:
+        """The Optuna trial's user attributes name its Tune trial and its MLflow run (once the run exists)."""
+        from orchestrator.tracking.callback import live_callback
+
+        trial = self._ot_trials.get(trial_id)
+        if trial is None or trial_id in self._completed_trials or "mlflow_run_id" in trial.user_attrs:
+            return
+        queue = getattr(live_callback(self._tracking_key), "queue", None)
+        run_id = queue.run_ids.get(trial_id) if queue is not None else None
+        if run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
         params = super().suggest(trial_id)
+        if new and params is not None:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
         if new and params is not None and self._handed < len(self._start_points):
             name, point = self._start_points[self._handed]
             self._handed += 1
@@ -46,6 +70,7 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._link(trial_id)
         for report in (*schema.replayed(result), result):
             self._report(trial_id, report)
 
@@ -58,6 +83,7 @@ class StudySearch(OptunaSearch):
             trial.report(result[self.metric], step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._link(trial_id)
         if result is not None and result.get(schema.DIVERGED):  # no objective: a failed trial, with the reason
             if trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr("diverged", str(result.get(schema.DIVERGED_WHY, "")))

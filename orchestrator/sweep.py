@@ -171,7 +171,7 @@ def _signal_watcher(stops: StopSignals, sweep: str):
     return WatchSignals().register(f"signals:{sweep}")
 
 
-def build_tuner(plan: SweepPlan, callbacks: list):
+def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | None = None):
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -194,7 +194,8 @@ def build_tuner(plan: SweepPlan, callbacks: list):
                                   storage_filesystem=storage_fs)
     searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
                            sampler=space.search.make_sampler(), study_name=plan.sweep,
-                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from)
+                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from,
+                           study_attrs=study_attrs, tracking_key=f"tracking:{plan.sweep}")
     searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent)
     s = space.scheduler
     scheduler = (StartPointASHA(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
@@ -317,7 +318,10 @@ class Sweep:
             self.t["pretrained"] = time.perf_counter()
             if self.stops.received:
                 raise KeyboardInterrupt
-            results = build_tuner(plan, callbacks).fit()
+            study_attrs = {"sweep": plan.sweep, "mlflow_tracking_uri": plan.tracking_uri,
+                           "mlflow_experiment_id": parent.experiment_id, "mlflow_parent_run_id": parent.run_id,
+                           "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})"}
+            results = build_tuner(plan, callbacks, study_attrs).fit()
             self.t["fit"] = time.perf_counter()
             status, code = self._report(results, parent, tracking)
         except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
@@ -476,6 +480,7 @@ class Sweep:
                   "timing/trials_s": t["fit"] - t["pretrained"], "timing/verification_s": t["verified"] - t["winner"],
                   "timing/wrap_up_s": t["end"] - t["fit"] - (t["verified"] - t["winner"]),
                   "timing/total_s": t["end"] - t["start"],
+                  "pretraining/seed_epochs_trained": shared["trained_epochs"],
                   "pretraining/seed_epochs_saved": shared["used_epochs"] - shared["trained_epochs"]}
         waits = sorted(tracking.result_seconds)  # what each result held Tune's loop in the MLflow callback
         if waits:
@@ -503,9 +508,52 @@ class Sweep:
             print(f"\nthe sweep in MLflow:  mlflow ui --backend-store-uri {uri} --workers 1   then open\n"
                   f"                      {ui_url('http://127.0.0.1:5000', parent.experiment_id, plan.sweep)}")
         print(f"the study in Optuna:  optuna-dashboard {plan.study_storage}")
-        print(f"export the winner:    python -m orchestrator.best --export runs/export-{plan.sweep} --sweep {plan.sweep}"
+        print(f"export the winner:    python -m orchestrator.best --export runs/winner-{plan.sweep} --sweep {plan.sweep}"
               + ("" if uri == _default_tracking() else f" --tracking-uri {uri}"))
+        self._publish_verdict(parent, tracking.queue, rows, winner)
         return "FINISHED", EXIT_OK
+
+    def _publish_verdict(self, parent, queue, rows, winner) -> None:
+        """The verdict where people look: the parent run's description (MLflow's note: the winner, the verification,
+        the leaderboard's top rows) and the winner's model card on the parent run (`card/model_card.md`); a winner
+        below the baseline on most fresh seeds is the last line the sweep prints."""
+        from orchestrator.best import ExportError, winner_card
+        from orchestrator.results import rank
+        from orchestrator.tracking import schema as S
+
+        plan = self.plan
+        if not queue.drain():
+            return  # the tracking server is away: the queued writes reach it later, the card with the export
+        try:
+            _, _, card, md = winner_card(plan.tracking_uri, plan.sweep)
+        except (ExportError, OSError) as exc:
+            print(f"warning: no model card on the sweep's run ({exc})", file=sys.stderr)
+            return
+        path = os.path.join(self._tmp, "model_card.md")
+        with open(path, "w") as fh:
+            fh.write(md)
+        parent.log_artifact(path, "card")
+        metric = plan.space.objective.metric
+        names = [p.name for p in plan.space.params]
+        board = ["| trial | outcome | " + metric + " | " + " | ".join(names) + " | start |",
+                 "|" + " --- |" * (4 + len(names))]
+        for r in rank(rows, plan.space.objective)[:8]:
+            obj = "-" if r.objective is None else f"{r.objective:.4f}" + (f" ± {r.spread:.4f}" if r.spread else "")
+            board.append(f"| {r.trial} | {r.outcome} | {obj} | "
+                         + " | ".join(str(r.params.get(n, "")) for n in names) + f" | {r.start_point or '-'} |")
+        verification = card.get("verification") or {}
+        verdict = verification.get("summary") or ["not verified"]
+        note = [f"**Winner: trial `{winner.trial}`** ({metric} {winner.objective:.4f}); exported with "
+                f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`", "",
+                "**Verification** (report-target mAP, fresh seeds):", "", *[f"- {line}" for line in verdict], "",
+                f"**Leaderboard** ({metric}, best first):", "", *board, "",
+                "The winner's model card: artifact `card/model_card.md`."]
+        parent.set_tags({"mlflow.note.content": "\n".join(note)})
+        if verification.get("lost_to_baseline"):
+            base = verification["winner_minus_baseline"]
+            print(f"\nWARNING: the winner scored below the identity-only baseline on {base['seeds'] - base['positive']} "
+                  f"of {base['seeds']} fresh seeds ({base['mean']:+.3f} mAP): the search found no setting that beats "
+                  "not using ADIN here", file=sys.stderr)
 
     def _verify(self, parent, winner) -> tuple[str, int] | None:
         """Retrain the arms on fresh seeds, in rounds (orchestrator.verify); log the paired differences. Returns an

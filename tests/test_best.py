@@ -95,3 +95,22 @@ def json_load(path):
 
     with open(path) as fh:
         return json.load(fh)
+
+
+def test_the_card_says_whose_weights_it_holds_and_warns_first_when_the_winner_lost_to_the_baseline():
+    import json as _json
+
+    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
+    own = {"sel": {"rank1": 0.5, "rank5": 0.7, "rank10": 0.8, "mAP": 0.3872, "mINP": 0.2}}
+    mean = {"sel": {"rank1": 0.52, "rank5": 0.71, "rank10": 0.81, "mAP": 0.4049, "mINP": 0.21}}
+    lost = _json.dumps({"seeds": 6, "lost_to_baseline": True, "level": 0.975,
+                        "winner_minus_baseline": {"mean": -0.04, "seeds": 6, "positive": 1},
+                        "summary": ["winner - baseline: -0.040 mAP [-0.09, +0.01] (97.5% interval), 1/6 seeds: not "
+                                    "distinguishable"]})
+    card, md = model_card(_winner("complete", lost), cfg, own, {}, {}, {}, select_mean=mean, seeds=2)
+    first = md.splitlines()[2]
+    assert first.startswith("> **Warning: this winner scored below the identity-only baseline on 5 of 6 fresh seeds**")
+    assert "These weights are its first seed's model, of the 2 it trained" in md
+    assert "| sel | select | 0.5000 |" in md and "| sel | select, trial mean of 2 seeds | 0.5200 |" in md
+    assert card["weights"] == {"seed_index": 0, "of_seeds": 2} and card["select_targets_trial_mean"] == mean
+    assert "97.5% interval" in md

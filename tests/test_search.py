@@ -111,3 +111,28 @@ def test_a_trial_stopped_at_its_first_report_keeps_the_evaluations_it_resent_wit
     (trial,) = search._ot_study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.intermediate_values == pytest.approx({1: 0.12, 2: 0.20})
+
+
+def test_the_study_names_its_metric_and_links_each_trial_to_tune_and_mlflow():
+    """optuna-dashboard labelled the objective "Objective 0", and its trials carried no Tune or MLflow id."""
+    from types import SimpleNamespace
+
+    from orchestrator.tracking.callback import LiveCallback
+
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("beta", 0.01, 1.0, log=True)
+
+    tracking = LiveCallback().register("tracking:linked")
+    tracking.queue = SimpleNamespace(run_ids={})
+    search = StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="linked",
+                         storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0),
+                         study_attrs={"sweep": "linked", "mlflow_experiment_id": "7"}, tracking_key="tracking:linked")
+    assert search._ot_study.metric_names == ["transfer_mAP"]
+    assert search._ot_study.user_attrs == {"sweep": "linked", "mlflow_experiment_id": "7"}
+    search.suggest("t1")
+    search.on_trial_result("t1", _result(0.1, 1, 1))  # the run does not exist yet
+    tracking.queue.run_ids["t1"] = "run-abc"
+    search.on_trial_result("t1", _result(0.2, 2, 2))
+    search.on_trial_complete("t1", _result(0.3, 3, 3, final=True))
+    (trial,) = search._ot_study.trials
+    assert trial.user_attrs == {"tune_trial_id": "t1", "mlflow_run_id": "run-abc"}

@@ -5,7 +5,13 @@ written by `shard_dataset` from a real layout), or a synthetic benchmark domain:
 
     synthetic:<preset>/<source|select|report>[?seed=N&<SynthConfig field>=<value>...]
 
-which `resolve_dataset` generates and shards under a data root on first use, as
+`seed` draws the whole benchmark, its clothing palette included: the domains of one seed share a palette, those of
+two seeds do not (a model trained on seed 0's source meets colours it never saw in seed 2's targets, and transfer
+there falls to near chance: mAP 0.06), so a transfer target of a source is a domain of the same seed. A generator
+setting draws every domain anew, but a domain's training split comes first from its own random stream, so settings
+of the test splits and of the targets (`test_ids`, `target_cameras`) leave the source's training split as it is.
+
+`resolve_dataset` generates and shards it under a data root on first use, as
 `<data root>/synthetic-<preset>-<domain>/<version>`; the version names the generator and a digest of its settings
 and seed, so changed settings never reuse a stale copy. Every consumer then reads the same shards.
 """

@@ -29,6 +29,11 @@ def _live_callback(key: str) -> Callback:
     return _LIVE.get(key) or Callback()  # unpickled outside a sweep (nothing registered): inert
 
 
+def live_callback(key: str) -> Callback | None:
+    """The callback registered under `key` in this process, if any."""
+    return _LIVE.get(key)
+
+
 class LiveCallback(Callback):
     """A callback registered under a key; pickling it yields whatever callback is live under that key then."""
 
@@ -142,10 +147,13 @@ class MLflowTrialCallback(LiveCallback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # a trial that completes without its final report was stopped early by the scheduler (ASHA), or diverged
+        # MLflow's status icons tell them apart: a pruned trial did not train its budget, as a killed one did not
         if trial.trial_id in self.diverged:
             self._end(trial, "diverged", "FAILED")
+        elif self.final.get(trial.trial_id):
+            self._end(trial, "finished", "FINISHED")
         else:
-            self._end(trial, "finished" if self.final.get(trial.trial_id) else "pruned", "FINISHED")
+            self._end(trial, "pruned", "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "failed", "FAILED")

@@ -430,7 +430,8 @@ def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: l
                                  col("metrics", f"{metric}_se"), col("metrics", "probe/camera_acc"),
                                  col("metrics", "source/mAP"), *[col("params", p) for p in params],
                                  col("tags", schema.OUTCOME)],
-             "runsExpanded": {parent_run_id: True}, "orderByKey": col("metrics", metric),
+             "runsExpanded": {parent_run_id: True}, "runsPinned": [parent_run_id],  # the sweep's own row on top
+             "orderByKey": col("metrics", metric),
              "orderByAsc": mode == "min"}
     envelope = {"name": f"sweep {sweep}", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     return f"{schema.VIEW_TAG_PREFIX}{schema.view_id(sweep)}", json.dumps(envelope)
@@ -441,6 +442,14 @@ def ui_url(base: str, experiment: str, sweep: str | None = None) -> str:
     otherwise), with the sweep's saved view when given."""
     url = f"{base.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
     return url + (f"&viewStateShareKey={schema.view_id(sweep)}" if sweep else "")
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside an SQLite tracking database (runs/mlartifacts by default,
+    so everything of the main job lives under ./runs, not in MLflow's ./mlruns); elsewhere the server's choice."""
+    if uri.startswith("sqlite:///"):
+        return "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
+    return None
 
 
 def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
@@ -455,7 +464,7 @@ def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
 
     def get_or_create() -> str:
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_root(uri))
         if not exp or exp.tags.get("mlflow.experimentKind") != "custom_model_development":
             client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         return exp_id
