@@ -154,8 +154,9 @@ def jobs_for(plan: "SweepPlan", consumers: list[tuple[TrainConfig, list[int]]], 
 # the stage: Ray Train runs under Tune, like trials (imported lazily: Ray is needed only here)
 # ------------------------------------------------------------------------------------------------------------
 def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) -> StageResult:
-    """Train the jobs' snapshots, as many at once as the sweep runs trials; a failed one is reported, not fatal
-    (its consumers pretrain themselves)."""
+    """Train the jobs' snapshots in as many Ray Train runs as the sweep runs trials at once, each pretraining its
+    share of the seeds in turn (a run pays Ray's start-up once); a failed one is reported, not fatal (its consumers
+    pretrain themselves)."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -168,8 +169,10 @@ def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) ->
     t0 = time.perf_counter()
     trainable = tune.with_resources(tune.with_parameters(run_pretraining, plan=plan), TRIAL_DRIVER_RESOURCES)
     path, fs = tune_storage(plan.sweep_uri, plan.retry_budget_s)
+    slots = max(1, min(len(jobs), plan.space.search.max_concurrent))
+    groups = [[job.__dict__ for job in jobs[g::slots]] for g in range(slots)]
     tuner = tune.Tuner(
-        trainable, param_space={"job": tune.grid_search([job.__dict__ for job in jobs])},
+        trainable, param_space={"jobs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
         run_config=tune.RunConfig(name=f"{name}-{int(time.time())}", storage_path=path, storage_filesystem=fs,
                                   verbose=0, callbacks=[JsonLoggerCallback(), *callbacks],
@@ -186,7 +189,7 @@ def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) ->
 
 
 def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
-    """The Tune function of one job: a TorchTrainer on the trials' workers, named by the snapshot."""
+    """The Tune function of a group of jobs: a TorchTrainer on the trials' workers, pretraining each in turn."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -194,16 +197,17 @@ def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
     from orchestrator.storage import train_storage
     from orchestrator.trial import MAX_WORKER_FAILURES
 
-    job = Job(**tune_config["job"])
+    jobs = [Job(**job) for job in tune_config["jobs"]]
     storage_path, storage_fs = train_storage(plan.storage, plan.sweep, plan.retry_budget_s)
     res = plan.space.resources
     use_gpu = res.gpus_per_worker > 0
     TorchTrainer(
-        pretrain_worker, train_loop_config={"plan": plan, "job": job},
+        pretrain_worker, train_loop_config={"plan": plan, "jobs": jobs},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker={
             "CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"pretrain-{job.key}-seed{job.seed}", storage_path=storage_path,
+        run_config=RunConfig(name=f"pretrain-{jobs[0].key}-seed{'-'.join(str(j.seed) for j in jobs)}",
+                             storage_path=storage_path,
                              storage_filesystem=storage_fs, callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)),
     ).fit()
@@ -211,31 +215,45 @@ def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
 
 def pretrain_worker(loop_config: dict[str, Any]) -> None:
     """Every worker pretrains (gradients all-reduced); rank 0 evaluates at the trials' cadence (when the snapshot
-    serves search trials) and writes the snapshot."""
+    serves search trials) and writes the snapshot. A job whose snapshot exists already (a retried run) is skipped."""
     import ray.train
     import ray.train.torch
 
     from adin_core.data.shards import ShardSet
-    from adin_core.evaluation import EvaluationHook, Evaluator
-    from adin_core.train import ADINTrainer
+    from adin_core.evaluation import Evaluator
     from orchestrator.trial import open_target, source_target
 
     plan: SweepPlan = loop_config["plan"]
-    job: Job = loop_config["job"]
-    config = TrainConfig.from_dict(job.config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    size = (config.image_height, config.image_width)
-    data = ShardSet.open(plan.source).training_data(config.nuisance, size)
+    data, evaluator = {}, None
+    for job in loop_config["jobs"]:
+        if snapshot_location(plan, job.key, job.seed).join(SNAPSHOT).exists():
+            continue
+        config = TrainConfig.from_dict(job.config)
+        size = (config.image_height, config.image_width)
+        key = (config.nuisance, size)
+        if key not in data:
+            data[key] = ShardSet.open(plan.source).training_data(config.nuisance, size)
+        if job.evaluate and evaluator is None:
+            evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
+                                                           * data[key].steps_per_epoch(config.batch_size, world))))
+            if rank == 0:
+                evaluator.select = [open_target(t, size) for t in plan.select]
+                evaluator.source = source_target(plan.source, size)
+        _pretrain_one(plan, job, config, data[key], evaluator if job.evaluate else None, rank, world)
+    ray.train.report({"pretrained": float(len(loop_config["jobs"]))} if rank == 0 else {})  # Tune's record of it
+
+
+def _pretrain_one(plan: "SweepPlan", job: Job, config: TrainConfig, data, evaluator, rank: int, world: int) -> None:
+    import ray.train.torch
+
+    from adin_core.evaluation import EvaluationHook
+    from adin_core.train import ADINTrainer
+
     trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
     reports: list[dict[str, Any]] = []
-    if job.evaluate:
-        evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
-                                                       * data.steps_per_epoch(config.batch_size, world))))
-        if rank == 0:
-            evaluator.select = [open_target(t, size) for t in plan.select]
-            evaluator.source = source_target(plan.source, size)
-
+    if evaluator is not None:
         def keep(_trainer, _report, metrics: dict[str, Any], _final: bool) -> None:
             if rank == 0:
                 reports.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
@@ -250,7 +268,6 @@ def pretrain_worker(loop_config: dict[str, Any]) -> None:
         save(snapshot_location(plan, job.key, job.seed), state, record)
         print(f"[pretraining] seed {job.seed}: {record['epochs']:g} epochs in {record['seconds']:.0f} s, stored for "
               f"{job.consumers} trainings", flush=True)
-    ray.train.report({"pretrained_epochs": pretraining_epochs(config)} if rank == 0 else {})  # Tune's record of it
 
 
 __all__ = ["FOLDER", "Job", "SnapshotError", "StageResult", "available", "jobs_for", "load", "pretraining_epochs",

@@ -182,9 +182,17 @@ PNG_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
 HTML_PLOTS = ("optimization_history", "intermediate_values", "timeline", "param_importances", "parallel_coordinate")
 
 
-def save_plots(study, out_dir: str, log=print) -> list[str]:
+PLOT_TITLES = {"optimization_history": "the objective in trial order", "param_importances": "parameter importance",
+               "parallel_coordinate": "parallel coordinates", "intermediate_values": "every trial's evaluations",
+               "timeline": "the trials in time"}
+
+
+def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> list[str]:
     """The search in pictures: PNGs (history in trial order, parameter importances, parallel coordinates) and one
-    interactive page, `search.html` (the same plus every trial's intermediate values and the timeline)."""
+    interactive page, `search.html` (the same plus every trial's intermediate values and the timeline). Each says
+    how many trials it rests on: importances and parallel coordinates use the trials that trained their whole
+    budget (a pruned trial's last value is from an earlier rung, not comparable); the history and the evaluations
+    show every trial."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,28 +201,39 @@ def save_plots(study, out_dir: str, log=print) -> list[str]:
     import optuna.visualization as interactive
     import optuna.visualization.matplotlib as vis
 
+    states = [t.state for t in study.trials]
+    done = states.count(optuna.trial.TrialState.COMPLETE)
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    label = metric or "objective"
+    rests = {name: (f"{done} trials that trained their whole budget" + (f"; {pruned} pruned left out" if pruned else "")
+                    if name in ("param_importances", "parallel_coordinate") else
+                    f"{len(states)} trials ({done} finished, {pruned} pruned)") for name in PLOT_TITLES}
     paths, figures = [], []
     with warnings.catch_warnings():  # few trials: Optuna and matplotlib warn about what a plot can show
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name in PNG_PLOTS:
             try:
-                getattr(vis, f"plot_{name}")(study)
+                getattr(vis, f"plot_{name}")(study, target_name=label)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
                 log(f"  (no {name} plot: {exc})")
                 continue
             fig = plt.gcf()
-            fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5)
-            for ax in fig.axes:  # parameter names on the parallel-coordinate axes must not overlap
-                ax.tick_params(axis="x", labelsize=7, labelrotation=20)
+            fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5.5)
+            fig.axes[0].set_title(f"{PLOT_TITLES[name]}: {label}, from {rests[name]}", fontsize=11)
+            for ax in fig.axes:  # the parallel plot's axis names and ticks: readable at the saved size
+                ax.tick_params(axis="both", labelsize=9)
             fig.tight_layout()
             path = os.path.join(out_dir, f"{name}.png")
-            fig.savefig(path, dpi=90)
+            fig.savefig(path, dpi=100)
             plt.close("all")
             paths.append(path)
         for name in HTML_PLOTS:
             try:
-                figures.append(getattr(interactive, f"plot_{name}")(study))
+                kwargs = {} if name in ("intermediate_values", "timeline") else {"target_name": label}
+                fig = getattr(interactive, f"plot_{name}")(study, **kwargs)
+                fig.update_layout(title=f"{PLOT_TITLES[name]}: {label}, from {rests[name]}")
+                figures.append(fig)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 log(f"  (no interactive {name} plot: {exc})")
     if figures:

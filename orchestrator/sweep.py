@@ -33,7 +33,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local cluster on loopback (DESIGN 3)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machine mode: a local Ray on 127.0.0.1 only
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # Starting a trial's workers on a busy 2-core machine can take longer than Train's default 60 s.
@@ -53,7 +53,7 @@ from orchestrator.plan import (DEFAULT_DATA_ROOT, DEFAULT_STORAGE, PLAN_ERRORS, 
                                make_plan, write_sweep_file)
 from orchestrator.retry import DEFAULT_BUDGET_S  # noqa: E402
 from orchestrator.tracking import schema  # noqa: E402
-from orchestrator.tracking.store import DEFAULT_TRACKING_URI  # noqa: E402
+from orchestrator.tracking.store import DEFAULT_TRACKING_URI, without_password  # noqa: E402
 
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
@@ -302,7 +302,7 @@ class Sweep:
             return EXIT_TRACKING
         tracking = MLflowTrialCallback(queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
                                        run_name=self._run_name, checkpoint_uri=self._checkpoint_uri,
-                                       inputs=self._inputs("trial"))
+                                       inputs=self._inputs("trial"), metric=plan.space.objective.metric)
         callbacks: list = [tracking, _signal_watcher(self.stops, plan.sweep)]
         table = None
         if not plan.quiet:
@@ -383,6 +383,7 @@ class Sweep:
             S.TARGET_NAMES: json.dumps(targets), S.STORAGE: plan.storage, S.OVERRIDES: json.dumps(plan.overrides),
             S.OBJECTIVE_METRIC: plan.space.objective.metric, S.OBJECTIVE_MODE: plan.space.objective.mode,
             S.PROMOTE_SE: str(plan.space.search.promote_se),
+            S.STUDY_STORAGE: json.dumps(without_password(plan.study_storage)),
             S.DATA_VERSIONS: json.dumps({u: f"{d['dataset']}/{d['version']}" for u, d in plan.data_versions.items()}),
             S.SWEEP_STATE: "running"})
         space = plan.space
@@ -548,7 +549,7 @@ class Sweep:
                 "**Verification** (report-target mAP, fresh seeds):", "", *[f"- {line}" for line in verdict], "",
                 f"**Leaderboard** ({metric}, best first):", "", *board, "",
                 "The winner's model card: artifact `card/model_card.md`."]
-        parent.set_tags({"mlflow.note.content": "\n".join(note)})
+        parent.set_tags({S.NOTE: "\n".join(note)})
         if verification.get("lost_to_baseline"):
             base = verification["winner_minus_baseline"]
             print(f"\nWARNING: the winner scored below the identity-only baseline on {base['seeds'] - base['positive']} "
@@ -571,7 +572,7 @@ class Sweep:
               flush=True)
         callbacks: list = [_signal_watcher(self.stops, plan.sweep)]
         if not plan.quiet:
-            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["arm", "seed_index"], every_s=30.0))
+            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["job"], every_s=30.0))
         seeds = verify.verification_seeds(plan, winner.params)
 
         def pretrain(indices: list[int]) -> None:
@@ -625,7 +626,7 @@ class Sweep:
         write_model_files(out, state)
         parent.log_artifact(os.path.join(out, "model.pt"), "winner")
         parent.log_artifact(os.path.join(out, "config.json"), "winner")
-        for path in save_plots(self._study(rows), self._tmp):
+        for path in save_plots(self._study(rows), self._tmp, metric=plan.space.objective.metric):
             parent.log_artifact(path, "plots")
 
     def _study(self, rows):

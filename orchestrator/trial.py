@@ -40,7 +40,7 @@ REPORTS_FILE = "reports.json"  # in a checkpoint: every report up to it (RaySink
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
-TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer (DESIGN 3)
+TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer
 MAX_WORKER_FAILURES = 2  # Train restarts a trial's worker group this often from its last checkpoint
 SHARED_PREFIX = "pretraining/"  # pretraining/shared_seeds, pretraining/shared_epochs: what a trial did not train
 
@@ -354,12 +354,14 @@ def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
 
 
 def run_verification(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
-    """A verification trial: one arm (the winner, the baseline, the paper's default) on one of the fresh seeds,
-    scored on the report targets at the end."""
-    from orchestrator.verify import arm_config, verification_seeds
+    """A verification trial: one arm (the winner, the baseline, the shipped default, the paper's CaNE) on some of
+    the fresh seeds (`verify.jobs`), in turns, scored on the report targets at the end."""
+    from orchestrator.verify import arm_config, parse_job, verification_seeds
 
-    config = arm_config(plan, tune_config["arm"], tune_config["params"])
-    _train(plan, config, [verification_seeds(plan, tune_config["params"])[tune_config["seed_index"]]], report=True)
+    arm, indices = parse_job(tune_config["job"])
+    config = arm_config(plan, arm, tune_config["params"])
+    seeds = verification_seeds(plan, tune_config["params"])
+    _train(plan, config, [seeds[k] for k in indices], report=True)
 
 
 def _train(plan: "SweepPlan", config: TrainConfig, seeds: list[int], *, report: bool) -> None:

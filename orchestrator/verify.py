@@ -17,8 +17,9 @@ over the planned looks): the verdict keeps a 5% error rate however many rounds i
 smallest gain its seeds could have shown (80% power at that level, at the measured seed-to-seed sd): "not
 distinguishable" then says how small an effect could have hidden.
 
-Each (arm, seed) is its own Tune trial, so a cluster with room for them all verifies a round in the time of one
-training. A verification trial is scored once, at its end (`Evaluator.score_during`); its reports before that
+A round's trials spread the arms' seeds over the trial slots (`jobs`): on 2 slots an arm's seeds train in one
+trial, in turns, saving Ray's start-up per trial; a cluster with a slot for every (arm, seed) verifies a round in
+the time of one training. A verification trial is scored once, at its end (`Evaluator.score_during`); its reports before that
 only checkpoint, so a lost worker resumes where it was. Shared pretraining (orchestrator.pretraining) serves the
 arms of a seed that pretrain alike: the winner, its baseline and, in a thresholds space, the default.
 """
@@ -129,9 +130,24 @@ class Verification:
                 **{f"winner_minus_{arm}": p.as_dict() for arm, p in self.versus.items()}, "summary": self.lines()}
 
 
+def jobs(arms: tuple[str, ...], seed_indices: list[int], slots: int) -> list[str]:
+    """A round's trials, `arm:i,j,...` each: the arms' seeds spread over the trial slots (search.max_concurrent).
+    Each trial pays Ray's start-up (a trial actor, Train's controller and workers: about 20 s on 2 cores, as long
+    as 8 epochs of the benchmark), so with few slots an arm's seeds train in one trial, in turns (as a search
+    trial's seeds do); with a slot for every (arm, seed), each is its own trial, and a round takes one training."""
+    per_arm = max(1, min(len(seed_indices), slots // max(1, len(arms))))
+    groups = [seed_indices[g::per_arm] for g in range(per_arm)]
+    return [f"{arm}:{','.join(map(str, sorted(group)))}" for arm in arms for group in groups if group]
+
+
+def parse_job(job: str) -> tuple[str, list[int]]:
+    arm, _, seeds = job.partition(":")
+    return arm, [int(k) for k in seeds.split(",")]
+
+
 def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int],
                 callbacks: list):
-    """One round's Tuner: a trial per (trained arm, fresh seed index), restored if a resumed sweep had started it."""
+    """One round's Tuner: its trials (`jobs`), restored if a resumed sweep had started it."""
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -146,8 +162,9 @@ def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int
         return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
     return tune.Tuner(
-        trainable, param_space={"arm": tune.grid_search(list(trained_arms(plan, winner_params))),
-                                "seed_index": tune.grid_search(seed_indices), "params": dict(winner_params)},
+        trainable, param_space={"job": tune.grid_search(jobs(trained_arms(plan, winner_params), seed_indices,
+                                                             plan.space.search.max_concurrent)),
+                                "params": dict(winner_params)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
         run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
                                   callbacks=[JsonLoggerCallback(), *callbacks],
@@ -155,16 +172,18 @@ def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int
 
 
 def collect(results, per_seed: dict[str, dict[int, float]]) -> float:
-    """A round's report mAP per (arm, seed index), into `per_seed`; returns the seed-epochs its trials started from
-    shared pretraining."""
+    """A round's report mAP per (arm, seed index), into `per_seed` (a trial of several seeds reports each one's as
+    `seed<j>/report_mAP`); returns the seed-epochs its trials started from shared pretraining."""
     shared = 0.0
     for r in results:
         m, config = r.metrics or {}, r.config or {}
-        arm, k = config.get("arm"), config.get("seed_index")
+        arm, seeds = parse_job(str(config.get("job", ":0")))
         if r.error or arm not in VERIFY_ARMS or not m.get("final"):
             why = (str(r.error).splitlines()[0][:300] if r.error else m.get("diverged_reason", "stopped early"))
-            raise VerificationError(f"verification arm {arm!r}, seed {k}, did not finish: {why}")
-        per_seed.setdefault(arm, {})[int(k)] = float(m[REPORT_MAP])
+            raise VerificationError(f"verification arm {arm!r}, seed {', '.join(map(str, seeds))}, did not "
+                                    f"finish: {why}")
+        for j, k in enumerate(seeds):
+            per_seed.setdefault(arm, {})[k] = float(m[REPORT_MAP] if len(seeds) == 1 else m[f"seed{j}/{REPORT_MAP}"])
         shared += float(m.get("pretraining/shared_epochs", 0.0))
     return shared
 
@@ -223,4 +242,4 @@ def to_json(v: Verification) -> str:
 
 
 __all__ = ["EXPERIMENT", "VERIFY_SEED_OFFSET", "Verification", "VerificationError", "arm_config", "build_round",
-           "collect", "run", "trained_arms", "verdict", "verification_seeds"]
+           "collect", "jobs", "parse_job", "run", "trained_arms", "verdict", "verification_seeds"]

@@ -16,7 +16,7 @@ from tests.test_space import BASE
 
 
 def _result(arm, k, value, *, final=True, error=None, shared=0.0):
-    return SimpleNamespace(config={"arm": arm, "seed_index": k, "params": {}}, error=error,
+    return SimpleNamespace(config={"job": f"{arm}:{k}", "params": {}}, error=error,
                            metrics={REPORT_MAP: value, "final": final, "pretraining/shared_epochs": shared})
 
 
@@ -43,7 +43,7 @@ def test_a_missing_or_unfinished_seed_leaves_the_winner_unverified():
     plan = _plan(seeds=2)
     full = [_result(arm, k, 0.3) for arm in ("winner", "baseline", "default") for k in range(2)]
     per_seed: dict = {}
-    verify.collect([r for r in full if (r.config["arm"], r.config["seed_index"]) != ("baseline", 1)], per_seed)
+    verify.collect([r for r in full if r.config["job"] != "baseline:1"], per_seed)
     with pytest.raises(verify.VerificationError, match="no result for baseline seed 1"):
         verify.verdict(plan, {"beta": 0.5}, per_seed, [2])
     full[3] = _result("baseline", 1, 0.3, final=False, error=RuntimeError("worker died\ntraceback"))
@@ -106,3 +106,20 @@ def test_a_winner_below_the_baseline_on_most_seeds_is_said_plainly():
     out = verify.verdict(plan, {"beta": 0.5}, per_seed, [3])
     assert out.lost_to_baseline and out.lines()[0].startswith("WARNING: the winner scored below the identity-only "
                                                              "baseline on 3 of 3 fresh seeds")
+
+
+def test_a_rounds_seeds_are_spread_over_the_trial_slots_and_read_back_per_seed():
+    """Each trial pays Ray's start-up once: on 2 slots each arm's seeds train in one trial; with a slot for every
+    (arm, seed), each is its own trial."""
+    assert verify.jobs(("winner", "baseline"), [0, 1, 2, 3, 4, 5], 2) == ["winner:0,1,2,3,4,5", "baseline:0,1,2,3,4,5"]
+    assert verify.jobs(("winner", "baseline", "default"), [6, 7], 2) == ["winner:6,7", "baseline:6,7", "default:6,7"]
+    assert verify.jobs(("winner", "baseline"), [0, 1, 2], 16) == ["winner:0", "winner:1", "winner:2", "baseline:0",
+                                                                   "baseline:1", "baseline:2"]
+    assert verify.jobs(("winner", "baseline"), [0, 1, 2, 3], 4) == ["winner:0,2", "winner:1,3", "baseline:0,2",
+                                                                     "baseline:1,3"]
+    per_seed: dict = {}
+    many = SimpleNamespace(config={"job": "winner:1,3"}, error=None,
+                           metrics={REPORT_MAP: 0.5, "seed0/" + REPORT_MAP: 0.4, "seed1/" + REPORT_MAP: 0.6,
+                                    "final": 1.0, "pretraining/shared_epochs": 8.0})
+    assert verify.collect([many], per_seed) == 8.0
+    assert per_seed == {"winner": {1: 0.4, 3: 0.6}}

@@ -21,6 +21,7 @@ from orchestrator.tracking.store import (EndRun, LogInput, LogMetrics, OpenRun, 
 
 _LIVE: dict[str, Callback] = {}
 
+SUMMARY = {schema.EVALUATION, "probe/camera_acc", "grip/adv_to_id"}  # with the objective: a trial's summary
 _TUNE_BOOKKEEPING = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
                      "iterations_since_restore", "done", "training_iteration"}
 
@@ -59,12 +60,14 @@ class MLflowTrialCallback(LiveCallback):
     def __init__(self, queue: TrackingQueue, experiment_id: str, sweep: str, *,
                  trial_params: Callable[[dict[str, Any]], dict[str, Any]],
                  run_name: Callable[[str, dict[str, Any]], str],
-                 checkpoint_uri: Callable[[str], str], inputs: tuple[LogInput, ...] = ()) -> None:
-        self.queue, self.experiment_id, self.sweep = queue, experiment_id, sweep
+                 checkpoint_uri: Callable[[str], str], inputs: tuple[LogInput, ...] = (),
+                 metric: str = schema.OBJECTIVE) -> None:
+        self.queue, self.experiment_id, self.sweep, self.metric = queue, experiment_id, sweep, metric
         self.inputs = inputs  # the sweep's datasets, logged on every trial's run (the runs table's Dataset column)
         self.trial_params, self.run_name, self.checkpoint_uri = trial_params, run_name, checkpoint_uri
         self.final: dict[str, bool] = {}
         self.diverged: dict[str, str] = {}  # trial id -> why it stopped
+        self.last: dict[str, dict[str, float]] = {}  # trial id -> its last evaluation's key figures (its summary)
         self.logged: dict[str, int] = {}  # trial id -> the last evaluation logged
         self.opened: set[str] = set()
         self.ended: set[str] = set()
@@ -127,6 +130,9 @@ class MLflowTrialCallback(LiveCallback):
             metrics = tuple((k, float(v), ts, step) for k, v in report.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))
             self.queue.submit(LogMetrics(tid, metrics))
+        self.last[tid] = {k: float(v) for k, v in result.items()
+                          if (k in SUMMARY or k == self.metric or k.startswith("seed"))
+                          and isinstance(v, (int, float)) and not isinstance(v, bool)}
         faults = {k: float(v) for k, v in result.items() if k.startswith("faults/") and v}
         if faults:
             self.queue.trial_faults[tid] = faults
@@ -143,7 +149,24 @@ class MLflowTrialCallback(LiveCallback):
     def _end(self, trial, outcome: str, status: str) -> None:
         self._open(trial)
         self.ended.add(trial.trial_id)
-        self.queue.submit(SetTags(trial.trial_id, ((schema.OUTCOME, outcome),)), EndRun(trial.trial_id, status))
+        self.queue.submit(SetTags(trial.trial_id, ((schema.OUTCOME, outcome), (schema.NOTE, self._summary(trial, outcome)))),
+                          EndRun(trial.trial_id, status))
+
+    def _summary(self, trial, outcome: str) -> str:
+        """The trial run's description: how it ended and its key figures, at the top of its page in the UI."""
+        last, tid = self.last.get(trial.trial_id, {}), trial.trial_id
+        start = (trial.config or {}).get(schema.START_POINT_KEY)
+        lines = [f"**{outcome}**" + (f" (start point `{start}`)" if start else "")
+                 + (f" after {last[schema.EVALUATION]:.0f} evaluations" if schema.EVALUATION in last else "")]
+        if tid in self.diverged:
+            lines.append(self.diverged[tid])
+        for key, label in ((self.metric, self.metric), ("probe/camera_acc", "camera probe"),
+                           ("grip/adv_to_id", "grip of the adversary (||beta dL_adv/df|| / ||dL_I/df||)")):
+            if key in last:
+                seeds = sorted(v for k, v in last.items() if k.startswith("seed") and k.endswith("/" + key))
+                lines.append(f"- {label}: {last[key]:.4f}" + (f" (seeds: {', '.join(f'{v:.4f}' for v in seeds)})"
+                                                               if len(seeds) > 1 else ""))
+        return "\n".join(lines)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         # a trial that completes without its final report was stopped early by the scheduler (ASHA), or diverged

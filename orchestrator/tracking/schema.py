@@ -15,6 +15,7 @@ ROLE = "adin.role"  # "sweep" (parent) or "trial" (child)
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
 SWEEP = "adin.sweep"  # the sweep's name, on the parent and on every child
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's description, at the top of its page in the UI
 RUN_NAME = "mlflow.runName"
 
 # --- tags on a trial's run ---------------------------------------------------------------------------------------
@@ -43,6 +44,7 @@ BEST_TRIAL = "adin.best_trial"
 BEST_CHECKPOINT = "adin.best_checkpoint"
 OBJECTIVE_METRIC = "adin.objective"  # the space's objective metric name, and its mode
 OBJECTIVE_MODE = "adin.objective_mode"
+STUDY_STORAGE = "adin.study_storage"  # JSON string: where the Optuna study of record lives (no password)
 PROMOTE_SE = "adin.promote_se"  # the winner rule's margin (search.promote_se), for orchestrator.best
 
 # --- on the experiment ------------------------------------------------------------------------------------------

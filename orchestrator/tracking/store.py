@@ -81,7 +81,7 @@ def _check_database(uri: str, timeout: float) -> None:
     """A database URL must name an installed driver and answer within `timeout` (MLflow would wait minutes)."""
     import sqlalchemy
 
-    shown = _without_password(uri)
+    shown = without_password(uri)
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
     except ModuleNotFoundError as exc:
@@ -100,7 +100,8 @@ def _check_database(uri: str, timeout: float) -> None:
         engine.dispose()
 
 
-def _without_password(uri: str) -> str:
+def without_password(uri: str) -> str:
+    """A URL with its password (if any) as ***: fit to show or to store."""
     parsed = urllib.parse.urlsplit(uri)
     if parsed.password:
         netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
@@ -419,27 +420,32 @@ class TrackingQueue:
 
 
 def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: list[str]) -> tuple[str, str]:
-    """(tag key, value) of an MLflow saved view of the experiment's runs table for one sweep: its trials expanded
-    under the parent, sorted by the objective, with the objective, the camera probe, source mAP, the searched
-    parameters and each trial's outcome as columns (MLflow's own table shows no metric by default). It appears in
-    the UI's "Views" menu and opens from `ui_url`."""
+    """(tag key, value) of an MLflow saved view of the experiment's runs table for one sweep: the objective, its
+    standard error, the camera probe and source mAP first among the columns (MLflow would otherwise put Dataset
+    before them and list metrics alphabetically, and at 1400 px the objective fell off the screen), then the
+    searched parameters and each trial's outcome; grouped by sweep and role, so a sweep's own run and its trials
+    are two groups apart from other sweeps of the space (a URL search filter would undo the view), sorted by the
+    objective. It appears in the UI's "Views" menu and opens from `ui_url`."""
     def col(kind: str, key: str) -> str:
         return f"{kind}.`{key}`"
 
-    state = {"selectedColumns": [col("attributes", "Dataset"), col("metrics", metric),
-                                 col("metrics", f"{metric}_se"), col("metrics", "probe/camera_acc"),
-                                 col("metrics", "source/mAP"), *[col("params", p) for p in params],
-                                 col("tags", schema.OUTCOME)],
-             "runsExpanded": {parent_run_id: True}, "runsPinned": [parent_run_id],  # the sweep's own row on top
-             "orderByKey": col("metrics", metric),
+    columns = [col("metrics", metric), col("metrics", f"{metric}_se"), col("metrics", "probe/camera_acc"),
+               col("metrics", "source/mAP"), *[col("params", p) for p in params], col("tags", schema.OUTCOME)]
+    state = {"selectedColumns": columns, "columnOrder": columns,
+             "groupBy": {"aggregateFunction": "max" if mode == "max" else "min",
+                         "groupByKeys": [{"mode": "tag", "groupByData": schema.SWEEP},
+                                         {"mode": "tag", "groupByData": schema.ROLE}]},
+             "runsExpanded": {parent_run_id: True}, "orderByKey": col("metrics", metric),
              "orderByAsc": mode == "min"}
     envelope = {"name": f"sweep {sweep}", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     return f"{schema.VIEW_TAG_PREFIX}{schema.view_id(sweep)}", json.dumps(envelope)
 
 
 def ui_url(base: str, experiment: str, sweep: str | None = None) -> str:
-    """The experiment's runs table in the MLflow UI, in its model-training view (MLflow 3 opens on GenAI
-    otherwise), with the sweep's saved view when given."""
+    """The experiment's runs table in the MLflow UI, in its model-training view, with the sweep's saved view when
+    given. MLflow 3.17 chooses GenAI or model training from a setting of the browser (`mlflow.workflowType`, GenAI
+    by default) that outranks the experiment's `mlflow.experimentKind` tag, so only the URL's `workflowType` makes
+    it open on the runs table."""
     url = f"{base.rstrip('/')}/#/experiments/{experiment}/runs?workflowType=machine_learning"
     return url + (f"&viewStateShareKey={schema.view_id(sweep)}" if sweep else "")
 
