@@ -181,8 +181,8 @@ class ReportScores:
 
     def __call__(self, checkpoint: str) -> float:
         from adin_core.train import model_from_state
-        from orchestrator.best import load_state
-        from orchestrator.trial import open_target, score_targets
+        from orchestrator.checkpoints import load_state
+        from orchestrator.targets import open_target, score_targets
 
         if checkpoint not in self.cache:
             values = []

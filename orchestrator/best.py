@@ -41,7 +41,8 @@ from orchestrator.space import Objective
 from orchestrator.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri,
                                    redact)
 from orchestrator.tracking import schema as S
-from orchestrator.trial import state_file
+from orchestrator.checkpoints import CheckpointError, load_state
+from orchestrator.targets import score_uris
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 
@@ -66,28 +67,6 @@ class Winner:
     @property
     def partial(self) -> bool:
         return self.parent_tags.get(S.SWEEP_STATE) != "complete"
-
-
-def load_state(checkpoint_uri: str, seed_index: int = 0) -> dict[str, Any]:
-    """A trial checkpoint's training state of one of its seeds (seed 0's is the trial's model), from a local folder
-    or s3://."""
-    loc = resolve(checkpoint_uri).join(state_file(seed_index))
-    try:
-        data = loc.read_bytes()
-    except FileNotFoundError:
-        raise ExportError(f"checkpoint {loc.uri} does not exist (storage moved or pruned?)") from None
-    except OSError as exc:
-        raise StorageError(f"cannot read checkpoint {loc.uri}: {exc}") from None
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def score_uris(model: ADINModel, config: TrainConfig, targets: dict[str, str]) -> dict[str, dict[str, float]]:
-    """The winner's scores on shard sets ({uri: name}), as the trials score (on the CPU)."""
-    from orchestrator.plan import Target
-    from orchestrator.trial import open_target, score_targets
-
-    size = (config.image_height, config.image_width)
-    return score_targets(model, [open_target(Target(u, n), size) for u, n in targets.items()], config)
 
 
 def sweep_parents(client, sweep: str | None = None) -> list:
@@ -379,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         winner, card = export_winner(args.export, tracking_uri=args.tracking_uri, sweep=args.sweep,
                                      register=args.register)
-    except (ExportError, StorageError, ShardError, TrackingError) as exc:
+    except (ExportError, CheckpointError, StorageError, ShardError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

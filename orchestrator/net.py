@@ -1,10 +1,14 @@
-"""Loopback ports for the services a sweep, the local cluster, the tests and the benchmarks start themselves."""
+"""The network as a sweep meets it: loopback ports for the services it, the local cluster, the tests and the benchmarks
+start themselves, and whether a Ray address answers as Ray does."""
 
 from __future__ import annotations
 
 import random
 import socket
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min/--max-worker-port: its workers bind these
 _pick = random.SystemRandom()  # not the global RNG, which a seeded run would make repeat across processes
@@ -61,3 +65,54 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> 
             return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def ray_address_problem(address: str, timeout: float = 5.0) -> str | None:
+    """What is wrong with a Ray address (host:port, ray://host:port, http://host:port), or None: it must answer, and
+    answer as Ray does, before ray.init is asked to join it (ray.init retries a dead address, or a port some other
+    server holds, Redis on Ray's default 6379 say, for minutes)."""
+    if address in ("auto", "local"):
+        return None
+    parsed = urllib.parse.urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        return "expected host:port, ray://host:port or http://host:port"
+    http = parsed.scheme in ("http", "https")
+    try:
+        ray_like = _dashboard_answers(address, timeout) if http else _speaks_grpc(parsed.hostname, parsed.port, timeout)
+    except OSError as exc:
+        return (f"nothing answers at {parsed.hostname}:{parsed.port} ({exc}); start the cluster, or leave "
+                "--ray-address out to run on a local Ray")
+    if ray_like:
+        return None
+    what = "a Ray dashboard" if http else "Ray (its GCS or client server speak gRPC)"
+    return (f"something answers at {parsed.hostname}:{parsed.port}, but not {what}; check the port (the GCS is "
+            "`ray start --port`, the dashboard its --dashboard-port)")
+
+
+def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
+    """Whether the server at host:port speaks HTTP/2, as every gRPC server does: it answers the client preface with
+    a SETTINGS frame (frame type 4). Redis, PostgreSQL or an HTTP/1 server answer otherwise, or not at all."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        frame = b""
+        try:
+            while len(frame) < 9:
+                chunk = sock.recv(9 - len(frame))
+                if not chunk:
+                    break
+                frame += chunk
+        except socket.timeout:
+            return False
+    return len(frame) == 9 and frame[3] == 4
+
+
+def _dashboard_answers(address: str, timeout: float) -> bool:
+    """Whether a Ray dashboard answers at the http(s) address: its version endpoint names the Ray version (or asks
+    for Ray's token)."""
+    try:
+        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=timeout) as resp:
+            body = resp.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        body = exc.read(4096).decode(errors="replace") if exc.code in (401, 403) else ""
+        return "token" in body.lower()
+    return "ray_version" in body

@@ -25,13 +25,13 @@ from adin_core.data.shards import ShardError, ShardSet
 from adin_core.data.storage import StorageError
 from adin_core.nuisance import heads_for
 from orchestrator.space import NAME, SearchSpace, SpaceError, load_space
-from orchestrator.storage import location
+from orchestrator.layout import SWEEP_FILE, SweepLayout, location
+from orchestrator.net import ray_address_problem
 from orchestrator.tracking.store import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri,
                                          check_tracking_uri)
 
 DEFAULT_STORAGE = "runs/sweeps"  # the embedded defaults: everything of the main job under ./runs
 DEFAULT_DATA_ROOT = "runs/data"
-SWEEP_FILE = "sweep.json"  # <storage>/<sweep>/sweep.json: the space file and the overrides of the first run
 # command-line flags that change the experiment (replayed by --resume): flag -> (space key, parse)
 EXPERIMENT_FLAGS: dict[str, str] = {
     "--source": "source", "--select": "targets.select", "--report": "targets.report",
@@ -74,8 +74,13 @@ class SweepPlan:
     places: Mapping[str, str] = field(default_factory=dict)  # the stores given other than by default: flag -> value
 
     @property
+    def layout(self) -> SweepLayout:
+        """Where everything of the sweep lives (orchestrator.layout)."""
+        return SweepLayout(self.storage, self.sweep, self.retry_budget_s)
+
+    @property
     def sweep_uri(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.sweep}"
+        return self.layout.uri
 
     def resume_command(self) -> str:
         """The command that continues this sweep: its space and name, and every store it was not given by default
@@ -221,7 +226,7 @@ def latest_sweep(storage: str, space_name: str) -> str:
 
 
 def read_sweep_file(storage: str, sweep: str) -> dict[str, Any]:
-    loc = location(storage).join(sweep, SWEEP_FILE)
+    loc = SweepLayout(storage, sweep).sweep_file
     try:
         return json.loads(loc.read_bytes())
     except FileNotFoundError:
@@ -235,7 +240,7 @@ def write_sweep_file(plan: SweepPlan) -> None:
     record = {"sweep": plan.sweep, "space_file": plan.space_file, "space": plan.space.name,
               "space_sha256": space_digest(plan.space_file), "overrides": dict(plan.overrides),
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    location(plan.storage).join(plan.sweep, SWEEP_FILE).write_bytes_atomic(json.dumps(record, indent=1).encode())
+    plan.layout.sweep_file.write_bytes_atomic(json.dumps(record, indent=1).encode())
 
 
 def _targets(uris: tuple[str, ...], shards: dict[str, ShardSet], taken: set[str]) -> tuple[Target, ...]:
@@ -270,9 +275,9 @@ def make_plan(args: Any) -> SweepPlan:
         raise PlanError(f"--retry-budget must be >= 0 seconds, got {args.retry_budget:g}")
     space = load_space(args.space)
     if args.ray_address:
-        from orchestrator.ray_session import check_address
-
-        check_address(args.ray_address)
+        problem = ray_address_problem(args.ray_address)
+        if problem:
+            raise PlanError(f"--ray-address {args.ray_address}: {problem}")
     storage = _writable_folder(args.storage, "--storage")
     data_root = _writable_folder(args.data_root, "--data-root")
     tracking_uri = absolute_tracking_uri(args.tracking_uri)
@@ -302,12 +307,11 @@ def make_plan(args: Any) -> SweepPlan:
             raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
                             + ", ".join(conflicts))
         overrides = dict(replay)
-        from orchestrator.storage import tune_storage
+        from ray.tune import Tuner  # deferred: Ray is imported only once the input is valid, and only to resume
 
-        path, fs = tune_storage(storage)
-        from ray.tune import Tuner
-
-        exp = os.path.join(path, sweep) if fs is None else f"{path}/{sweep}"
+        layout = SweepLayout(storage, sweep, args.retry_budget)
+        path, fs, name = layout.search_experiment()
+        exp = layout.experiment_path(path, fs, name)
         if not Tuner.can_restore(exp, storage_filesystem=fs):
             raise PlanError(f"--resume {sweep}: no restorable sweep state at {exp} (did it start any trial?)")
     else:

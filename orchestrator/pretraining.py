@@ -32,17 +32,24 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import JsonLoggerCallback
 
 from adin_core.config import TrainConfig
+from adin_core.data.shards import ShardSet
+from adin_core.evaluation import EvaluationHook, Evaluator
 from adin_core.repeats import aggregate
-from adin_core.train import pretraining_key
-from orchestrator.storage import location
+from adin_core.train import ADINTrainer, pretraining_key
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, torch_trainer
+from orchestrator.targets import open_target, source_target
 
 if TYPE_CHECKING:
     from orchestrator.plan import SweepPlan
 
-FOLDER = "pretrained"
 STATE, SNAPSHOT = "state.pt", "snapshot.json"
 FORMAT = 1
 
@@ -86,7 +93,7 @@ def snapshot_key(plan: "SweepPlan", config: TrainConfig, evaluate: bool) -> str:
 
 
 def snapshot_location(plan: "SweepPlan", key: str, seed: int):
-    return location(plan.sweep_uri).join(FOLDER, key, f"seed-{seed}")
+    return plan.layout.pretrained(key, seed)
 
 
 def available(plan: "SweepPlan", config: TrainConfig, seeds: list[int], evaluate: bool) -> list:
@@ -151,30 +158,24 @@ def jobs_for(plan: "SweepPlan", consumers: list[tuple[TrainConfig, list[int]]], 
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the stage: Ray Train runs under Tune, like trials (imported lazily: Ray is needed only here)
+# the stage: Ray Train runs under Tune, like trials
 # ------------------------------------------------------------------------------------------------------------
 def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) -> StageResult:
     """Train the jobs' snapshots in as many Ray Train runs as the sweep runs trials at once, each pretraining its
     share of the seeds in turn (a run pays Ray's start-up once); a failed one is reported, not fatal (its consumers
     pretrain themselves)."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from orchestrator.storage import tune_storage
-    from orchestrator.trial import TRIAL_DRIVER_RESOURCES
-
     result = StageResult()
     if not jobs:
         return result
     t0 = time.perf_counter()
     trainable = tune.with_resources(tune.with_parameters(run_pretraining, plan=plan), TRIAL_DRIVER_RESOURCES)
-    path, fs = tune_storage(plan.sweep_uri, plan.retry_budget_s)
+    path, fs, name = plan.layout.sweep_experiment(f"{name}-{int(time.time())}")
     slots = max(1, min(len(jobs), plan.space.search.max_concurrent))
     groups = [[job.__dict__ for job in jobs[g::slots]] for g in range(slots)]
     tuner = tune.Tuner(
         trainable, param_space={"jobs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(name=f"{name}-{int(time.time())}", storage_path=path, storage_filesystem=fs,
+        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                                   verbose=0, callbacks=[JsonLoggerCallback(), *callbacks],
                                   failure_config=tune.FailureConfig(max_failures=1)))
     tuner.fit()
@@ -190,39 +191,14 @@ def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) ->
 
 def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
     """The Tune function of a group of jobs: a TorchTrainer on the trials' workers, pretraining each in turn."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator.storage import train_storage
-    from orchestrator.trial import MAX_WORKER_FAILURES
-
     jobs = [Job(**job) for job in tune_config["jobs"]]
-    storage_path, storage_fs = train_storage(plan.storage, plan.sweep, plan.retry_budget_s)
-    res = plan.space.resources
-    use_gpu = res.gpus_per_worker > 0
-    TorchTrainer(
-        pretrain_worker, train_loop_config={"plan": plan, "jobs": jobs},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"pretrain-{jobs[0].key}-seed{'-'.join(str(j.seed) for j in jobs)}",
-                             storage_path=storage_path,
-                             storage_filesystem=storage_fs, callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)),
-    ).fit()
+    name = f"pretrain-{jobs[0].key}-seed{'-'.join(str(j.seed) for j in jobs)}"
+    torch_trainer(plan, pretrain_worker, {"plan": plan, "jobs": jobs}, name, [TuneReportCallback()]).fit()
 
 
 def pretrain_worker(loop_config: dict[str, Any]) -> None:
     """Every worker pretrains (gradients all-reduced); rank 0 evaluates at the trials' cadence (when the snapshot
     serves search trials) and writes the snapshot. A job whose snapshot exists already (a retried run) is skipped."""
-    import ray.train
-    import ray.train.torch
-
-    from adin_core.data.shards import ShardSet
-    from adin_core.evaluation import Evaluator
-    from orchestrator.trial import open_target, source_target
-
     plan: SweepPlan = loop_config["plan"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -246,11 +222,6 @@ def pretrain_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _pretrain_one(plan: "SweepPlan", job: Job, config: TrainConfig, data, evaluator, rank: int, world: int) -> None:
-    import ray.train.torch
-
-    from adin_core.evaluation import EvaluationHook
-    from adin_core.train import ADINTrainer
-
     trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
     reports: list[dict[str, Any]] = []
     if evaluator is not None:
@@ -270,5 +241,5 @@ def _pretrain_one(plan: "SweepPlan", job: Job, config: TrainConfig, data, evalua
               f"{job.consumers} trainings", flush=True)
 
 
-__all__ = ["FOLDER", "Job", "SnapshotError", "StageResult", "available", "jobs_for", "load", "pretraining_epochs",
+__all__ = ["Job", "SnapshotError", "StageResult", "available", "jobs_for", "load", "pretraining_epochs",
            "replay", "run_stage", "save", "snapshot_key"]

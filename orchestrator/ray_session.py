@@ -15,68 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
-import urllib.parse
 from typing import Any
 
 from orchestrator.net import free_port
 from orchestrator.plan import PlanError, SweepPlan
-from orchestrator.trial import TRIAL_DRIVER_RESOURCES
 
-
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """A Ray address (host:port, ray://host:port, http://host:port) must answer, and answer as Ray does, before
-    ray.init is asked to join it: ray.init retries a dead address, or a port some other server holds (Redis, say,
-    on Ray's default 6379), for minutes."""
-    if address in ("auto", "local"):
-        return
-    parsed = urllib.parse.urlparse(address if "://" in address else f"tcp://{address}")
-    if not parsed.hostname or not parsed.port:
-        raise PlanError(f"--ray-address {address!r}: expected host:port, ray://host:port or http://host:port")
-    try:
-        if parsed.scheme in ("http", "https"):
-            ray_like = _dashboard_answers(address, timeout)
-        else:
-            ray_like = _speaks_grpc(parsed.hostname, parsed.port, timeout)
-    except OSError as exc:
-        raise PlanError(f"--ray-address {address}: nothing answers at {parsed.hostname}:{parsed.port} ({exc}); "
-                        "start the cluster, or leave --ray-address out to run on a local Ray") from None
-    if not ray_like:
-        what = "a Ray dashboard" if parsed.scheme in ("http", "https") else "Ray (its GCS or client server speak gRPC)"
-        raise PlanError(f"--ray-address {address}: something answers at {parsed.hostname}:{parsed.port}, but not "
-                        f"{what}; check the port (the GCS is `ray start --port`, the dashboard its --dashboard-port)")
-
-
-def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
-    """Whether the server at host:port speaks HTTP/2, as every gRPC server does: it answers the client preface with
-    a SETTINGS frame (frame type 4). Redis, PostgreSQL or an HTTP/1 server answer otherwise, or not at all."""
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
-        frame = b""
-        try:
-            while len(frame) < 9:
-                chunk = sock.recv(9 - len(frame))
-                if not chunk:
-                    break
-                frame += chunk
-        except socket.timeout:
-            return False
-    return len(frame) == 9 and frame[3] == 4
-
-
-def _dashboard_answers(address: str, timeout: float) -> bool:
-    """Whether a Ray dashboard answers at the http(s) address: its version endpoint names the Ray version (or asks
-    for Ray's token)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=timeout) as resp:
-            body = resp.read(4096).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        body = exc.read(4096).decode(errors="replace") if exc.code in (401, 403) else ""
-        return "token" in body.lower()
-    return "ray_version" in body
+TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # a trial's (or stage's) own process only waits on its TorchTrainer
+MAX_WORKER_FAILURES = 2  # Train restarts a run's worker group this often from its last checkpoint
 
 
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -177,6 +122,26 @@ def local_train_env() -> dict[str, str]:
     one small call to one worker more per second). A value in the environment is kept."""
     key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
     return {key: os.environ.get(key, LOCAL_HEALTH_CHECK_INTERVAL_S)}
+
+
+def torch_trainer(plan: SweepPlan, loop, loop_config: dict[str, Any], name: str, callbacks: list,
+                  checkpoints_to_keep: int | None = None):
+    """A Ray Train run on the trial's workers (gloo on CPU, NCCL on GPU) under the sweep's train-runs folder, named
+    so that a restarted trial or stage finds its own run and continues from its last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = plan.space.resources
+    use_gpu = res.gpus_per_worker > 0
+    storage_path, storage_fs = plan.layout.train_runs()
+    return TorchTrainer(
+        loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=callbacks,
+                             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
+                             failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)))
 
 
 def trial_needs(plan: SweepPlan) -> dict[str, float]:

@@ -10,6 +10,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.tracking import schema
+from orchestrator.tracking.callback import live_callback
 
 
 class StudySearch(OptunaSearch):
@@ -44,8 +45,6 @@ class StudySearch(OptunaSearch):
 
     def _link(self, trial_id: str) -> None:
         """The Optuna trial's user attributes name its Tune trial and its MLflow run (once the run exists)."""
-        from orchestrator.tracking.callback import live_callback
-
         trial = self._ot_trials.get(trial_id)
         if trial is None or trial_id in self._completed_trials or "mlflow_run_id" in trial.user_attrs:
             return

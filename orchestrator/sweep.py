@@ -181,17 +181,15 @@ def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | 
     from orchestrator.plan import open_study_storage
     from orchestrator.search import StartPointASHA, StudySearch
 
-    from orchestrator.storage import tune_storage
     from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
     space = plan.space
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
-    storage_path, storage_fs = tune_storage(plan.storage, plan.retry_budget_s)
+    storage_path, storage_fs, name = plan.layout.search_experiment()
     if plan.resume:
-        path = os.path.join(storage_path, plan.sweep) if storage_fs is None else f"{storage_path}/{plan.sweep}"
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=storage_fs)
+        return tune.Tuner.restore(plan.layout.experiment_path(storage_path, storage_fs, name), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
     searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
                            sampler=space.search.make_sampler(), study_name=plan.sweep,
                            storage=open_study_storage(plan.study_storage), start_points=space.search.start_from,
@@ -204,7 +202,7 @@ def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | 
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,
                                     metric=space.objective.metric, mode=space.objective.mode),
-        run_config=tune.RunConfig(name=plan.sweep, storage_path=storage_path, storage_filesystem=storage_fs,
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                   callbacks=[JsonLoggerCallback(), *callbacks], verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1)),
     )
@@ -422,9 +420,7 @@ class Sweep:
         return f"{trial_id} {shown}".strip()
 
     def _checkpoint_uri(self, path: str) -> str:
-        from orchestrator.storage import checkpoint_uri
-
-        return checkpoint_uri(path, self.plan.storage)
+        return self.plan.layout.checkpoint_uri(path)
 
     # --- the outcome -------------------------------------------------------------------------------------------
     def _report(self, results, parent, tracking) -> tuple[str, int]:
@@ -605,10 +601,11 @@ class Sweep:
     def _summarise_winner(self, parent, rows, winner) -> None:
         """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
         from adin_core.train import model_from_state
-        from orchestrator.best import load_state, write_model_files
+        from orchestrator.best import write_model_files
+        from orchestrator.checkpoints import load_state
         from orchestrator.results import save_plots
         from orchestrator.tracking import schema as S
-        from orchestrator.trial import open_target, score_targets
+        from orchestrator.targets import open_target, score_targets
 
         plan = self.plan
         state = load_state(winner.checkpoint)

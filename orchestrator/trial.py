@@ -19,46 +19,33 @@ import json
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+import pyarrow.fs as pafs
+import ray.train
+import ray.train.torch
+import ray.tune
 import torch
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from adin_core.config import TrainConfig
-from adin_core.data.memory import EvalTarget
 from adin_core.data.shards import ShardSet
-from adin_core.data.storage import StorageUnavailable
-from adin_core.evaluation import Evaluator, score_target
+from adin_core.data.storage import StorageUnavailable, s3_filesystem
+from adin_core.evaluation import Evaluator
 from adin_core.repeats import SeedGroup, seed_list
 from adin_core.train import ADINTrainer, CheckReport, TrainingDiverged
+from orchestrator import pretraining
+from orchestrator.checkpoints import REPORTS_FILE, load_checkpoint, state_file
+from orchestrator.plan import SweepPlan
+from orchestrator.ray_session import torch_trainer
 from orchestrator.retry import Backoff, RetryStats, call_with_backoff
+from orchestrator.targets import open_target, source_target
+from orchestrator.tracking import schema
 
-if TYPE_CHECKING:
-    from orchestrator.plan import SweepPlan, Target
-
-STATE_FILE = "state.pt"
-REPORTS_FILE = "reports.json"  # in a checkpoint: every report up to it (RaySink.resend)
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 5.0  # how often rank 0 records its step: one small write, bounding what a restart cannot see
 STORAGE_TRANSIENT = (OSError, StorageUnavailable)  # pyarrow raises OSError for S3 network and server errors
-TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}  # the trial's own process only waits on its TorchTrainer
-MAX_WORKER_FAILURES = 2  # Train restarts a trial's worker group this often from its last checkpoint
 SHARED_PREFIX = "pretraining/"  # pretraining/shared_seeds, pretraining/shared_epochs: what a trial did not train
-
-
-def open_target(target: "Target", image_size: tuple[int, int]) -> EvalTarget:
-    """A planned target's test split, named as the plan names it (the key of its metrics)."""
-    return ShardSet.open(target.uri).eval_target(image_size, name=target.name)
-
-
-def source_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
-    """The training dataset's own test split: cross-camera retrieval on seen cameras, and the nuisance probe."""
-    return ShardSet.open(uri).eval_target(image_size, name="source")
-
-
-def score_targets(model, targets: list[EvalTarget], config: TrainConfig,
-                  device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
-    """Rank-1/5/10, mAP and mINP per target: the one scoring of the trials, the winner and the export."""
-    return {t.name: score_target(model, t, config, device)[0] for t in targets}
 
 
 class TrialProgress:
@@ -79,8 +66,6 @@ class TrialProgress:
 
     @classmethod
     def for_current_run(cls) -> "TrialProgress":
-        import ray.train
-
         storage = ray.train.get_context().get_storage()
         return cls(_fail_fast(storage.storage_filesystem), f"{storage.experiment_fs_path}/{PROGRESS_FILE}")
 
@@ -150,8 +135,6 @@ class RaySink:
 
     def __call__(self, trainers: list[ADINTrainer], reports: list[CheckReport], metrics: dict[str, Any],
                  final: bool) -> None:
-        import ray.train
-
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
@@ -165,8 +148,6 @@ class RaySink:
                     json.dump(self.history, fh)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 if self._unsent:
-                    from orchestrator.tracking import schema
-
                     metrics[schema.REPLAY] = json.dumps(self._unsent)
                     self._unsent = []
 
@@ -181,10 +162,6 @@ class RaySink:
         """The trial's last report (every rank, no checkpoint): it stopped because a seed's weights went non-finite.
         It carries no objective, so no scheduler, searcher or winner rule can rank it; retrying would diverge again
         from the same checkpoint, so the trial ends here instead of failing."""
-        import ray.train
-
-        from orchestrator.tracking import schema
-
         metrics: dict[str, Any] = {}
         if self.rank == 0:
             metrics = {schema.DIVERGED: 1.0, schema.DIVERGED_STEP: float(exc.step), schema.DIVERGED_WHY: str(exc),
@@ -195,10 +172,6 @@ class RaySink:
     def resend(self, checkpoint, history: list[dict[str, Any]]) -> None:
         """After a restore from `checkpoint`: one report (every rank, no new checkpoint) with that checkpoint's
         metrics, the reports before it as schema.REPLAY, the checkpoint's path and this attempt's `faults/*`."""
-        import ray.train
-
-        from orchestrator.tracking import schema
-
         metrics: dict[str, Any] = {}
         if self.rank == 0:
             self.history = list(history)
@@ -214,39 +187,15 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
 
-def state_file(k: int) -> str:
-    """Seed k's training state in a trial checkpoint (seed 0's is the trial's model: the export takes it)."""
-    return STATE_FILE if k == 0 else f"state-seed{k}.pt"
-
-
-def _load_checkpoint(checkpoint, seeds: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every seed's state, and the reports up to the checkpoint (none in a checkpoint written before they were
-    kept)."""
-    with checkpoint.as_directory() as d:
-        states = [torch.load(os.path.join(d, state_file(k)), weights_only=True) for k in range(seeds)]
-        history = []
-        if os.path.exists(os.path.join(d, REPORTS_FILE)):
-            with open(os.path.join(d, REPORTS_FILE)) as fh:
-                history = json.load(fh)
-    return states, history
-
-
 def _fail_fast(run_fs):
     """The run's filesystem retries inside the SDK for the whole retry budget (for Ray's own writes); ours go
     through one that fails fast (S3: the endpoint is checked first), so an outage reaches our backoff, which
     records it, or is skipped where waiting is not worth it (progress records)."""
-    import pyarrow.fs as pafs
-
-    from adin_core.data.storage import s3_filesystem
-
     return s3_filesystem() if isinstance(run_fs, pafs.S3FileSystem) else run_fs
 
 
 def _persist(storage, checkpoint, dir_name: str):
     """Ray's checkpoint copy (persist_current_checkpoint), through a fail-fast filesystem."""
-    import pyarrow.fs as pafs
-    import ray.train
-
     run_fs = storage.storage_filesystem
     fs = _fail_fast(run_fs)
     dest = storage.build_checkpoint_path_from_name(dir_name)
@@ -257,9 +206,6 @@ def _persist(storage, checkpoint, dir_name: str):
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker loop: the trial's config on each of its seeds, in turns (adin_core.repeats)."""
-    import ray.train
-    import ray.train.torch
-
     plan: SweepPlan = loop_config["plan"]
     config: TrainConfig = loop_config["config"]
     seeds: list[int] = loop_config["seeds"]
@@ -298,7 +244,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
-        states, history = storage_retry(lambda: _load_checkpoint(checkpoint, len(seeds)),
+        states, history = storage_retry(lambda: load_checkpoint(checkpoint, len(seeds)),
                                         what="restoring the checkpoint")
         for trainer, state in zip(trainers, states):
             trainer.load_state_dict(state)
@@ -316,13 +262,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sink.diverged(exc)
 
 
-def _start_from_shared_pretraining(plan: "SweepPlan", config: TrainConfig, seeds: list[int],
+def _start_from_shared_pretraining(plan: SweepPlan, config: TrainConfig, seeds: list[int],
                                    trainers: list[ADINTrainer], group: SeedGroup, sink: RaySink, storage_retry,
                                    evaluate: bool) -> None:
     """Every seed starts from its stored pretraining when all of them have one (orchestrator.pretraining); else
     the trial pretrains itself, as it always could."""
-    from orchestrator import pretraining
-
     locs = storage_retry(lambda: pretraining.available(plan, config, seeds, evaluate),
                          what="looking for shared pretraining")
     if not locs:
@@ -346,49 +290,19 @@ def train_run_name(trial_id: str) -> str:
     return f"trial-{trial_id}"
 
 
-def run_trial(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
+def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     """The Tune function trainable: one TorchTrainer per trial, training the search's seeds. Its TrainConfig is
     built (and validated) here, once, from the plan's fixed values and the sampled ones."""
     config = plan.space.train_config(plan.space.sampled(tune_config))
-    _train(plan, config, seed_list(config, plan.space.search.seeds), report=False)
+    train_trial(plan, config, seed_list(config, plan.space.search.seeds), report=False)
 
 
-def run_verification(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
-    """A verification trial: one arm (the winner, the baseline, the shipped default, the paper's CaNE) on some of
-    the fresh seeds (`verify.jobs`), in turns, scored on the report targets at the end."""
-    from orchestrator.verify import arm_config, parse_job, verification_seeds
-
-    arm, indices = parse_job(tune_config["job"])
-    config = arm_config(plan, arm, tune_config["params"])
-    seeds = verification_seeds(plan, tune_config["params"])
-    _train(plan, config, [seeds[k] for k in indices], report=True)
-
-
-def _train(plan: "SweepPlan", config: TrainConfig, seeds: list[int], *, report: bool) -> None:
-    import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator.storage import train_storage
-
+def train_trial(plan: SweepPlan, config: TrainConfig, seeds: list[int], *, report: bool) -> None:
+    """Train `config` on `seeds` in the current Tune trial's Ray Train run; `report`: a verification trial, scored
+    on the report targets at its end only."""
     trial_id = ray.tune.get_context().get_trial_id()
-    storage_path, storage_fs = call_with_backoff(
-        lambda: train_storage(plan.storage, plan.sweep, plan.retry_budget_s), service="storage",
-        retry_on=STORAGE_TRANSIENT, what=f"opening the sweep storage {plan.storage}",
-        backoff=Backoff(budget_s=plan.retry_budget_s))
-    res = plan.space.resources
-    use_gpu = res.gpus_per_worker > 0
-    resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"config": config, "plan": plan, "seeds": seeds, "report": report},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=train_run_name(trial_id), storage_path=storage_path, storage_filesystem=storage_fs,
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=CheckpointConfig(num_to_keep=plan.space.training.checkpoints_to_keep),
-            failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)),
-    )
-    trainer.fit()
+    call_with_backoff(plan.layout.train_runs, service="storage", retry_on=STORAGE_TRANSIENT,
+                      what=f"opening the sweep storage {plan.storage}", backoff=Backoff(budget_s=plan.retry_budget_s))
+    torch_trainer(plan, train_worker, {"config": config, "plan": plan, "seeds": seeds, "report": report},
+                  train_run_name(trial_id), [TuneReportCallback()],
+                  checkpoints_to_keep=plan.space.training.checkpoints_to_keep).fit()

@@ -28,16 +28,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from adin_core.config import PAPER_CANE, TrainConfig
 from adin_core.evaluation import REPORT_MAP
 from adin_core.repeats import seed_list
 from adin_core.stats import Paired, detectable_effect
 from orchestrator.plan import SweepPlan
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES
 from orchestrator.space import VERIFY_ARMS, make_train_config
+from orchestrator.trial import train_trial
 
 VERIFY_SEED_OFFSET = 1000  # verification seeds: fresh, never the search's (config.seed + k, k < search.seeds)
 EXPERIMENT = "verify"  # <storage>/<sweep>/verify-r<round>: each round's own Tune experiment
@@ -148,16 +152,9 @@ def parse_job(job: str) -> tuple[str, list[int]]:
 def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int],
                 callbacks: list):
     """One round's Tuner: its trials (`jobs`), restored if a resumed sweep had started it."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-
-    from orchestrator.storage import tune_storage
-    from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_verification
-
     trainable = tune.with_resources(tune.with_parameters(run_verification, plan=plan), TRIAL_DRIVER_RESOURCES)
-    path, fs = tune_storage(plan.sweep_uri, plan.retry_budget_s)
-    name = f"{EXPERIMENT}-r{round_index}"
-    exp = os.path.join(path, name) if fs is None else f"{path}/{name}"
+    path, fs, name = plan.layout.sweep_experiment(f"{EXPERIMENT}-r{round_index}")
+    exp = plan.layout.experiment_path(path, fs, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
         return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   storage_filesystem=fs)
@@ -169,6 +166,15 @@ def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int
         run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
                                   callbacks=[JsonLoggerCallback(), *callbacks],
                                   failure_config=tune.FailureConfig(max_failures=1)))
+
+
+def run_verification(tune_config: dict[str, Any], plan: SweepPlan) -> None:
+    """A verification trial: one arm on some of the fresh seeds (`jobs`), in turns, scored on the report targets
+    at the end."""
+    arm, indices = parse_job(tune_config["job"])
+    config = arm_config(plan, arm, tune_config["params"])
+    seeds = verification_seeds(plan, tune_config["params"])
+    train_trial(plan, config, [seeds[k] for k in indices], report=True)
 
 
 def collect(results, per_seed: dict[str, dict[int, float]]) -> float:

@@ -10,6 +10,7 @@ import torch
 
 from adin_core.config import TrainConfig
 from orchestrator import pretraining
+from orchestrator.layout import SweepLayout
 from orchestrator.plan import Target
 from orchestrator.space import parse_space
 from tests.test_space import BASE
@@ -17,7 +18,7 @@ from tests.test_space import BASE
 
 def _plan(tmp_path, workers=1, files=None, **fixed):
     raw = dict(BASE, fixed={**BASE["fixed"], **fixed}, resources={"workers": workers})
-    return SimpleNamespace(space=parse_space(raw, "space.yaml"), sweep_uri=str(tmp_path / "sweep"),
+    return SimpleNamespace(space=parse_space(raw, "space.yaml"), layout=SweepLayout(str(tmp_path), "sweep"),
                            source="/data/src/v1", select=(Target("/data/sel/v1", "sel"),),
                            data_versions={"/data/src/v1": {"files": files or {"a.parquet": "1"}},
                                           "/data/sel/v1": {"files": {"b.parquet": "2"}}})

@@ -11,7 +11,9 @@ import torch
 
 from orchestrator.retry import RetryStats
 from orchestrator.tracking import schema as S
-from orchestrator.trial import REPORTS_FILE, RaySink, _load_checkpoint
+from orchestrator.checkpoints import REPORTS_FILE
+from orchestrator.checkpoints import load_checkpoint as _load_checkpoint
+from orchestrator.trial import RaySink
 
 
 class _Reports:

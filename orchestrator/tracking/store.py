@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from orchestrator.retry import Backoff
+from orchestrator.retry import Backoff, call_with_backoff
 from orchestrator.tracking import schema
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"  # the embedded default: an SQLite file beside the sweeps
@@ -463,8 +463,6 @@ def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
     overview (the experiment tag `mlflow.experimentKind`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from orchestrator.retry import call_with_backoff
 
     client = MlflowClient(uri)
 
