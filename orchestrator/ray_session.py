@@ -13,8 +13,10 @@ sweep starts, unless the cluster autoscales (`--wait-for-resources`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import sys
 from typing import Any
 
 from orchestrator.net import free_port
@@ -25,6 +27,28 @@ MAX_WORKER_FAILURES = 2  # Train restarts a run's worker group this often from i
 
 
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
+                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+
+
+def forwarded_env(plan: SweepPlan) -> dict[str, str]:
+    """What the workers need from this environment, through Ray's runtime env. A local Ray's processes inherit this
+    environment, so nothing is passed then. Joining a cluster, endpoints and settings are passed, except those a
+    job's own runtime env sets (Ray refuses conflicting keys); credentials only from a client outside the cluster
+    (--ray-address), with a note, since Ray writes runtime envs into its logs on the nodes. Inside a job they come
+    from the job's runtime env or the nodes' own credentials."""
+    if not plan.ray_address:
+        return {}
+    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env", {}) or {}
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    out = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})
+           and not (in_job and k in CREDENTIAL_ENV)}
+    if any(k in out for k in CREDENTIAL_ENV):
+        print("note: the AWS credentials of this shell go to the cluster's workers in Ray's runtime env, which Ray "
+              "writes to its logs on the nodes (runtime_env_agent.log); to keep them out, give the nodes their own "
+              "(an instance role, IRSA or their environment) and unset them here", file=sys.stderr)
+    return out
 
 
 def _keep_credentials_out_of_trial_runtime_envs() -> None:

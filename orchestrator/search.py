@@ -1,16 +1,25 @@
-"""The searcher and the scheduler of a sweep: Optuna's sampler through Tune, with the study kept in Optuna's own
-storage, its known start points tried first; ASHA, which never stops a start point early."""
+"""The search of a sweep, as Tune runs it: Optuna's sampler (`make_sampler`) through `StudySearch`, with the study
+kept in Optuna's own storage and the space's start points tried first; ASHA, which never stops a start point early;
+and the Tuner that runs the trials (`build_tuner`), restored from the sweep's storage on --resume."""
 
 from __future__ import annotations
 
 import warnings
 from typing import Any, Mapping, Sequence
 
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+import optuna
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator.plan import SweepPlan, open_study_storage
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES
+from orchestrator.space import SearchSettings
 from orchestrator.tracking import schema
 from orchestrator.tracking.callback import live_callback
+from orchestrator.trial import run_trial
 
 
 class StudySearch(OptunaSearch):
@@ -35,8 +44,6 @@ class StudySearch(OptunaSearch):
         self._handed = 0  # start points given out so far (Optuna hands enqueued trials out first, in order)
         self._tracking_key = tracking_key  # the sweep's MLflow callback (a LiveCallback key): each trial's run id
         if self._ot_study is not None:  # what optuna-dashboard shows: the metric's name, where the runs are
-            import optuna
-
             with warnings.catch_warnings():  # experimental since Optuna 3.2, and the only way to name it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._ot_study.set_metric_names([self.metric])
@@ -105,3 +112,47 @@ class StartPointASHA(ASHAScheduler):
         if (trial.config or {}).get(schema.START_POINT_KEY):
             return TrialScheduler.CONTINUE
         return decision
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
+    """The space's sampler, its random start as `SearchSettings.random_start` says."""
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    if settings.sampler == "tpe":
+        # constant liar: a trial still running counts as a poor one, so parallel workers do not all sample the
+        # same promising point (Optuna's advice for TPE with concurrent trials)
+        return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.random_start,
+                                          constant_liar=settings.max_concurrent > 1)
+    cls = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[settings.sampler]
+    return cls(seed=settings.seed, n_startup_trials=settings.random_start)
+
+
+def make_scheduler(plan: SweepPlan) -> TrialScheduler:
+    s = plan.space.scheduler
+    if s.type != "asha":
+        return FIFOScheduler()
+    return StartPointASHA(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
+                          reduction_factor=s.reduction_factor)
+
+
+def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | None = None) -> tune.Tuner:
+    """The search's Tuner: a trial per sampled config (orchestrator.trial.run_trial), restored on --resume."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+    space = plan.space
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
+    path, fs, name = plan.layout.search_experiment()
+    if plan.resume:
+        return tune.Tuner.restore(plan.layout.experiment_path(path, fs, name), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+    searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
+                           sampler=make_sampler(space.search), study_name=plan.sweep,
+                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from,
+                           study_attrs=study_attrs, tracking_key=f"tracking:{plan.sweep}")
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
+                                    scheduler=make_scheduler(plan), num_samples=space.search.num_samples,
+                                    metric=space.objective.metric, mode=space.objective.mode),
+        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
+                                  callbacks=[JsonLoggerCallback(), *callbacks],
+                                  failure_config=tune.FailureConfig(max_failures=1)))

@@ -132,19 +132,6 @@ class SearchSettings:
             return self.startup_trials
         return 0 if self.sampler == "cmaes" else min(10, self.num_samples // 2)
 
-    def make_sampler(self):
-        import optuna
-
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        if self.sampler == "tpe":
-            # constant liar: a trial still running counts as a poor one, so parallel workers do not all sample the
-            # same promising point (Optuna's advice for TPE with concurrent trials)
-            return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.random_start,
-                                              constant_liar=self.max_concurrent > 1)
-        cls = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[self.sampler]
-        return cls(seed=self.seed, n_startup_trials=self.random_start)
-
 
 VERIFY_ARMS = ("winner", "baseline", "default", "paper")
 

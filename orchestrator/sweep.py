@@ -21,7 +21,6 @@ Exit codes: 0 the sweep finished and has a winner; 1 no trial finished; 2 bad in
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -30,9 +29,10 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+# Set before Ray is imported (by the stages below, once the input is valid): what every process of the sweep runs with.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machine mode: a local Ray on 127.0.0.1 only
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -49,17 +49,18 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes:
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 from adin_core.evaluation import REPORT_MAP  # noqa: E402
+from adin_core.repeats import seed_list  # noqa: E402
+from orchestrator import report  # noqa: E402
 from orchestrator.plan import (DEFAULT_DATA_ROOT, DEFAULT_STORAGE, PLAN_ERRORS, PlanError, SweepPlan,  # noqa: E402
-                               make_plan, write_sweep_file)
-from orchestrator.retry import DEFAULT_BUDGET_S  # noqa: E402
-from orchestrator.tracking import schema  # noqa: E402
-from orchestrator.tracking.store import DEFAULT_TRACKING_URI, without_password  # noqa: E402
+                               make_plan, open_study_storage, write_sweep_file)
+from orchestrator.results import TrialRow, WinnerChoice, choose_winner, rows_from_results  # noqa: E402
+from orchestrator.retry import DEFAULT_BUDGET_S, Backoff  # noqa: E402
+from orchestrator.signals import StopSignals  # noqa: E402
+from orchestrator.tracking import schema as S  # noqa: E402
+from orchestrator.tracking.parent import dataset_inputs, open_parent  # noqa: E402
+from orchestrator.tracking.store import DEFAULT_TRACKING_URI, SweepRun, TrackingError, TrackingQueue  # noqa: E402
 
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
-                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 EXIT_OK, EXIT_NO_TRIAL, EXIT_INPUT, EXIT_TRACKING = 0, 1, 2, 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,118 +119,6 @@ def _seconds(flag: str):
     return parse
 
 
-# ------------------------------------------------------------------------------------------------------------
-class StopSignals:
-    """Which signal stopped the sweep. Tune stops gracefully on SIGINT (saving its state); SIGTERM (`ray job
-    stop`) is turned into that, and both are recorded, since Tune itself returns as if nothing happened."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous = {s: signal.getsignal(s) for s in EXIT_SIGNAL}
-        self.install()
-
-    def install(self) -> None:
-        """Put our handlers in place; again after `ray.init`, whose driver set-up replaces the SIGTERM handler
-        with one that exits at once (no graceful stop, no closed runs, exit code not 143)."""
-        signal.signal(signal.SIGINT, self._before_tune)
-        signal.signal(signal.SIGTERM, self._on_term)
-
-    def _before_tune(self, signum, frame) -> None:
-        self.received = self.received or signum
-        raise KeyboardInterrupt
-
-    def _on_term(self, signum, frame) -> None:
-        self.received = self.received or signum
-        os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop
-
-    def watch_tune(self) -> None:
-        """Called once Tune has put its SIGINT handler in place: wrap it, to learn of a Ctrl-C it handles."""
-        tune_handler = signal.getsignal(signal.SIGINT)
-        if getattr(tune_handler, "_adin_wrapped", False) or not callable(tune_handler):
-            return
-
-        def wrapped(signum, frame):
-            self.received = self.received or signum
-            tune_handler(signum, frame)
-        wrapped._adin_wrapped = True  # type: ignore[attr-defined]
-        signal.signal(signal.SIGINT, wrapped)
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
-def _signal_watcher(stops: StopSignals, sweep: str):
-    """A Tune callback that wraps Tune's SIGINT handler once Tune has installed it. It is a LiveCallback: Tune
-    pickles its callbacks with the sweep, and a resumed sweep must watch with this run's `stops`, not with the
-    unpickled copy of the first run's (which once made a Ctrl-C during a resumed sweep look like success)."""
-    from orchestrator.tracking.callback import LiveCallback
-
-    class WatchSignals(LiveCallback):
-        def setup(self, **info) -> None:
-            stops.watch_tune()
-    return WatchSignals().register(f"signals:{sweep}")
-
-
-def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | None = None):
-    import optuna
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
-    from orchestrator.plan import open_study_storage
-    from orchestrator.search import StartPointASHA, StudySearch
-
-    from orchestrator.trial import TRIAL_DRIVER_RESOURCES, run_trial
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
-    space = plan.space
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
-    storage_path, storage_fs, name = plan.layout.search_experiment()
-    if plan.resume:
-        return tune.Tuner.restore(plan.layout.experiment_path(storage_path, storage_fs, name), trainable=trainable,
-                                  resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
-    searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
-                           sampler=space.search.make_sampler(), study_name=plan.sweep,
-                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from,
-                           study_attrs=study_attrs, tracking_key=f"tracking:{plan.sweep}")
-    searcher = ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent)
-    s = space.scheduler
-    scheduler = (StartPointASHA(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
-                                reduction_factor=s.reduction_factor) if s.type == "asha" else FIFOScheduler())
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=space.search.num_samples,
-                                    metric=space.objective.metric, mode=space.objective.mode),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                  callbacks=[JsonLoggerCallback(), *callbacks], verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
-    )
-
-
-def _forwarded_env(plan: SweepPlan) -> dict[str, str]:
-    """What the workers need from this environment, through Ray's runtime env. A local Ray's processes inherit this
-    environment, so nothing is passed then. Joining a cluster, endpoints and settings are passed, except those a
-    job's own runtime env sets (Ray refuses conflicting keys); credentials only from a client outside the cluster
-    (--ray-address), with a note, since Ray writes runtime envs into its logs on the nodes. Inside a job they come
-    from the job's runtime env or the nodes' own credentials."""
-    from orchestrator.ray_session import CREDENTIAL_ENV
-
-    if not plan.ray_address:
-        return {}
-    job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env", {}) or {}
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    out = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})
-           and not (in_job and k in CREDENTIAL_ENV)}
-    if any(k in out for k in CREDENTIAL_ENV):
-        print("note: the AWS credentials of this shell go to the cluster's workers in Ray's runtime env, which Ray "
-              "writes to its logs on the nodes (runtime_env_agent.log); to keep them out, give the nodes their own "
-              "(an instance role, IRSA or their environment) and unset them here", file=sys.stderr)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -245,170 +134,199 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INPUT
         return Sweep(plan, stops, t_start).run()
     except KeyboardInterrupt:
-        code = EXIT_SIGNAL.get(stops.received or signal.SIGINT, 130)
-        print(f"\ninterrupted before the sweep started (exit {code}); nothing to resume", file=sys.stderr)
-        return code
+        print(f"\ninterrupted before the sweep started (exit {stops.exit_code}); nothing to resume", file=sys.stderr)
+        return stops.exit_code
     finally:
         stops.restore()
 
 
+@dataclass
+class Stage:
+    """What a stage of Ray runs (a pretraining stage, the trials, the verification) took and spared."""
+
+    seconds: float = 0.0
+    seeds_pretrained: int = 0
+    epochs_pretrained: float = 0.0  # seed-epochs shared pretraining trained
+    epochs_shared: float = 0.0  # seed-epochs trainings did not train: they started from shared pretraining
+
+    def add(self, other: "Stage") -> "Stage":
+        return Stage(self.seconds + other.seconds, self.seeds_pretrained + other.seeds_pretrained,
+                     self.epochs_pretrained + other.epochs_pretrained, self.epochs_shared + other.epochs_shared)
+
+
+@dataclass
+class SearchOutcome:
+    rows: list[TrialRow]
+    choice: WinnerChoice
+    pretraining: Stage
+    trials: Stage
+    tracking_waits: list[float] = field(default_factory=list)
+
+
 class Sweep:
-    """One run of a sweep: start Ray and tracking, run Tune, report; the exit code tells what happened."""
+    """One run of a sweep, in stages: Ray started (and its resources checked), the sweep's MLflow run opened, the
+    search (shared pretraining, then the trials), the winner summarised and verified, the report; the exit code
+    tells what happened. Each stage returns what it did; nothing is kept between them but the plan and the stop
+    signals."""
 
     def __init__(self, plan: SweepPlan, stops: StopSignals, t_start: float) -> None:
-        self.plan, self.stops, self.t = plan, stops, {"start": t_start, "checked": time.perf_counter()}
-        # shared pretraining: its stages' time, the seed-epochs they trained, what trainings started from it
-        self.shared = {"trained_epochs": 0.0, "seeds": 0, "used_epochs": 0.0}
-        self._tmp = ""  # files the parent run logs (kept until its writes have drained)
+        self.plan, self.stops, self.t_start, self.t_checked = plan, stops, t_start, time.perf_counter()
 
     def run(self) -> int:
+        # Ray and the modules built on it are imported here, once the input is valid (deferred on purpose: a bad
+        # command line fails in a second, without importing Ray)
         import ray
 
         from orchestrator import ray_session
 
-        plan = self.plan
-        # Tune's INFO lines would drown the live table; MLflow's announce the creation of its tables
-        for name in ("ray.tune", "ray.train", "mlflow.store.db.utils"):
+        for name in ("ray.tune", "ray.train", "mlflow.store.db.utils"):  # their INFO lines would drown the table
             logging.getLogger(name).setLevel(logging.WARNING)
-        if not plan.resume:
-            write_sweep_file(plan)
+        if not self.plan.resume:
+            write_sweep_file(self.plan)
         try:
-            ray_info = ray_session.start(plan, _forwarded_env(plan))
+            ray_info = ray_session.start(self.plan, ray_session.forwarded_env(self.plan))
             self.stops.install()
-            self.t["ray"] = time.perf_counter()
-            ray_session.check_resources(plan)
-            return self._track_and_tune(ray_info)
+            ray_started = time.perf_counter()
+            ray_session.check_resources(self.plan)
+            return self._tracked(ray_info, ray_started)
         except PlanError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT
         finally:
             ray.shutdown()
 
-    def _track_and_tune(self, ray_info: dict[str, Any]) -> int:
-        from orchestrator import ray_session
-        from orchestrator.progress import ProgressTable
-        from orchestrator.retry import Backoff
-        from orchestrator.tracking import TrackingError, TrackingQueue
-        from orchestrator.tracking.callback import MLflowTrialCallback
-
+    def _tracked(self, ray_info: dict[str, Any], ray_started: float) -> int:
+        """The stages, between the sweep's MLflow run opened and closed with its state."""
         plan = self.plan
         queue = TrackingQueue(plan.tracking_uri, Backoff(budget_s=plan.retry_budget_s))
+        folder = tempfile.mkdtemp(prefix="adin-sweep-")  # files the parent run logs, kept until its writes drain
         try:
-            parent = self._open_parent(queue, ray_info)
+            parent = open_parent(plan, queue, folder)
         except TrackingError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_TRACKING
-        tracking = MLflowTrialCallback(queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
-                                       run_name=self._run_name, checkpoint_uri=self._checkpoint_uri,
-                                       inputs=self._inputs("trial"), metric=plan.space.objective.metric)
-        callbacks: list = [tracking, _signal_watcher(self.stops, plan.sweep)]
-        table = None
-        if not plan.quiet:
-            table = ProgressTable(plan.sweep, plan.space.objective.metric, [p.name for p in plan.space.params],
-                                  waiting_reason=lambda: ray_session.waiting_reason(plan))
-            callbacks.append(table)
         print(f"sweep {plan.sweep}: {plan.space.search.num_samples} trials of {plan.space.resources.workers} "
               f"worker(s); space {plan.space_file}; storage {plan.storage}; tracking {plan.tracking_uri}; "
               f"{ray_info['ray']}", flush=True)
         status, code = "FAILED", EXIT_NO_TRIAL
         try:
-            self._pretrain_search_seeds(parent)
-            self.t["pretrained"] = time.perf_counter()
-            if self.stops.received:
-                raise KeyboardInterrupt
-            study_attrs = {"sweep": plan.sweep, "mlflow_tracking_uri": plan.tracking_uri,
-                           "mlflow_experiment_id": parent.experiment_id, "mlflow_parent_run_id": parent.run_id,
-                           "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})"}
-            results = build_tuner(plan, callbacks, study_attrs).fit()
-            self.t["fit"] = time.perf_counter()
-            status, code = self._report(results, parent, tracking)
+            status, code = self._stages(parent, folder, ray_started)
         except KeyboardInterrupt:  # a second Ctrl-C: Tune's graceful stop was cut short
             self.stops.received = self.stops.received or signal.SIGINT
-            status, code = "KILLED", EXIT_SIGNAL.get(self.stops.received, 130)
+            status, code = "KILLED", self.stops.exit_code
             print(f"\nstopped at once (exit {code}); continue with: {plan.resume_command()}", file=sys.stderr)
         finally:
-            from orchestrator.tracking import schema as S
-
-            try:
-                parent.set_tags({S.SWEEP_STATE: {"FINISHED": "complete", "KILLED": "partial"}.get(status, "failed")})
-                parent.finish(status)
-            except TrackingError as exc:
-                print(f"\nerror: {exc}\nthe trials' results and checkpoints are kept in {plan.sweep_uri}; "
-                      f"`{plan.resume_command()}` sends the queued writes", file=sys.stderr)
-                code = EXIT_TRACKING if code == EXIT_OK else code
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            code = self._close(parent, status, code)
+            shutil.rmtree(folder, ignore_errors=True)
         return code
 
-    # --- shared pretraining ------------------------------------------------------------------------------------
-    def _pretrain(self, consumers: list, evaluate: bool, name: str) -> None:
-        """Make the snapshots these trainings (config, seeds) can share (orchestrator.pretraining), and count."""
+    def _close(self, parent: SweepRun, status: str, code: int) -> int:
+        try:
+            parent.set_tags({S.SWEEP_STATE: {"FINISHED": "complete", "KILLED": "partial"}.get(status, "failed")})
+            parent.finish(status)
+        except TrackingError as exc:
+            print(f"\nerror: {exc}\nthe trials' results and checkpoints are kept in {self.plan.sweep_uri}; "
+                  f"`{self.plan.resume_command()}` sends the queued writes", file=sys.stderr)
+            return EXIT_TRACKING if code == EXIT_OK else code
+        return code
+
+    def _stages(self, parent: SweepRun, folder: str, ray_started: float) -> tuple[str, int]:
+        plan = self.plan
+        search = self._search(parent)
+        if self.stops.received:
+            report.interrupted(plan, search.rows, self.stops.exit_code)
+            return "KILLED", self.stops.exit_code
+        if search.choice.row is None:
+            report.no_winner(plan, search.rows)
+            return "FAILED", EXIT_NO_TRIAL
+        report.winner(plan, search.choice)
+        self._summarise_winner(parent, search.rows, search.choice.row, folder)
+        t_verify = time.perf_counter()
+        verification = self._verify(parent, search.choice.row) if plan.space.verify.seeds else Stage()
+        if self.stops.received:
+            print(f"\ninterrupted during the verification (exit {self.stops.exit_code}); the search is done. "
+                  f"Continue with:\n  {plan.resume_command()}", file=sys.stderr)
+            return "KILLED", self.stops.exit_code
+        timings = self._timings(search, verification, ray_started, time.perf_counter() - t_verify)
+        parent.log_metrics(timings.metrics(), step=int(time.time()))  # a resumed sweep adds a point
+        print(f"\n{timings.line(plan.space.search.seeds)}")
+        report.hints(plan, parent.experiment_id)
+        report.publish_verdict(plan, parent, search.rows, search.choice.row, folder)
+        return "FINISHED", EXIT_OK
+
+    def _timings(self, search: SearchOutcome, verification: Stage, ray_started: float,
+                 verify_s: float) -> report.Timings:
+        shared = search.pretraining.add(search.trials).add(verification)
+        end = time.perf_counter()
+        return report.Timings(
+            checks=self.t_checked - self.t_start, ray_start=ray_started - self.t_checked,
+            pretraining=search.pretraining.seconds, trials=search.trials.seconds, verification=verify_s,
+            wrap_up=end - ray_started - search.pretraining.seconds - search.trials.seconds - verify_s,
+            total=end - self.t_start, seeds_pretrained=shared.seeds_pretrained,
+            epochs_pretrained=shared.epochs_pretrained, epochs_shared=shared.epochs_shared,
+            tracking_waits=search.tracking_waits)
+
+    # --- the search ----------------------------------------------------------------------------------------------
+    def _search(self, parent: SweepRun) -> SearchOutcome:
+        """Shared pretraining (when the space allows it), then the trials; the leaderboard and the winner rule."""
+        from orchestrator import ray_session, search
+        from orchestrator.progress import ProgressTable
+        from orchestrator.tracking.callback import MLflowTrialCallback
+
+        plan, space = self.plan, self.plan.space
+        pretraining = Stage()
+        if space.shares_pretraining:
+            config = space.some_config()
+            pretraining = self._pretrain([(config, seed_list(config, space.search.seeds))] * space.search.num_samples,
+                                         evaluate=True, name="pretrain-search")
+        tracking = MLflowTrialCallback(parent.queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
+                                       run_name=self._run_name, checkpoint_uri=plan.layout.checkpoint_uri,
+                                       inputs=dataset_inputs(plan, "trial"), metric=space.objective.metric)
+        callbacks = [tracking, self.stops.watcher(plan.sweep)]
+        if not plan.quiet:
+            callbacks.append(ProgressTable(plan.sweep, space.objective.metric, [p.name for p in space.params],
+                                           waiting_reason=lambda: ray_session.waiting_reason(plan)))
+        t0 = time.perf_counter()
+        if self.stops.received:
+            raise KeyboardInterrupt
+        results = search.build_tuner(plan, callbacks, self._study_attrs(parent)).fit()
+        trials = Stage(time.perf_counter() - t0, epochs_shared=sum(
+            float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results))
+        return self._outcome(results, tracking, pretraining, trials)
+
+    def _outcome(self, results, tracking, pretraining: Stage, trials: Stage) -> SearchOutcome:
+        plan = self.plan
+        rows = rows_from_results(results, plan.space, plan.layout.checkpoint_uri)
+        if self.stops.received:  # a trial the stop cut short has no final report either: it was killed, not pruned
+            rows = [r if r.trial in tracking.ended or r.outcome == "failed" else replace(r, outcome="killed")
+                    for r in rows]
+            tracking.close_unfinished()
+        report.leaderboard(plan, rows)
+        report.faults(tracking.queue.faults_summary())
+        choice = choose_winner(rows, plan.space.objective, plan.space.search.promote_se)
+        return SearchOutcome(rows, choice, pretraining, trials, list(tracking.result_seconds))
+
+    def _study_attrs(self, parent: SweepRun) -> dict[str, str]:
+        plan = self.plan
+        return {"sweep": plan.sweep, "mlflow_tracking_uri": plan.tracking_uri,
+                "mlflow_experiment_id": parent.experiment_id, "mlflow_parent_run_id": parent.run_id,
+                "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})"}
+
+    def _pretrain(self, consumers: list, evaluate: bool, name: str) -> Stage:
+        """The snapshots these trainings (config, seeds) can share (orchestrator.pretraining)."""
         from orchestrator import pretraining
 
         jobs = pretraining.jobs_for(self.plan, consumers, evaluate)
         if not jobs:
-            return
-        print(f"shared pretraining: {len(jobs)} seed(s), each for {max(j.consumers for j in jobs)} trainings", flush=True)
-        stage = pretraining.run_stage(self.plan, jobs, name, [_signal_watcher(self.stops, self.plan.sweep)])
-        self.shared["trained_epochs"] += stage.seed_epochs
-        self.shared["seeds"] += stage.made
-        if stage.failed and not self.stops.received:
-            print(f"warning: shared pretraining failed for {', '.join(stage.failed)}; those trainings pretrain "
+            return Stage()
+        print(f"shared pretraining: {len(jobs)} seed(s), each for {max(j.consumers for j in jobs)} trainings",
+              flush=True)
+        done = pretraining.run_stage(self.plan, jobs, name, [self.stops.watcher(self.plan.sweep)])
+        if done.failed and not self.stops.received:
+            print(f"warning: shared pretraining failed for {', '.join(done.failed)}; those trainings pretrain "
                   "themselves", file=sys.stderr)
-
-    def _pretrain_search_seeds(self, parent) -> None:
-        from adin_core.repeats import seed_list
-
-        space = self.plan.space
-        if not space.shares_pretraining:
-            return
-        config = space.some_config()
-        seeds = seed_list(config, space.search.seeds)
-        self._pretrain([(config, seeds)] * space.search.num_samples, evaluate=True, name="pretrain-search")
-
-    # --- tracking ----------------------------------------------------------------------------------------------
-    def _open_parent(self, queue, ray_info: dict[str, Any]):
-        from orchestrator.tracking import SweepRun, code_version, experiment_id
-        from orchestrator.tracking import schema as S
-
-        plan = self.plan
-        parent = SweepRun(queue, experiment_id(plan.tracking_uri, plan.space.name, queue.backoff), plan.sweep)
-        parent.open()
-        parent.save_view(plan.space.objective.metric, plan.space.objective.mode, [p.name for p in plan.space.params])
-        targets = {t.uri: t.name for t in plan.select + plan.report}
-        parent.set_tags({
-            S.SPACE_FILE: plan.space_file, S.CODE_VERSION: code_version(), S.SOURCE: plan.source,
-            S.SELECT: json.dumps([t.uri for t in plan.select]), S.REPORT: json.dumps([t.uri for t in plan.report]),
-            S.TARGET_NAMES: json.dumps(targets), S.STORAGE: plan.storage, S.OVERRIDES: json.dumps(plan.overrides),
-            S.OBJECTIVE_METRIC: plan.space.objective.metric, S.OBJECTIVE_MODE: plan.space.objective.mode,
-            S.PROMOTE_SE: str(plan.space.search.promote_se),
-            S.STUDY_STORAGE: json.dumps(without_password(plan.study_storage)),
-            S.DATA_VERSIONS: json.dumps({u: f"{d['dataset']}/{d['version']}" for u, d in plan.data_versions.items()}),
-            S.SWEEP_STATE: "running"})
-        space = plan.space
-        parent.log_params({"space": space.name, "sampler": space.search.sampler,
-                           "sampler.random_start": space.search.random_start,
-                           "num_samples": space.search.num_samples, "scheduler": space.scheduler.type,
-                           "workers": space.resources.workers, "epochs": space.training.epochs,
-                           **{f"fixed.{k}": v for k, v in space.fixed.items()}})
-        parent.queue.submit(*self._inputs(parent.key))
-        self._tmp = tempfile.mkdtemp(prefix="adin-sweep-")
-        with open(os.path.join(self._tmp, "data_versions.json"), "w") as fh:
-            json.dump(plan.data_versions, fh, indent=1)
-        parent.log_artifact(plan.space_file, "space")
-        parent.log_artifact(os.path.join(self._tmp, "data_versions.json"), "space")
-        return parent
-
-    def _inputs(self, key: str) -> tuple:
-        """The sweep's datasets as MLflow inputs (name, manifest digest, URI, role): the runs table's Dataset column."""
-        from orchestrator.tracking.store import LogInput
-
-        plan, out = self.plan, []
-        for uri, d in plan.data_versions.items():
-            context = "training" if uri == plan.source else ("select" if uri in {t.uri for t in plan.select}
-                                                             else "report")
-            digest = hashlib.sha256(json.dumps(sorted(d["files"].items())).encode()).hexdigest()[:16]
-            out.append(LogInput(key, f"{d['dataset']}/{d['version']}", digest, uri, context))
-        return tuple(out)
+        return Stage(done.seconds, done.made, done.seed_epochs)
 
     def _trial_params(self, tune_config: dict[str, Any]) -> dict[str, Any]:
         """A trial's whole TrainConfig, as MLflow parameters."""
@@ -419,192 +337,13 @@ class Sweep:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(sampled.items())[:3])
         return f"{trial_id} {shown}".strip()
 
-    def _checkpoint_uri(self, path: str) -> str:
-        return self.plan.layout.checkpoint_uri(path)
-
-    # --- the outcome -------------------------------------------------------------------------------------------
-    def _report(self, results, parent, tracking) -> tuple[str, int]:
-        from orchestrator.progress import format_table
-        from orchestrator.results import choose_winner, rank, rows_from_results
-
-        plan = self.plan
-        rows = rows_from_results(results, plan.space, self._checkpoint_uri)
-        if self.stops.received:  # a trial the stop cut short has no final report either: it was killed, not pruned
-            rows = [r if r.trial in tracking.ended or r.outcome == "failed" else replace(r, outcome="killed")
-                    for r in rows]
-        names = [p.name for p in plan.space.params]
-        metric = plan.space.objective.metric
-        print(f"\nleaderboard ({metric}, {plan.space.objective.mode}"
-              + (f"; mean over {plan.space.search.seeds} seeds +/- standard error)" if plan.space.search.seeds > 1
-                 else ")"))
-        print(format_table(["trial", "outcome", "evals", metric, "probe camera", *names, "start"],
-                           [[r.trial, r.outcome, r.evals, _objective_cell(r), "-" if r.probe is None else
-                             f"{r.probe:.3f}", *[r.params.get(n, "") for n in names], r.start_point or "-"]
-                            for r in rank(rows, plan.space.objective)]))
-        for r in rows:
-            if r.note:
-                print(f"  {r.trial} {r.outcome}: {r.note}")
-        faults = tracking.queue.faults_summary()
-        print_faults(faults)
-        if self.stops.received:
-            tracking.close_unfinished()
-            code = EXIT_SIGNAL.get(self.stops.received, 130)
-            done = sum(r.outcome in ("finished", "pruned", "diverged") for r in rows)
-            print(f"\ninterrupted (exit {code}) with {done} of {plan.space.search.num_samples} trials done; the sweep "
-                  f"is marked partial. Continue with:\n  {plan.resume_command()}", file=sys.stderr)
-            return "KILLED", code
-        choice = choose_winner(rows, plan.space.objective, plan.space.search.promote_se)
-        winner = choice.row
-        if winner is None:
-            failed = sum(r.outcome == "failed" for r in rows)
-            diverged = sum(r.outcome == "diverged" for r in rows)
-            print(f"\nerror: no trial finished ({failed} failed, {diverged} diverged, "
-                  f"{len(rows) - failed - diverged} stopped early); nothing to export. The trials' errors are in "
-                  f"{plan.sweep_uri}/*/error.txt", file=sys.stderr)
-            return "FAILED", EXIT_NO_TRIAL
-        print(f"\nwinner: trial {winner.trial}, {choice.why(plan.space.search.promote_se)}")
-        self._summarise_winner(parent, rows, winner)
-        self.t["verified"] = self.t["winner"] = time.perf_counter()
-        if plan.space.verify.seeds:
-            outcome = self._verify(parent, winner)
-            if outcome is not None:
-                return outcome
-        self.t["end"] = time.perf_counter()
-        t, shared = self.t, self.shared
-        shared["used_epochs"] += sum(float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results)
-        timing = {"timing/checks_s": t["checked"] - t["start"], "timing/ray_start_s": t["ray"] - t["checked"],
-                  "timing/pretraining_s": t["pretrained"] - t["ray"],  # the search's; the verification's is in its own
-                  "timing/trials_s": t["fit"] - t["pretrained"], "timing/verification_s": t["verified"] - t["winner"],
-                  "timing/wrap_up_s": t["end"] - t["fit"] - (t["verified"] - t["winner"]),
-                  "timing/total_s": t["end"] - t["start"],
-                  "pretraining/seed_epochs_trained": shared["trained_epochs"],
-                  "pretraining/seed_epochs_saved": shared["used_epochs"] - shared["trained_epochs"]}
-        waits = sorted(tracking.result_seconds)  # what each result held Tune's loop in the MLflow callback
-        if waits:
-            timing.update({"timing/tracking_result_ms_median": 1000 * waits[len(waits) // 2],
-                           "timing/tracking_result_ms_max": 1000 * waits[-1]})
-        parent.log_metrics(timing, step=int(time.time()))  # a resumed sweep adds a point, it does not overwrite
-        k = plan.space.search.seeds
-        sharing = (f"shared pretraining {timing['timing/pretraining_s']:.1f} s ({shared['seeds']} seed(s) pretrained "
-                   f"once in all, {shared['trained_epochs']:g} seed-epochs; the trainings that started from them did "
-                   f"not retrain {timing['pretraining/seed_epochs_saved']:g} seed-epochs), "
-                   if shared["used_epochs"] else "")
-        print(f"\ntimes: input checks {timing['timing/checks_s']:.1f} s, Ray start {timing['timing/ray_start_s']:.1f} s, "
-              f"{sharing}trials {timing['timing/trials_s']:.1f} s (repeats: {100 * (k - 1) / k:.0f}% of it, {k} seeds a "
-              f"trial), verification {timing['timing/verification_s']:.1f} s "
-              f"({100 * timing['timing/verification_s'] / max(timing['timing/total_s'], 1e-9):.0f}% of the sweep), "
-              f"wrap-up {timing['timing/wrap_up_s']:.1f} s, total {timing['timing/total_s']:.0f} s"
-              + (f"; MLflow tracking held Tune's loop {timing['timing/tracking_result_ms_median']:.1f} ms a result "
-                 f"(median of {len(waits)}, max {timing['timing/tracking_result_ms_max']:.1f} ms)" if waits else ""))
-        from orchestrator.tracking import ui_url
-
-        uri = plan.tracking_uri
-        if uri.startswith(("http://", "https://")):
-            print(f"\nthe sweep in MLflow:  {ui_url(uri, parent.experiment_id, plan.sweep)}")
-        else:
-            print(f"\nthe sweep in MLflow:  mlflow ui --backend-store-uri {uri} --workers 1   then open\n"
-                  f"                      {ui_url('http://127.0.0.1:5000', parent.experiment_id, plan.sweep)}")
-        print(f"the study in Optuna:  optuna-dashboard {plan.study_storage}")
-        print(f"export the winner:    python -m orchestrator.best --export runs/winner-{plan.sweep} --sweep {plan.sweep}"
-              + ("" if uri == _default_tracking() else f" --tracking-uri {uri}"))
-        self._publish_verdict(parent, tracking.queue, rows, winner)
-        return "FINISHED", EXIT_OK
-
-    def _publish_verdict(self, parent, queue, rows, winner) -> None:
-        """The verdict where people look: the parent run's description (MLflow's note: the winner, the verification,
-        the leaderboard's top rows) and the winner's model card on the parent run (`card/model_card.md`); a winner
-        below the baseline on most fresh seeds is the last line the sweep prints."""
-        from orchestrator.best import ExportError, winner_card
-        from orchestrator.results import rank
-        from orchestrator.tracking import schema as S
-
-        plan = self.plan
-        if not queue.drain():
-            return  # the tracking server is away: the queued writes reach it later, the card with the export
-        try:
-            _, _, card, md = winner_card(plan.tracking_uri, plan.sweep)
-        except (ExportError, OSError) as exc:
-            print(f"warning: no model card on the sweep's run ({exc})", file=sys.stderr)
-            return
-        path = os.path.join(self._tmp, "model_card.md")
-        with open(path, "w") as fh:
-            fh.write(md)
-        parent.log_artifact(path, "card")
-        metric = plan.space.objective.metric
-        names = [p.name for p in plan.space.params]
-        board = ["| trial | outcome | " + metric + " | " + " | ".join(names) + " | start |",
-                 "|" + " --- |" * (4 + len(names))]
-        for r in rank(rows, plan.space.objective)[:8]:
-            obj = "-" if r.objective is None else f"{r.objective:.4f}" + (f" ± {r.spread:.4f}" if r.spread else "")
-            board.append(f"| {r.trial} | {r.outcome} | {obj} | "
-                         + " | ".join(str(r.params.get(n, "")) for n in names) + f" | {r.start_point or '-'} |")
-        verification = card.get("verification") or {}
-        verdict = verification.get("summary") or ["not verified"]
-        note = [f"**Winner: trial `{winner.trial}`** ({metric} {winner.objective:.4f}); exported with "
-                f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`", "",
-                "**Verification** (report-target mAP, fresh seeds):", "", *[f"- {line}" for line in verdict], "",
-                f"**Leaderboard** ({metric}, best first):", "", *board, "",
-                "The winner's model card: artifact `card/model_card.md`."]
-        parent.set_tags({S.NOTE: "\n".join(note)})
-        if verification.get("lost_to_baseline"):
-            base = verification["winner_minus_baseline"]
-            print(f"\nWARNING: the winner scored below the identity-only baseline on {base['seeds'] - base['positive']} "
-                  f"of {base['seeds']} fresh seeds ({base['mean']:+.3f} mAP): the search found no setting that beats "
-                  "not using ADIN here", file=sys.stderr)
-
-    def _verify(self, parent, winner) -> tuple[str, int] | None:
-        """Retrain the arms on fresh seeds, in rounds (orchestrator.verify); log the paired differences. Returns an
-        outcome when it was interrupted (the search's result stays, unverified)."""
-        from orchestrator import verify
-        from orchestrator.progress import ProgressTable
-        from orchestrator.tracking import schema as S
-
-        plan, settings = self.plan, self.plan.space.verify
-        arms = ", ".join(verify.ARM_NAMES[a] for a in verify.trained_arms(plan, winner.params))
-        more = (f", then {settings.step} more at a time up to {settings.max_seeds} until winner - baseline is "
-                f"distinguishable ({100 * settings.level:.4g}% intervals: {settings.looks} looks)"
-                if settings.max_seeds > settings.seeds else "")
-        print(f"\nverifying the winner: {arms} on {settings.seeds} fresh seeds{more}; scored on the report targets",
-              flush=True)
-        callbacks: list = [_signal_watcher(self.stops, plan.sweep)]
-        if not plan.quiet:
-            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["job"], every_s=30.0))
-        seeds = verify.verification_seeds(plan, winner.params)
-
-        def pretrain(indices: list[int]) -> None:
-            consumers = [(verify.arm_config(plan, arm, winner.params), [seeds[k] for k in indices])
-                         for arm in verify.trained_arms(plan, winner.params)]
-            self._pretrain(consumers, evaluate=False, name="pretrain-verify")
-
-        try:
-            outcome = verify.run(plan, winner.params, callbacks, stopped=lambda: bool(self.stops.received),
-                                 pretrain=pretrain, log=print)
-        except verify.VerificationError as exc:
-            self.t["verified"] = time.perf_counter()
-            print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
-            parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})
-            return None
-        self.t["verified"] = time.perf_counter()
-        if outcome is None:
-            code = EXIT_SIGNAL.get(self.stops.received, 130)
-            print(f"\ninterrupted during the verification (exit {code}); the search is done. Continue with:\n"
-                  f"  {plan.resume_command()}", file=sys.stderr)
-            return "KILLED", code
-        self.shared["used_epochs"] += outcome.shared_epochs
-        print(f"verification on {outcome.seeds} fresh seeds, report-target mAP:")
-        for line in outcome.lines():
-            print(f"  {line}")
-        parent.set_tags({S.VERIFICATION: verify.to_json(outcome)})
-        parent.log_metrics(outcome.metrics())
-        return None
-
-    def _summarise_winner(self, parent, rows, winner) -> None:
+    # --- the winner ------------------------------------------------------------------------------------------------
+    def _summarise_winner(self, parent: SweepRun, rows: list[TrialRow], winner: TrialRow, folder: str) -> None:
         """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
         from adin_core.train import model_from_state
         from orchestrator.best import write_model_files
         from orchestrator.checkpoints import load_state
         from orchestrator.results import save_plots
-        from orchestrator.tracking import schema as S
         from orchestrator.targets import open_target, score_targets
 
         plan = self.plan
@@ -618,19 +357,18 @@ class Sweep:
         parent.set_tags({S.BEST_TRIAL: winner.trial, S.BEST_CHECKPOINT: winner.checkpoint})
         parent.log_metrics({plan.space.objective.metric: winner.objective,
                             **{f"report/{n}/{k}": v for n, s in scores.items() for k, v in s.items()}})
-        out = os.path.join(self._tmp, "winner")
+        out = os.path.join(folder, "winner")
         os.makedirs(out, exist_ok=True)
         write_model_files(out, state)
         parent.log_artifact(os.path.join(out, "model.pt"), "winner")
         parent.log_artifact(os.path.join(out, "config.json"), "winner")
-        for path in save_plots(self._study(rows), self._tmp, metric=plan.space.objective.metric):
+        for path in save_plots(self._study(rows), folder, metric=plan.space.objective.metric):
             parent.log_artifact(path, "plots")
 
-    def _study(self, rows):
+    def _study(self, rows: list[TrialRow]):
         """The study of record (real times, every intermediate value), or one made from the rows if unreadable."""
         import optuna
 
-        from orchestrator.plan import open_study_storage
         from orchestrator.results import study_of
 
         try:
@@ -639,28 +377,41 @@ class Sweep:
             print(f"  (plots from the trials' results: the study of record is unreadable: {exc})")
             return study_of(rows, self.plan.space)
 
+    def _verify(self, parent: SweepRun, winner: TrialRow) -> Stage:
+        """Retrain the arms on fresh seeds, in rounds (orchestrator.verify), and log the paired differences; what
+        its pretraining stages trained and its trainings shared. A failed arm leaves the winner unverified."""
+        from orchestrator import verify
+        from orchestrator.progress import ProgressTable
 
-def _objective_cell(row) -> str:
-    if row.objective is None:
-        return "-"
-    return f"{row.objective:.4f}" + (f" +/- {row.spread:.4f}" if row.spread is not None else "")
+        plan = self.plan
+        print(f"\nverifying the winner: {verify.plan_line(plan, winner.params)}", flush=True)
+        callbacks: list = [self.stops.watcher(plan.sweep)]
+        if not plan.quiet:
+            callbacks.append(ProgressTable(f"{plan.sweep}-verify", REPORT_MAP, ["job"], every_s=30.0))
+        stages: list[Stage] = []
 
+        def pretrain(indices: list[int]) -> None:
+            stages.append(self._pretrain(verify.consumers(plan, winner.params, indices), evaluate=False,
+                                         name="pretrain-verify"))
 
-def _default_tracking() -> str:
-    from orchestrator.tracking import absolute_tracking_uri
-
-    return absolute_tracking_uri(DEFAULT_TRACKING_URI)
-
-
-def print_faults(summary: dict[str, Any]) -> None:
-    """What went wrong and was survived (also on the parent run as the tag `adin.faults`)."""
-    if not summary["tracking_outages"] and not summary["trials"]:
-        return
-    print("\nfaults survived")
-    for o in summary["tracking_outages"]:
-        print(f"  MLflow unreachable from {o['since']} for {o['seconds']:.0f} s ({o['attempts']} retries)")
-    for tid, f in sorted(summary["trials"].items()):
-        print(f"  trial {tid}: " + ", ".join(f"{k.removeprefix('faults/')} {v:g}" for k, v in sorted(f.items())))
+        try:
+            outcome = verify.run(plan, winner.params, callbacks, stopped=lambda: bool(self.stops.received),
+                                 pretrain=pretrain, log=print)
+        except verify.VerificationError as exc:
+            print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
+            parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})
+            return Stage()
+        total = Stage()
+        for stage in stages:
+            total = total.add(stage)
+        if outcome is None:  # stopped
+            return total
+        print(f"verification on {outcome.seeds} fresh seeds, report-target mAP:")
+        for line in outcome.lines():
+            print(f"  {line}")
+        parent.set_tags({S.VERIFICATION: verify.to_json(outcome)})
+        parent.log_metrics(outcome.metrics())
+        return total.add(Stage(epochs_shared=outcome.shared_epochs))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,22 @@ def verification_seeds(plan: SweepPlan, params: dict[str, Any]) -> list[int]:
     return seed_list(arm_config(plan, "winner", params), plan.space.verify.max_seeds, offset=VERIFY_SEED_OFFSET)
 
 
+def plan_line(plan: SweepPlan, params: dict[str, Any]) -> str:
+    """What the verification will do, in one line."""
+    settings = plan.space.verify
+    arms = ", ".join(ARM_NAMES[a] for a in trained_arms(plan, params))
+    more = (f", then {settings.step} more at a time up to {settings.max_seeds} until winner - baseline is "
+            f"distinguishable ({100 * settings.level:.4g}% intervals: {settings.looks} looks)"
+            if settings.max_seeds > settings.seeds else "")
+    return f"{arms} on {settings.seeds} fresh seeds{more}; scored on the report targets"
+
+
+def consumers(plan: SweepPlan, params: dict[str, Any], indices: list[int]) -> list[tuple[TrainConfig, list[int]]]:
+    """The trainings of a round, as (config, seeds): what its shared pretraining may serve."""
+    seeds = verification_seeds(plan, params)
+    return [(arm_config(plan, arm, params), [seeds[k] for k in indices]) for arm in trained_arms(plan, params)]
+
+
 def trained_arms(plan: SweepPlan, params: dict[str, Any]) -> tuple[str, ...]:
     """The arms that need training: the default is not trained again when the winner is it."""
     arms = plan.space.verify.arms

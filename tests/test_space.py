@@ -127,15 +127,17 @@ def test_a_model_based_sampler_steers_at_least_half_the_trials_by_default():
         raw = with_("search", {"num_samples": 8, **settings})
         return parse_space(raw, "space.yaml").search
 
+    from orchestrator.search import make_sampler
+
     tpe = search(max_concurrent=2)
     assert tpe.random_start == 4
-    sampler = tpe.make_sampler()
+    sampler = make_sampler(tpe)
     assert sampler._n_startup_trials == 4 and sampler._constant_liar  # parallel trials: no duplicate picks
     assert search(num_samples=40).random_start == 10  # Optuna's own default where it fits
-    assert search(startup_trials=2).make_sampler()._n_startup_trials == 2
-    assert not search(max_concurrent=1).make_sampler()._constant_liar
+    assert make_sampler(search(startup_trials=2))._n_startup_trials == 2
+    assert not make_sampler(search(max_concurrent=1))._constant_liar
     assert search(sampler="cmaes").random_start == 0
-    assert search(sampler="gp").make_sampler()._n_startup_trials == 4
+    assert make_sampler(search(sampler="gp"))._n_startup_trials == 4
     with pytest.raises(SpaceError, match=r"search.startup_trials: has no meaning for sampler random"):
         search(sampler="random", startup_trials=3)
 

@@ -130,9 +130,9 @@ class MLflowTrialCallback(LiveCallback):
             metrics = tuple((k, float(v), ts, step) for k, v in report.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))
             self.queue.submit(LogMetrics(tid, metrics))
-        self.last[tid] = {k: float(v) for k, v in result.items()
-                          if (k in SUMMARY or k == self.metric or k.startswith("seed"))
-                          and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.last.setdefault(tid, {}).update(  # the latest value of each (a grip only where adversarial steps ran)
+            {k: float(v) for k, v in result.items() if (k in SUMMARY or k == self.metric or k.startswith("seed"))
+             and isinstance(v, (int, float)) and not isinstance(v, bool)})
         faults = {k: float(v) for k, v in result.items() if k.startswith("faults/") and v}
         if faults:
             self.queue.trial_faults[tid] = faults
