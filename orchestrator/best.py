@@ -150,6 +150,29 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
             "nuisance_probe": probe, "data_versions": {_data_ref(k, v): v for k, v in data.items()},
             "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
             "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown")}
+    lines = _card_head(winner, card, verification, seeds)
+    lines += _score_table(select, report, select_mean, seeds)
+    lines += ["", "## Verified against the baseline", ""] + _verification_lines(verification)
+    lines += _probe_lines(probe)
+    lines += ["", "## Data versions", ""] + [f"- {_data_ref(k, v)}: {v}" for k, v in data.items()]
+    lines += CARD_USE + ["", "## Parameters", "", "```json", json.dumps(card["config"], indent=1), "```"]
+    return card, "\n".join(lines) + "\n"
+
+
+CARD_USE = ["", "## Use", "", "```python",
+            "from orchestrator.best import load_export",
+            "from adin_core.features import extract_features",
+            "",
+            "model, config = load_export('THIS_FOLDER')  # weights + config only; eval mode, on the CPU",
+            "# images: uint8 array (N, H, W, 3); features: flip-summed, L2-normalised (the retrieval feature)",
+            "feats = extract_features(model, images, image_size=(config.image_height, config.image_width))",
+            "distances = 1 - feats @ feats.T  # cosine distance, as the evaluation ranks",
+            "```", "",
+            "`model(x)` on a normalised float batch (`model.normalise(uint8 NCHW)`) returns the same feature."]
+
+
+def _card_head(winner: Winner, card: dict, verification: dict | None, seeds: int) -> list[str]:
+    """The title and the warnings a reader must see first: lost to the baseline, chosen from a partial sweep."""
     lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", ""]
     if verification and verification.get("lost_to_baseline"):
         base = verification["winner_minus_baseline"]
@@ -162,46 +185,44 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
     held = f"its first seed's model, of the {seeds} it trained" if seeds > 1 else "its model"
     lines += [f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}"
               + (f", the mean over its {seeds} seeds" if seeds > 1 else "") + "); the report targets were never used "
-              f"to choose. These weights are {held}; the table scores them.", "",
-              "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              f"to choose. These weights are {held}; the table scores them.", ""]
+    return lines
+
+
+def _score_table(select: dict, report: dict, select_mean: dict | None, seeds: int) -> list[str]:
+    lines = ["| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |", "| --- | --- | --- | --- | --- | --- | --- |"]
     rows = [("select", select), ("report", report)]
     if select_mean and seeds > 1:
         rows.insert(1, (f"select, trial mean of {seeds} seeds", select_mean))
+    nan = float("nan")
     for role, scores in rows:
         for name, sc in scores.items():
-            lines.append(f"| {name} | {role} | {sc.get('rank1', float('nan')):.4f} | {sc.get('rank5', float('nan')):.4f}"
-                         f" | {sc.get('rank10', float('nan')):.4f} | {sc['mAP']:.4f} | {sc.get('mINP', float('nan')):.4f} |")
-    lines += ["", "## Verified against the baseline", ""]
+            lines.append(f"| {name} | {role} | {sc.get('rank1', nan):.4f} | {sc.get('rank5', nan):.4f}"
+                         f" | {sc.get('rank10', nan):.4f} | {sc['mAP']:.4f} | {sc.get('mINP', nan):.4f} |")
+    return lines
+
+
+def _verification_lines(verification: dict | None) -> list[str]:
     if verification and "summary" in verification:
-        lines += [f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
-                  "baseline (the winner's parameters, `adv_loss: none`) and the shipped default ADIN; mean mAP over "
-                  f"the report targets, paired differences with a {100 * verification.get('level', 0.95):.4g}% "
-                  "interval:", ""]
-        lines += [f"- {line}" for line in verification["summary"]]
-    else:
-        lines.append("Not verified" + (f": {verification['error']}" if verification else
-                                       " (the sweep ran with verify.seeds: 0)") + ".")
-    if probe:
-        lines += ["", "## Nuisance probe", "",
-                  "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "
-                  "on disjoint identities: how much of each nuisance the features still carry (chance = guessing the "
-                  "most frequent class).", ""]
-        for kind in sorted({k.split("/")[1].rsplit("_", 1)[0] for k in probe}):
-            lines.append(f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
-                         f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})")
-    lines += ["", "## Data versions", ""] + [f"- {_data_ref(k, v)}: {v}" for k, v in data.items()]
-    lines += ["", "## Use", "", "```python",
-              "from orchestrator.best import load_export",
-              "from adin_core.features import extract_features",
-              "",
-              "model, config = load_export('THIS_FOLDER')  # weights + config only; eval mode, on the CPU",
-              "# images: uint8 array (N, H, W, 3); features: flip-summed, L2-normalised (the retrieval feature)",
-              "feats = extract_features(model, images, image_size=(config.image_height, config.image_width))",
-              "distances = 1 - feats @ feats.T  # cosine distance, as the evaluation ranks",
-              "```", "",
-              "`model(x)` on a normalised float batch (`model.normalise(uint8 NCHW)`) returns the same feature.",
-              "", "## Parameters", "", "```json", json.dumps(card["config"], indent=1), "```"]
-    return card, "\n".join(lines) + "\n"
+        return [f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
+                "baseline (the winner's parameters, `adv_loss: none`) and the shipped default ADIN; mean mAP over "
+                f"the report targets, paired differences with a {100 * verification.get('level', 0.95):.4g}% "
+                "interval:", ""] + [f"- {line}" for line in verification["summary"]]
+    return ["Not verified" + (f": {verification['error']}" if verification else
+                              " (the sweep ran with verify.seeds: 0)") + "."]
+
+
+def _probe_lines(probe: dict[str, float]) -> list[str]:
+    if not probe:
+        return []
+    lines = ["", "## Nuisance probe", "",
+             "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "
+             "on disjoint identities: how much of each nuisance the features still carry (chance = guessing the "
+             "most frequent class).", ""]
+    for kind in sorted({k.split("/")[1].rsplit("_", 1)[0] for k in probe}):
+        lines.append(f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
+                     f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})")
+    return lines
 
 
 def check_finite_weights(state: dict[str, Any], where: str) -> None:

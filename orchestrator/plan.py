@@ -270,7 +270,7 @@ def check_nuisance_labels(space: SearchSpace, source: ShardSet) -> None:
 
 def make_plan(args: Any) -> SweepPlan:
     """Validate the command line, the space file, the stores and the datasets; raise PlanError (or StorageError,
-    TrackingError, ShardError, LayoutError) with one line saying what is wrong."""
+    TrackingError, ShardError, LayoutError) with one line saying what is wrong. Nothing here starts Ray."""
     if args.retry_budget < 0:
         raise PlanError(f"--retry-budget must be >= 0 seconds, got {args.retry_budget:g}")
     space = load_space(args.space)
@@ -282,38 +282,10 @@ def make_plan(args: Any) -> SweepPlan:
     data_root = _writable_folder(args.data_root, "--data-root")
     tracking_uri = absolute_tracking_uri(args.tracking_uri)
     check_tracking_uri(tracking_uri)
-    study_storage = args.study_storage or default_study_storage(tracking_uri)
-    if "://" not in study_storage:
-        study_storage = os.path.abspath(study_storage)
-    elif study_storage.startswith("sqlite:///"):
-        study_storage = absolute_tracking_uri(study_storage)  # the same rule: an absolute SQLite path
-    open_study_storage(study_storage)
+    study_storage = _study_storage(args.study_storage, tracking_uri)
     given = _overrides(args)
     if args.resume is not None:
-        if args.name:
-            raise PlanError("--name and --resume: give the name to --resume")
-        sweep = check_sweep_name("--resume", args.resume) if args.resume else latest_sweep(storage, space.name)
-        stored = read_sweep_file(storage, sweep)
-        if stored.get("space") != space.name:
-            raise PlanError(f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not "
-                            f"{space.name!r} ({args.space})")
-        if stored.get("space_sha256", space_digest(args.space)) != space_digest(args.space):
-            raise PlanError(f"--resume {sweep}: {args.space} has changed since the sweep started (its sha256 differs "
-                            "from the one stored in sweep.json); restore the file, or start a new sweep")
-        replay = stored.get("overrides", {})
-        conflicts = [f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
-                     for flag in given if replay.get(flag) != given[flag]]
-        if conflicts:
-            raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
-                            + ", ".join(conflicts))
-        overrides = dict(replay)
-        from ray.tune import Tuner  # deferred: Ray is imported only once the input is valid, and only to resume
-
-        layout = SweepLayout(storage, sweep, args.retry_budget)
-        path, fs, name = layout.search_experiment()
-        exp = layout.experiment_path(path, fs, name)
-        if not Tuner.can_restore(exp, storage_filesystem=fs):
-            raise PlanError(f"--resume {sweep}: no restorable sweep state at {exp} (did it start any trial?)")
+        sweep, overrides = _resumed_sweep(args, space, storage, given)
     else:
         sweep = new_sweep_name(space, args.name)
         if location(storage).join(sweep).exists():
@@ -321,6 +293,64 @@ def make_plan(args: Any) -> SweepPlan:
                             "continue it, or another name")
         overrides = given
     space = space.with_overrides(_space_changes(space, overrides)) if overrides else space
+    source, select, report, versions = _datasets(args.space, space, data_root)
+    places = {"--storage": (storage, os.path.abspath(DEFAULT_STORAGE)),
+              "--data-root": (data_root, os.path.abspath(DEFAULT_DATA_ROOT)),
+              "--tracking-uri": (tracking_uri, absolute_tracking_uri(DEFAULT_TRACKING_URI)),
+              "--study-storage": (study_storage, default_study_storage(tracking_uri)),
+              "--ray-address": (args.ray_address, os.environ.get("RAY_ADDRESS"))}  # a job's own: not restated
+    return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
+                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source,
+                     select=select, report=report, data_versions=versions, overrides=overrides,
+                     retry_budget_s=args.retry_budget, ray_address=args.ray_address, quiet=args.quiet,
+                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space,
+                     places={flag: value for flag, (value, default) in places.items() if value and value != default})
+
+
+def _study_storage(given: str | None, tracking_uri: str) -> str:
+    """The Optuna study's store, opened once here so an unreachable one fails before Ray starts."""
+    study_storage = given or default_study_storage(tracking_uri)
+    if "://" not in study_storage:
+        study_storage = os.path.abspath(study_storage)
+    elif study_storage.startswith("sqlite:///"):
+        study_storage = absolute_tracking_uri(study_storage)  # the same rule: an absolute SQLite path
+    open_study_storage(study_storage)
+    return study_storage
+
+
+def _resumed_sweep(args: Any, space: SearchSpace, storage: str, given: Mapping[str, Any]) -> tuple[str, dict]:
+    """`--resume`: the sweep to continue and its first run's overrides, refused where the space file changed, a
+    flag contradicts the first run, or Tune left nothing to restore."""
+    if args.name:
+        raise PlanError("--name and --resume: give the name to --resume")
+    sweep = check_sweep_name("--resume", args.resume) if args.resume else latest_sweep(storage, space.name)
+    stored = read_sweep_file(storage, sweep)
+    if stored.get("space") != space.name:
+        raise PlanError(f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not "
+                        f"{space.name!r} ({args.space})")
+    if stored.get("space_sha256", space_digest(args.space)) != space_digest(args.space):
+        raise PlanError(f"--resume {sweep}: {args.space} has changed since the sweep started (its sha256 differs "
+                        "from the one stored in sweep.json); restore the file, or start a new sweep")
+    replay = stored.get("overrides", {})
+    conflicts = [f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
+                 for flag in given if replay.get(flag) != given[flag]]
+    if conflicts:
+        raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
+                        + ", ".join(conflicts))
+    from ray.tune import Tuner  # deferred: Ray is imported only once the input is valid, and only to resume
+
+    layout = SweepLayout(storage, sweep, args.retry_budget)
+    path, fs, name = layout.search_experiment()
+    exp = layout.experiment_path(path, fs, name)
+    if not Tuner.can_restore(exp, storage_filesystem=fs):
+        raise PlanError(f"--resume {sweep}: no restorable sweep state at {exp} (did it start any trial?)")
+    return sweep, dict(replay)
+
+
+def _datasets(space_file: str, space: SearchSpace,
+              data_root: str) -> tuple[str, tuple[Target, ...], tuple[Target, ...], dict[str, dict]]:
+    """Resolve and open every dataset the space names: the source, the select and report targets, and the
+    versions (manifest and file hashes) a sweep records."""
     uris = [space.targets.source, *space.targets.select, *space.targets.report]
     resolved = {u: absolute(resolve_dataset(absolute(u), data_root)) for u in uris}
     shards = {resolved[u]: ShardSet.open(resolved[u]) for u in uris}
@@ -334,21 +364,11 @@ def make_plan(args: Any) -> SweepPlan:
     report = _targets(tuple(resolved[u] for u in space.targets.report), shards, taken)
     metric = space.objective.metric
     if metric.startswith("select/") and metric.split("/")[1] not in {t.name for t in select}:
-        raise PlanError(f"{args.space}: objective.metric {metric!r} names no select target; they are "
+        raise PlanError(f"{space_file}: objective.metric {metric!r} names no select target; they are "
                         f"{sorted(t.name for t in select)}")
     versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
                     "files": dict(sorted(s.file_hashes().items()))} for u, s in shards.items()}
-    places = {"--storage": (storage, os.path.abspath(DEFAULT_STORAGE)),
-              "--data-root": (data_root, os.path.abspath(DEFAULT_DATA_ROOT)),
-              "--tracking-uri": (tracking_uri, absolute_tracking_uri(DEFAULT_TRACKING_URI)),
-              "--study-storage": (study_storage, default_study_storage(tracking_uri)),
-              "--ray-address": (args.ray_address, os.environ.get("RAY_ADDRESS"))}  # a job's own: not restated
-    return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
-                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source,
-                     select=select, report=report, data_versions=versions, overrides=overrides,
-                     retry_budget_s=args.retry_budget, ray_address=args.ray_address, quiet=args.quiet,
-                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space,
-                     places={flag: value for flag, (value, default) in places.items() if value and value != default})
+    return source, select, report, versions
 
 
 PLAN_ERRORS = (SpaceError, StorageError, TrackingError, ShardError, LayoutError)

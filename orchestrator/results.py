@@ -193,7 +193,8 @@ def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> lis
     how many trials it rests on: importances and parallel coordinates use the trials that trained their whole
     budget (a pruned trial's last value is from an earlier rung, not comparable); the history and the evaluations
     show every trial."""
-    import matplotlib
+    import matplotlib  # deferred: the plotting stack loads only when a sweep draws its plots
+
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -208,34 +209,11 @@ def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> lis
     rests = {name: (f"{done} trials that trained their whole budget" + (f"; {pruned} pruned left out" if pruned else "")
                     if name in ("param_importances", "parallel_coordinate") else
                     f"{len(states)} trials ({done} finished, {pruned} pruned)") for name in PLOT_TITLES}
-    paths, figures = [], []
     with warnings.catch_warnings():  # few trials: Optuna and matplotlib warn about what a plot can show
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name in PNG_PLOTS:
-            try:
-                getattr(vis, f"plot_{name}")(study, target_name=label)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
-                log(f"  (no {name} plot: {exc})")
-                continue
-            fig = plt.gcf()
-            fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5.5)
-            fig.axes[0].set_title(f"{PLOT_TITLES[name]}: {label}, from {rests[name]}", fontsize=11)
-            for ax in fig.axes:  # the parallel plot's axis names and ticks: readable at the saved size
-                ax.tick_params(axis="both", labelsize=9)
-            fig.tight_layout()
-            path = os.path.join(out_dir, f"{name}.png")
-            fig.savefig(path, dpi=100)
-            plt.close("all")
-            paths.append(path)
-        for name in HTML_PLOTS:
-            try:
-                kwargs = {} if name in ("intermediate_values", "timeline") else {"target_name": label}
-                fig = getattr(interactive, f"plot_{name}")(study, **kwargs)
-                fig.update_layout(title=f"{PLOT_TITLES[name]}: {label}, from {rests[name]}")
-                figures.append(fig)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                log(f"  (no interactive {name} plot: {exc})")
+        paths = [p for name in PNG_PLOTS if (p := _png(vis, plt, study, name, label, rests[name], out_dir, log))]
+        figures = [f for name in HTML_PLOTS if (f := _figure(interactive, study, name, label, rests[name], log))]
     if figures:
         path = os.path.join(out_dir, "search.html")
         with open(path, "w") as fh:  # plotly.js once, embedded: the page works offline
@@ -245,6 +223,35 @@ def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> lis
             fh.write("</body></html>")
         paths.append(path)
     return paths
+
+
+def _png(vis, plt, study, name: str, label: str, rests: str, out_dir: str, log) -> str | None:
+    try:
+        getattr(vis, f"plot_{name}")(study, target_name=label)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. too few trials for importances
+        log(f"  (no {name} plot: {exc})")
+        return None
+    fig = plt.gcf()
+    fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5.5)
+    fig.axes[0].set_title(f"{PLOT_TITLES[name]}: {label}, from {rests}", fontsize=11)
+    for ax in fig.axes:  # the parallel plot's axis names and ticks: readable at the saved size
+        ax.tick_params(axis="both", labelsize=9)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(path, dpi=100)
+    plt.close("all")
+    return path
+
+
+def _figure(interactive, study, name: str, label: str, rests: str, log):
+    try:
+        kwargs = {} if name in ("intermediate_values", "timeline") else {"target_name": label}
+        fig = getattr(interactive, f"plot_{name}")(study, **kwargs)
+        fig.update_layout(title=f"{PLOT_TITLES[name]}: {label}, from {rests}")
+        return fig
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        log(f"  (no interactive {name} plot: {exc})")
+        return None
 
 
 __all__ = ["TrialRow", "WinnerChoice", "choose_winner", "per_seed_values", "pick_winner", "rank", "rows_from_results",

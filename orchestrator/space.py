@@ -418,10 +418,19 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
     ptype = spec.get("type")
     if ptype not in PARAM_TYPES:
         raise _err(path, f"{key}.type", f"{ptype!r} is not allowed; choose one of {list(PARAM_TYPES)}")
-    when: list[tuple[str, tuple[Any, ...]]] = []
-    cond = spec.get("when", {})
+    when = _when(path, key, spec.get("when", {}), earlier)
+    if ptype == "categorical":
+        return Param(name, ptype, choices=_choices(path, key, spec), when=when)
+    if "choices" in spec:
+        raise _err(path, f"{key}.choices", f"does not apply to a {ptype} parameter")
+    return _numeric_param(path, key, name, ptype, spec, when)
+
+
+def _when(path: str, key: str, cond: Any, earlier: Mapping[str, Param]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """`when`: the parameter exists only while earlier categorical parameters hold the listed values."""
     if not isinstance(cond, dict):
         raise _err(path, f"{key}.when", "must map an earlier categorical parameter to a value or list of values")
+    when = []
     for other, vals in cond.items():
         if other not in earlier or earlier[other].type != "categorical":
             raise _err(path, f"{key}.when.{other}", "must name a categorical parameter defined above this one")
@@ -431,18 +440,23 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
             raise _err(path, f"{key}.when.{other}", f"{bad[0]!r} is not one of its choices "
                                                     f"{list(earlier[other].choices)}")
         when.append((other, vals))
-    if ptype == "categorical":
-        for k in ("low", "high", "log", "step"):
-            if k in spec:
-                raise _err(path, f"{key}.{k}", "does not apply to a categorical parameter")
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _err(path, f"{key}.choices", "must be a non-empty list")
-        if len({repr(c) for c in choices}) != len(choices):
-            raise _err(path, f"{key}.choices", "lists a choice twice")
-        return Param(name, ptype, choices=tuple(choices), when=tuple(when))
-    if "choices" in spec:
-        raise _err(path, f"{key}.choices", f"does not apply to a {ptype} parameter")
+    return tuple(when)
+
+
+def _choices(path: str, key: str, spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    for k in ("low", "high", "log", "step"):
+        if k in spec:
+            raise _err(path, f"{key}.{k}", "does not apply to a categorical parameter")
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _err(path, f"{key}.choices", "must be a non-empty list")
+    if len({repr(c) for c in choices}) != len(choices):
+        raise _err(path, f"{key}.choices", "lists a choice twice")
+    return tuple(choices)
+
+
+def _numeric_param(path: str, key: str, name: str, ptype: str, spec: Mapping[str, Any],
+                   when: tuple[tuple[str, tuple[Any, ...]], ...]) -> Param:
     for k in ("low", "high"):
         if k not in spec:
             raise _err(path, f"{key}.{k}", "is required")
@@ -463,10 +477,40 @@ def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> 
         if step > high - low:
             raise _err(path, f"{key}.step", f"{step:g} is wider than the range {low:g}..{high:g}: the parameter "
                                             "would take one value only; use a smaller step, or put it in fixed")
-    return Param(name, ptype, low, high, log, step, when=tuple(when))
+    return Param(name, ptype, low, high, log, step, when=when)
 
 
 def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
+    """The schema's one entry: each section parsed by its own reader, then the checks that span sections."""
+    _check_top(raw, path)
+    objective, targets = _objective(raw, path), _targets(raw, path)
+    search = _search(raw, path)
+    verify = _verify(path, _section(raw, path, "verify", {"seeds", "max_seeds", "step", "arms"}))
+    if verify.seeds and not targets.report:
+        raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
+    training = _training(raw, path)
+    resources = _resources(raw, path)
+    params = _params(raw, path)
+    fixed = _fixed(raw, path, params)
+    scheduler = _scheduler(raw, path, params, fixed, training)
+    if verify.seeds and fixed.get("adv_loss") == "none":
+        raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
+                                         "verify against (set verify.seeds: 0)")
+    start_from = (raw.get("search") or {}).get("start_from")
+    if start_from is not None:
+        search = dataclasses.replace(search, start_from=_start_points(path, start_from, params, fixed,
+                                                                      training.epochs))
+        if len(search.start_from) > search.num_samples:
+            raise _err(path, "search.start_from", f"names {len(search.start_from)} points, more than the "
+                                                  f"{search.num_samples} trials of the search (num_samples)")
+    space = SearchSpace(path=path, name=raw["name"], objective=objective, targets=targets, search=search,
+                        scheduler=scheduler, resources=resources, training=training, verify=verify,
+                        params=tuple(params.values()), fixed=FrozenDict(fixed), raw=FrozenDict(raw))
+    _check_corners(space)
+    return space
+
+
+def _check_top(raw: Any, path: str) -> None:
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: the file must hold a mapping with keys {sorted(TOP_KEYS)}")
     unknown = sorted(set(raw) - TOP_KEYS, key=str)
@@ -478,11 +522,17 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     name = raw["name"]
     if not isinstance(name, str) or not NAME.match(name):
         raise _err(path, "name", f"must be ASCII letters, digits, '-' or '_', got {name!r}")
+
+
+def _objective(raw: Mapping[str, Any], path: str) -> Objective:
     obj = _section(raw, path, "objective", {"metric", "mode"})
     mode = obj.get("mode", "max")
     if mode not in ("max", "min"):
         raise _err(path, "objective.mode", f"{mode!r} is not allowed; choose 'max' or 'min'")
-    objective = Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode)
+    return Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode)
+
+
+def _targets(raw: Mapping[str, Any], path: str) -> Targets:
     if not isinstance(raw["source"], str) or not raw["source"]:
         raise _err(path, "source", "must be a shard-set URI")
     tsec = _section(raw, path, "targets", {"select", "report"}, frozenset({"select"}))
@@ -494,52 +544,57 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                                             "cannot report generalisation")
     if targets.source in targets.select + targets.report:
         raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
+    return targets
+
+
+def _search(raw: Mapping[str, Any], path: str) -> SearchSettings:
+    """`search`, less `start_from`, which needs the parameters and is read once they are."""
     s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials",
                                        "start_from", "promote_se"})
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
-    search = SearchSettings(s.get("sampler", "tpe"),
-                            _number(path, "search.num_samples", s.get("num_samples", 8), integer=True, low=1,
-                                    high=MAX_SAMPLES),
-                            _number(path, "search.max_concurrent", s.get("max_concurrent", 2), integer=True, low=1,
-                                    high=MAX_CONCURRENT),
-                            _number(path, "search.seed", s.get("seed", 0), integer=True, low=0,
-                                    high=MAX_SAMPLER_SEED),
-                            _number(path, "search.seeds", s.get("seeds", 1), integer=True, low=1, high=MAX_SEEDS),
+
+    def count(key: str, default: int, high: int | None = None) -> int:
+        return _number(path, f"search.{key}", s.get(key, default), integer=True, low=0 if key == "seed" else 1,
+                       high=high)
+
+    search = SearchSettings(s.get("sampler", "tpe"), count("num_samples", 8, MAX_SAMPLES),
+                            count("max_concurrent", 2, MAX_CONCURRENT), count("seed", 0, MAX_SAMPLER_SEED),
+                            count("seeds", 1, MAX_SEEDS),
                             None if s.get("startup_trials") is None else
                             _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0),
-                            promote_se=_number(path, "search.promote_se", s.get("promote_se", 2.0), low=0,
-                                               high=100))
+                            promote_se=_number(path, "search.promote_se", s.get("promote_se", 2.0), low=0, high=100))
     if search.startup_trials is not None and search.sampler == "random":
         raise _err(path, "search.startup_trials", "has no meaning for sampler random (every trial is random)")
-    verify = _verify(path, _section(raw, path, "verify", {"seeds", "max_seeds", "step", "arms"}))
-    if verify.seeds and not targets.report:
-        raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
+    return search
+
+
+def _training(raw: Mapping[str, Any], path: str) -> TrainingSettings:
     t = _section(raw, path, "training", {"epochs", "eval_every_epochs", "checkpoints_to_keep"})
-    training = TrainingSettings(
+    return TrainingSettings(
         _number(path, "training.epochs", t.get("epochs", 8), low=0, low_open=True),
         _number(path, "training.eval_every_epochs", t.get("eval_every_epochs", 1), low=0, low_open=True),
         _number(path, "training.checkpoints_to_keep", t.get("checkpoints_to_keep", 2), integer=True, low=1))
-    sched = _section(raw, path, "scheduler", {"type", "grace_period", "reduction_factor"})  # max_t: the epochs
-    stype = sched.get("type", "asha")
-    if stype not in SCHEDULERS:
-        raise _err(path, "scheduler.type", f"{stype!r} is not allowed; choose one of {list(SCHEDULERS)}")
-    if stype == "none" and len(sched) > 1:
-        raise _err(path, "scheduler", "type 'none' takes no other settings")
-    grace = (None if sched.get("grace_period") is None else
-             _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1))
-    reduction = _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True)
+
+
+def _resources(raw: Mapping[str, Any], path: str) -> Resources:
     r = _section(raw, path, "resources", {"workers", "cpus_per_worker", "gpus_per_worker"})
-    resources = Resources(_number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
-                          _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0,
-                                  low_open=True),
-                          _number(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), low=0))
+    return Resources(_number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
+                     _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0, low_open=True),
+                     _number(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), low=0))
+
+
+def _params(raw: Mapping[str, Any], path: str) -> dict[str, Param]:
     params_raw = raw["parameters"]
     if not isinstance(params_raw, dict) or not params_raw:
         raise _err(path, "parameters", "must map TrainConfig fields to {type: ...} specs")
     params: dict[str, Param] = {}
     for pname, spec in params_raw.items():
         params[str(pname)] = _parse_param(path, str(pname), spec, params)
+    return params
+
+
+def _fixed(raw: Mapping[str, Any], path: str, params: Mapping[str, Param]) -> dict[str, Any]:
     fixed = raw.get("fixed", {}) or {}
     if not isinstance(fixed, dict):
         raise _err(path, "fixed", "must map TrainConfig fields to values")
@@ -549,24 +604,23 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
                        "is set by training.epochs")
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
+    return fixed
+
+
+def _scheduler(raw: Mapping[str, Any], path: str, params: Mapping[str, Param], fixed: Mapping[str, Any],
+               training: TrainingSettings) -> SchedulerSettings:
+    sched = _section(raw, path, "scheduler", {"type", "grace_period", "reduction_factor"})  # max_t: the epochs
+    stype = sched.get("type", "asha")
+    if stype not in SCHEDULERS:
+        raise _err(path, "scheduler.type", f"{stype!r} is not allowed; choose one of {list(SCHEDULERS)}")
+    if stype == "none" and len(sched) > 1:
+        raise _err(path, "scheduler", "type 'none' takes no other settings")
+    grace = (None if sched.get("grace_period") is None else
+             _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1))
+    reduction = _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True)
     evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))  # ASHA's max_t
-    scheduler = SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training, evaluations),
-                                  reduction, evaluations)
-    if verify.seeds and fixed.get("adv_loss") == "none":
-        raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
-                                         "verify against (set verify.seeds: 0)")
-    if s.get("start_from") is not None:
-        search = dataclasses.replace(search, start_from=_start_points(path, s["start_from"], params, fixed,
-                                                                      training.epochs))
-        if len(search.start_from) > search.num_samples:
-            raise _err(path, "search.start_from", f"names {len(search.start_from)} points, more than the "
-                                                  f"{search.num_samples} trials of the search (num_samples)")
-    space = SearchSpace(path=path, name=name, objective=objective, targets=targets, search=search,
-                        scheduler=scheduler, resources=resources, training=training, verify=verify,
-                        params=tuple(params.values()),
-                        fixed=FrozenDict(fixed), raw=FrozenDict(raw))
-    _check_corners(space)
-    return space
+    return SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training, evaluations),
+                             reduction, evaluations)
 
 
 def _start_points(path: str, raw: Any, params: Mapping[str, Param], fixed: Mapping[str, Any],

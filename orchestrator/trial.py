@@ -217,18 +217,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                                       backoff=Backoff(budget_s=plan.retry_budget_s), stats=stats)
     data = storage_retry(lambda: ShardSet.open(plan.source).training_data(config.nuisance, size),
                          what=f"reading the training data {plan.source}")
-    evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
-                                                    * data.steps_per_epoch(config.batch_size, world))))
-    if rank == 0:  # rank 0 evaluates: the select targets, and the source's own test split with the probe
-        evaluator.select = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
-                            for t in plan.select]
-        evaluator.source = storage_retry(lambda: source_target(plan.source, size),
-                                         what=f"reading {plan.source}'s test split")
-        if loop_config.get("report"):  # verification: scored once, at the end, report targets included; its
-            # reports before that only checkpoint (nothing reads their scores)
-            evaluator.report = [storage_retry(functools.partial(open_target, t, size),
-                                              what=f"reading target {t.uri}") for t in plan.report]
-            evaluator.score_during = False
+    evaluator = _evaluator(plan, data.steps_per_epoch(config.batch_size, world), size, rank, storage_retry,
+                           report=bool(loop_config.get("report")))
     storage = ctx.get_storage()
     progress = TrialProgress.for_current_run() if rank == 0 else None
 
@@ -260,6 +250,24 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         group.run()
     except TrainingDiverged as exc:  # raised on every rank at the same check (the weights are the same)
         sink.diverged(exc)
+
+
+def _evaluator(plan: SweepPlan, steps_per_epoch: int, size: tuple[int, int], rank: int, storage_retry,
+               report: bool) -> Evaluator:
+    """Rank 0 evaluates: the select targets, and the source's own test split with the probe. A verification trial
+    (`report`) is scored once, at the end, report targets included; its reports before that only checkpoint."""
+    evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs * steps_per_epoch)))
+    if rank != 0:
+        return evaluator
+    evaluator.select = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
+                        for t in plan.select]
+    evaluator.source = storage_retry(lambda: source_target(plan.source, size),
+                                     what=f"reading {plan.source}'s test split")
+    if report:
+        evaluator.report = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
+                            for t in plan.report]
+        evaluator.score_during = False
+    return evaluator
 
 
 def _start_from_shared_pretraining(plan: SweepPlan, config: TrainConfig, seeds: list[int],
