@@ -201,13 +201,15 @@ def test_export_reload_and_score(local_sweep, tmp_path):
 def test_export_errors(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "nope", "--tracking-uri", uri)
-    assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
+    assert proc.returncode == 2 and "no tracking database at" in proc.stderr
     from orchestrator.retry import Backoff
     from orchestrator.tracking import SweepRun, TrackingQueue, experiment_id
 
     queue = TrackingQueue(uri, Backoff(budget_s=5))  # a sweep whose trials never finished
     SweepRun(queue, experiment_id(uri, "smoke", queue.backoff), "smoke-empty").open()
     assert queue.drain(timeout=30)
+    proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "nope", "--tracking-uri", uri)
+    assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "smoke-empty",
                    "--tracking-uri", uri)
     assert proc.returncode == 2 and "(0 trial runs, none finished): nothing to export" in proc.stderr
