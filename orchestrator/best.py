@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardError
@@ -100,8 +102,6 @@ def trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
 
 def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
     """The named sweep's winner; without a name, the latest sweep that has one."""
-    from mlflow.tracking import MlflowClient
-
     check_tracking_uri(tracking_uri, must_exist=True)
     client = MlflowClient(tracking_uri)
     parents = sweep_parents(client, sweep)
@@ -349,9 +349,6 @@ def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str, 
     The export holds weights, not an MLflow flavour (no pickled model), so the version is created from the
     artifact location directly rather than through mlflow.register_model, which wants a logged model.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri)
     folder = f"exports/{os.path.basename(os.path.abspath(out_dir))}"
     client.log_artifacts(winner.parent_run_id, out_dir, folder)

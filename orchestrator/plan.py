@@ -19,6 +19,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import optuna
+import pyarrow.fs as pafs
+from optuna.storages.journal import JournalFileBackend
+
 from adin_core.data.datasets import is_synthetic, resolve_dataset
 from adin_core.data.layouts import LayoutError
 from adin_core.data.shards import ShardError, ShardSet
@@ -124,8 +128,6 @@ def default_study_storage(tracking_uri: str) -> str:
 def open_study_storage(url: str):
     """An Optuna storage: an SQLAlchemy URL (sqlite:///, postgresql://, mysql://) or a journal file (a path ending
     in .log or .journal); opened (tables created) now, so a wrong URL fails before any work."""
-    import optuna
-
     try:
         if "://" not in url:
             if not url.endswith((".log", ".journal")):
@@ -134,8 +136,6 @@ def open_study_storage(url: str):
             path = os.path.abspath(url)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _check_journal(url, path)
-            from optuna.storages.journal import JournalFileBackend
-
             storage = optuna.storages.JournalStorage(JournalFileBackend(path))
             storage.get_all_studies()  # reads the journal now: a damaged file fails here, not inside the sweep
             return storage
@@ -214,8 +214,6 @@ def new_sweep_name(space: SearchSpace, name: str | None) -> str:
 
 
 def latest_sweep(storage: str, space_name: str) -> str:
-    import pyarrow.fs as pafs
-
     root = location(storage)
     infos = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
@@ -337,7 +335,7 @@ def _resumed_sweep(args: Any, space: SearchSpace, storage: str, given: Mapping[s
     if conflicts:
         raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
                         + ", ".join(conflicts))
-    from ray.tune import Tuner  # deferred: Ray is imported only once the input is valid, and only to resume
+    from ray.tune import Tuner  # deferred on purpose: the workers and `orchestrator.best` import the plan without Ray
 
     layout = SweepLayout(storage, sweep, args.retry_budget)
     path, fs, name = layout.search_experiment()

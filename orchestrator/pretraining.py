@@ -30,7 +30,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray.train
 import ray.train.torch
@@ -44,11 +44,9 @@ from adin_core.data.shards import ShardSet
 from adin_core.evaluation import EvaluationHook, Evaluator
 from adin_core.repeats import aggregate
 from adin_core.train import ADINTrainer, pretraining_key
+from orchestrator.plan import SweepPlan
 from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, torch_trainer
 from orchestrator.targets import open_target, source_target
-
-if TYPE_CHECKING:
-    from orchestrator.plan import SweepPlan
 
 STATE, SNAPSHOT = "state.pt", "snapshot.json"
 FORMAT = 1
@@ -81,7 +79,7 @@ def pretraining_epochs(config: TrainConfig) -> float:
     return config.pretrain_id_epochs + config.pretrain_nuisance_epochs
 
 
-def snapshot_key(plan: "SweepPlan", config: TrainConfig, evaluate: bool) -> str:
+def snapshot_key(plan: SweepPlan, config: TrainConfig, evaluate: bool) -> str:
     """What determines the snapshot of `config`'s seed for this sweep (see the module docstring)."""
     spec = {"format": FORMAT, "pretraining": pretraining_key(config.replace(seed=0)),  # the seed: the folder's
             "source": plan.source,
@@ -92,11 +90,11 @@ def snapshot_key(plan: "SweepPlan", config: TrainConfig, evaluate: bool) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def snapshot_location(plan: "SweepPlan", key: str, seed: int):
+def snapshot_location(plan: SweepPlan, key: str, seed: int):
     return plan.layout.pretrained(key, seed)
 
 
-def available(plan: "SweepPlan", config: TrainConfig, seeds: list[int], evaluate: bool) -> list:
+def available(plan: SweepPlan, config: TrainConfig, seeds: list[int], evaluate: bool) -> list:
     """The snapshot folders of `config` on each of `seeds`, or [] unless all of them are complete."""
     key = snapshot_key(plan, config, evaluate)
     locs = [snapshot_location(plan, key, seed) for seed in seeds]
@@ -138,7 +136,7 @@ def replay(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any]
     return out
 
 
-def jobs_for(plan: "SweepPlan", consumers: list[tuple[TrainConfig, list[int]]], evaluate: bool) -> list[Job]:
+def jobs_for(plan: SweepPlan, consumers: list[tuple[TrainConfig, list[int]]], evaluate: bool) -> list[Job]:
     """The snapshots worth making for these trainings (config, seeds): one per key and seed that at least two
     trainings start from, and that is not stored already. The config pretrained is an adversarial one of the key
     (an identity-only baseline has no pretrain_nuisance phase, but adopts the same snapshot)."""
@@ -160,7 +158,7 @@ def jobs_for(plan: "SweepPlan", consumers: list[tuple[TrainConfig, list[int]]], 
 # ------------------------------------------------------------------------------------------------------------
 # the stage: Ray Train runs under Tune, like trials
 # ------------------------------------------------------------------------------------------------------------
-def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) -> StageResult:
+def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> StageResult:
     """Train the jobs' snapshots in as many Ray Train runs as the sweep runs trials at once, each pretraining its
     share of the seeds in turn (a run pays Ray's start-up once); a failed one is reported, not fatal (its consumers
     pretrain themselves)."""
@@ -189,7 +187,7 @@ def run_stage(plan: "SweepPlan", jobs: list[Job], name: str, callbacks: list) ->
     return result
 
 
-def run_pretraining(tune_config: dict[str, Any], plan: "SweepPlan") -> None:
+def run_pretraining(tune_config: dict[str, Any], plan: SweepPlan) -> None:
     """The Tune function of a group of jobs: a TorchTrainer on the trials' workers, pretraining each in turn."""
     jobs = [Job(**job) for job in tune_config["jobs"]]
     name = f"pretrain-{jobs[0].key}-seed{'-'.join(str(j.seed) for j in jobs)}"
@@ -221,7 +219,7 @@ def pretrain_worker(loop_config: dict[str, Any]) -> None:
     ray.train.report({"pretrained": float(len(loop_config["jobs"]))} if rank == 0 else {})  # Tune's record of it
 
 
-def _pretrain_one(plan: "SweepPlan", job: Job, config: TrainConfig, data, evaluator, rank: int, world: int) -> None:
+def _pretrain_one(plan: SweepPlan, job: Job, config: TrainConfig, data, evaluator, rank: int, world: int) -> None:
     trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
     reports: list[dict[str, Any]] = []
     if evaluator is not None:

@@ -19,6 +19,14 @@ import os
 import sys
 from typing import Any
 
+import ray
+from ray._private import services
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.execution import class_cache
+from ray.util.state import list_placement_groups
+from ray.util.state.exception import RayStateApiException
+
 from orchestrator.net import free_port
 from orchestrator.plan import PlanError, SweepPlan
 
@@ -58,15 +66,11 @@ def _keep_credentials_out_of_trial_runtime_envs() -> None:
     driver's environment, and on a cluster the nodes' own credentials or the job's runtime env provide them (or
     `_forwarded_env`, from a client outside the cluster, which says so). tests/test_faults.py looks for the secret
     in everything a sweep on the S3 API writes."""
-    from ray.tune.execution import class_cache
-
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(class_cache.ENV_VARS_TO_PROPAGATE) - set(CREDENTIAL_ENV)
 
 
 def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     """ray.init, bound to this sweep; returns what to log about it."""
-    import ray
-
     _keep_credentials_out_of_trial_runtime_envs()
     if plan.ray_address:  # make_plan has checked that it answers
         ctx = ray.init(address=plan.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None,
@@ -101,8 +105,6 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
 
 def _other_local_rays() -> set[str]:
     """The GCS addresses of Ray instances already running on this host (a user's `ray start`, a notebook)."""
-    from ray._private import services
-
     try:
         return set(services.find_gcs_addresses())
     except Exception:  # pgrep missing or unreadable /proc: nothing to say
@@ -120,8 +122,6 @@ def _ray_processes_in_their_own_groups():
     fail a minute later ("Failed to connect to GCS"). Ray starts these processes through
     `ray._private.services.ConsolePopen` and offers no setting for their group; Python 3.11's `process_group`
     puts each in its own (they keep Ray's fate-sharing: they still die with the driver)."""
-    from ray._private import services
-
     original = services.ConsolePopen
 
     class OwnGroupPopen(original):  # type: ignore[misc, valid-type]
@@ -152,9 +152,6 @@ def torch_trainer(plan: SweepPlan, loop, loop_config: dict[str, Any], name: str,
                   checkpoints_to_keep: int | None = None):
     """A Ray Train run on the trial's workers (gloo on CPU, NCCL on GPU) under the sweep's train-runs folder, named
     so that a restarted trial or stage finds its own run and continues from its last checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     res = plan.space.resources
     use_gpu = res.gpus_per_worker > 0
     storage_path, storage_fs = plan.layout.train_runs()
@@ -178,8 +175,6 @@ def trial_needs(plan: SweepPlan) -> dict[str, float]:
 
 def check_resources(plan: SweepPlan) -> None:
     """Refuse a trial no node or the whole cluster could hold (unless it autoscales: --wait-for-resources)."""
-    import ray
-
     r = plan.space.resources
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     per_node = {k: max((n["Resources"].get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU")}
@@ -208,10 +203,6 @@ def waiting_reason(plan: SweepPlan) -> str | None:
     """Why trials may not be reporting: placement groups (Train's worker groups) waiting for resources, with what
     one trial needs against what is free; None when nothing waits (the trials are training to their first report).
     """
-    import ray
-    from ray.util.state import list_placement_groups
-    from ray.util.state.exception import RayStateApiException
-
     try:
         pending = list_placement_groups(filters=[("state", "=", "PENDING")], timeout=5, raise_on_missing_output=False)
     except (RayStateApiException, ConnectionError, TimeoutError) as exc:

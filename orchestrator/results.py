@@ -9,6 +9,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+import optuna
+
 from orchestrator.space import Objective, SearchSpace
 from orchestrator.tracking import schema
 
@@ -160,8 +162,6 @@ def per_seed_values(metrics: dict[str, Any], metric: str) -> tuple[float, ...]:
 def study_of(rows: Sequence[TrialRow], space: SearchSpace):
     """An in-memory Optuna study of the trials, in the order they started: the plots' source when the study of
     record cannot be read (its storage gone)."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {p.name: p.distribution() for p in space.params}
     study = optuna.create_study(direction="maximize" if space.objective.mode == "max" else "minimize")
@@ -193,12 +193,10 @@ def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> lis
     how many trials it rests on: importances and parallel coordinates use the trials that trained their whole
     budget (a pruned trial's last value is from an earlier rung, not comparable); the history and the evaluations
     show every trial."""
-    import matplotlib  # deferred: the plotting stack loads only when a sweep draws its plots
-
+    import matplotlib  # deferred on purpose: the plotting stack (matplotlib, plotly) loads only to draw plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     import optuna.visualization as interactive
     import optuna.visualization.matplotlib as vis
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 
+from orchestrator.tracking.callback import LiveCallback
+
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -61,8 +63,6 @@ class StopSignals:
 
     def watcher(self, sweep: str):
         """The Tune callback that wraps Tune's SIGINT handler once Tune has installed it (module docstring)."""
-        from orchestrator.tracking.callback import LiveCallback  # deferred: Ray, only once Tune is about to run
-
         stops = self
 
         class WatchSignals(LiveCallback):

@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import optuna.distributions as d
 import yaml
 
 from adin_core.config import ADVERSARIAL_PHASE_FIELDS, DECISION_FIELDS, ConfigError, TrainConfig
@@ -209,8 +210,6 @@ class Param:
 
     def distribution(self):
         """The Optuna distribution this parameter is suggested from."""
-        import optuna.distributions as d
-
         if self.type == "float":
             return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-# Set before Ray is imported (by the stages below, once the input is valid): what every process of the sweep runs with.
+# Set before Ray is imported (below): what every process of the sweep, and every Ray process it starts, runs with.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machine mode: a local Ray on 127.0.0.1 only
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -48,15 +48,25 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes:
 # would turn into an error; the metric names themselves are checked against the space before Ray starts.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
+import optuna  # noqa: E402
+import ray  # noqa: E402
+
 from adin_core.evaluation import REPORT_MAP  # noqa: E402
 from adin_core.repeats import seed_list  # noqa: E402
-from orchestrator import report  # noqa: E402
+from adin_core.train import model_from_state  # noqa: E402
+from orchestrator import pretraining, ray_session, report, search, verify  # noqa: E402
+from orchestrator.best import write_model_files  # noqa: E402
+from orchestrator.checkpoints import load_state  # noqa: E402
 from orchestrator.plan import (DEFAULT_DATA_ROOT, DEFAULT_STORAGE, PLAN_ERRORS, PlanError, SweepPlan,  # noqa: E402
                                make_plan, open_study_storage, write_sweep_file)
-from orchestrator.results import TrialRow, WinnerChoice, choose_winner, rows_from_results  # noqa: E402
+from orchestrator.progress import ProgressTable  # noqa: E402
+from orchestrator.results import (TrialRow, WinnerChoice, choose_winner, rows_from_results, save_plots,  # noqa: E402
+                                  study_of)
 from orchestrator.retry import DEFAULT_BUDGET_S, Backoff  # noqa: E402
 from orchestrator.signals import StopSignals  # noqa: E402
+from orchestrator.targets import open_target, score_targets  # noqa: E402
 from orchestrator.tracking import schema as S  # noqa: E402
+from orchestrator.tracking.callback import MLflowTrialCallback  # noqa: E402
 from orchestrator.tracking.parent import dataset_inputs, open_parent  # noqa: E402
 from orchestrator.tracking.store import DEFAULT_TRACKING_URI, SweepRun, TrackingError, TrackingQueue  # noqa: E402
 
@@ -173,12 +183,6 @@ class Sweep:
         self.plan, self.stops, self.t_start, self.t_checked = plan, stops, t_start, time.perf_counter()
 
     def run(self) -> int:
-        # Ray and the modules built on it are imported here, once the input is valid (deferred on purpose: a bad
-        # command line fails in a second, without importing Ray)
-        import ray
-
-        from orchestrator import ray_session
-
         for name in ("ray.tune", "ray.train", "mlflow.store.db.utils"):  # their INFO lines would drown the table
             logging.getLogger(name).setLevel(logging.WARNING)
         if not self.plan.resume:
@@ -233,52 +237,48 @@ class Sweep:
 
     def _stages(self, parent: SweepRun, folder: str, ray_started: float) -> tuple[str, int]:
         plan = self.plan
-        search = self._search(parent)
+        found = self._search(parent)
         if self.stops.received:
-            report.interrupted(plan, search.rows, self.stops.exit_code)
+            report.interrupted(plan, found.rows, self.stops.exit_code)
             return "KILLED", self.stops.exit_code
-        if search.choice.row is None:
-            report.no_winner(plan, search.rows)
+        if found.choice.row is None:
+            report.no_winner(plan, found.rows)
             return "FAILED", EXIT_NO_TRIAL
-        report.winner(plan, search.choice)
-        self._summarise_winner(parent, search.rows, search.choice.row, folder)
+        report.winner(plan, found.choice)
+        self._summarise_winner(parent, found.rows, found.choice.row, folder)
         t_verify = time.perf_counter()
-        verification = self._verify(parent, search.choice.row) if plan.space.verify.seeds else Stage()
+        verification = self._verify(parent, found.choice.row) if plan.space.verify.seeds else Stage()
         if self.stops.received:
             print(f"\ninterrupted during the verification (exit {self.stops.exit_code}); the search is done. "
                   f"Continue with:\n  {plan.resume_command()}", file=sys.stderr)
             return "KILLED", self.stops.exit_code
-        timings = self._timings(search, verification, ray_started, time.perf_counter() - t_verify)
+        timings = self._timings(found, verification, ray_started, time.perf_counter() - t_verify)
         parent.log_metrics(timings.metrics(), step=int(time.time()))  # a resumed sweep adds a point
         print(f"\n{timings.line(plan.space.search.seeds)}")
         report.hints(plan, parent.experiment_id)
-        report.publish_verdict(plan, parent, search.rows, search.choice.row, folder)
+        report.publish_verdict(plan, parent, found.rows, found.choice.row, folder)
         return "FINISHED", EXIT_OK
 
-    def _timings(self, search: SearchOutcome, verification: Stage, ray_started: float,
+    def _timings(self, found: SearchOutcome, verification: Stage, ray_started: float,
                  verify_s: float) -> report.Timings:
-        shared = search.pretraining.add(search.trials).add(verification)
+        shared = found.pretraining.add(found.trials).add(verification)
         end = time.perf_counter()
         return report.Timings(
             checks=self.t_checked - self.t_start, ray_start=ray_started - self.t_checked,
-            pretraining=search.pretraining.seconds, trials=search.trials.seconds, verification=verify_s,
-            wrap_up=end - ray_started - search.pretraining.seconds - search.trials.seconds - verify_s,
+            pretraining=found.pretraining.seconds, trials=found.trials.seconds, verification=verify_s,
+            wrap_up=end - ray_started - found.pretraining.seconds - found.trials.seconds - verify_s,
             total=end - self.t_start, seeds_pretrained=shared.seeds_pretrained,
             epochs_pretrained=shared.epochs_pretrained, epochs_shared=shared.epochs_shared,
-            tracking_waits=search.tracking_waits)
+            tracking_waits=found.tracking_waits)
 
     # --- the search ----------------------------------------------------------------------------------------------
     def _search(self, parent: SweepRun) -> SearchOutcome:
         """Shared pretraining (when the space allows it), then the trials; the leaderboard and the winner rule."""
-        from orchestrator import ray_session, search
-        from orchestrator.progress import ProgressTable
-        from orchestrator.tracking.callback import MLflowTrialCallback
-
         plan, space = self.plan, self.plan.space
-        pretraining = Stage()
+        pretrained = Stage()
         if space.shares_pretraining:
             config = space.some_config()
-            pretraining = self._pretrain([(config, seed_list(config, space.search.seeds))] * space.search.num_samples,
+            pretrained = self._pretrain([(config, seed_list(config, space.search.seeds))] * space.search.num_samples,
                                          evaluate=True, name="pretrain-search")
         tracking = MLflowTrialCallback(parent.queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
                                        run_name=self._run_name, checkpoint_uri=plan.layout.checkpoint_uri,
@@ -293,9 +293,9 @@ class Sweep:
         results = search.build_tuner(plan, callbacks, self._study_attrs(parent)).fit()
         trials = Stage(time.perf_counter() - t0, epochs_shared=sum(
             float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results))
-        return self._outcome(results, tracking, pretraining, trials)
+        return self._outcome(results, tracking, pretrained, trials)
 
-    def _outcome(self, results, tracking, pretraining: Stage, trials: Stage) -> SearchOutcome:
+    def _outcome(self, results, tracking, pretrained: Stage, trials: Stage) -> SearchOutcome:
         plan = self.plan
         rows = rows_from_results(results, plan.space, plan.layout.checkpoint_uri)
         if self.stops.received:  # a trial the stop cut short has no final report either: it was killed, not pruned
@@ -305,7 +305,7 @@ class Sweep:
         report.leaderboard(plan, rows)
         report.faults(tracking.queue.faults_summary())
         choice = choose_winner(rows, plan.space.objective, plan.space.search.promote_se)
-        return SearchOutcome(rows, choice, pretraining, trials, list(tracking.result_seconds))
+        return SearchOutcome(rows, choice, pretrained, trials, list(tracking.result_seconds))
 
     def _study_attrs(self, parent: SweepRun) -> dict[str, str]:
         plan = self.plan
@@ -315,8 +315,6 @@ class Sweep:
 
     def _pretrain(self, consumers: list, evaluate: bool, name: str) -> Stage:
         """The snapshots these trainings (config, seeds) can share (orchestrator.pretraining)."""
-        from orchestrator import pretraining
-
         jobs = pretraining.jobs_for(self.plan, consumers, evaluate)
         if not jobs:
             return Stage()
@@ -340,12 +338,6 @@ class Sweep:
     # --- the winner ------------------------------------------------------------------------------------------------
     def _summarise_winner(self, parent: SweepRun, rows: list[TrialRow], winner: TrialRow, folder: str) -> None:
         """Score the winner on the report targets (only now, only the winner), log it, its model and the plots."""
-        from adin_core.train import model_from_state
-        from orchestrator.best import write_model_files
-        from orchestrator.checkpoints import load_state
-        from orchestrator.results import save_plots
-        from orchestrator.targets import open_target, score_targets
-
         plan = self.plan
         state = load_state(winner.checkpoint)
         model, config = model_from_state(state)
@@ -367,10 +359,6 @@ class Sweep:
 
     def _study(self, rows: list[TrialRow]):
         """The study of record (real times, every intermediate value), or one made from the rows if unreadable."""
-        import optuna
-
-        from orchestrator.results import study_of
-
         try:
             return optuna.load_study(study_name=self.plan.sweep, storage=open_study_storage(self.plan.study_storage))
         except (KeyError, PlanError) as exc:
@@ -380,9 +368,6 @@ class Sweep:
     def _verify(self, parent: SweepRun, winner: TrialRow) -> Stage:
         """Retrain the arms on fresh seeds, in rounds (orchestrator.verify), and log the paired differences; what
         its pretraining stages trained and its trainings shared. A failed arm leaves the winner unverified."""
-        from orchestrator import verify
-        from orchestrator.progress import ProgressTable
-
         plan = self.plan
         print(f"\nverifying the winner: {verify.plan_line(plan, winner.params)}", flush=True)
         callbacks: list = [self.stops.watcher(plan.sweep)]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.plan import SweepPlan
 from orchestrator.tracking import schema as S
 from orchestrator.tracking.store import (LogInput, SweepRun, TrackingQueue, code_version, experiment_id,
                                          without_password)
+
+if TYPE_CHECKING:  # the plan is read, never imported: the plan itself checks tracking URIs with tracking.store
+    from orchestrator.plan import SweepPlan
 
 
 def dataset_inputs(plan: SweepPlan, key: str) -> tuple[LogInput, ...]:

@@ -7,6 +7,9 @@ the server refuses is dropped with a log line instead of blocking the queue. Whe
 (the parent run at the start, everything at the end) it waits for the queue to drain, for at most one retry
 budget; past it the sweep ends with a TrackingError naming the server. The queue's pending writes are part of the
 Tune callback's saved state, so `--resume` sends what an outage kept back.
+
+MLflow and SQLAlchemy are imported inside the functions that use them, on purpose: a trial's Ray workers import
+this module through the plan and never write to MLflow (the import costs each process about two seconds).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any, Callable
 
 from orchestrator.retry import Backoff, call_with_backoff
@@ -79,7 +83,7 @@ def _check_sqlite_file(uri: str, path: str) -> None:
 
 def _check_database(uri: str, timeout: float) -> None:
     """A database URL must name an installed driver and answer within `timeout` (MLflow would wait minutes)."""
-    import sqlalchemy
+    import sqlalchemy  # deferred on purpose (module docstring)
 
     shown = without_password(uri)
     try:
@@ -139,7 +143,7 @@ def redact(params: dict[str, Any]) -> dict[str, Any]:
 
 def log_batched(client, run_id: str, *, params: dict[str, Any] | None = None, metrics: list | None = None) -> None:
     """Params (redacted, values cut to MLflow's 6000 characters) and metrics in MLflow's batch-size limits."""
-    from mlflow.entities import Param
+    from mlflow.entities import Param  # deferred on purpose (module docstring)
 
     batch = [Param(k, str(v)[:6000]) for k, v in redact(params or {}).items()]
     for i in range(0, len(batch), 100):
@@ -159,7 +163,6 @@ def code_version() -> str:
             return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import version
 
     return f"adin-sweeps {version('adin-sweeps')}"
 
@@ -262,7 +265,7 @@ class TrackingQueue:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # deferred on purpose (module docstring)
 
             self._client = MlflowClient(self.uri)
         return self._client
@@ -324,7 +327,7 @@ class TrackingQueue:
 
     # --- the writer thread ------------------------------------------------------------------------------------
     def _work(self) -> None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # deferred on purpose (module docstring)
 
         while True:
             with self._cond:
@@ -375,14 +378,14 @@ class TrackingQueue:
             return
         run_id = self.run_ids[op.key]
         if isinstance(op, LogMetrics):
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric  # deferred on purpose (module docstring)
 
             log_batched(c, run_id, metrics=[Metric(k.replace("@", "_"), v, ts, step) for k, v, ts, step in op.metrics])
         elif isinstance(op, LogParams):
             existing = c.get_run(run_id).data.params
             log_batched(c, run_id, params={k: v for k, v in op.params if k not in existing})
         elif isinstance(op, SetTags):
-            from mlflow.entities import RunTag
+            from mlflow.entities import RunTag  # deferred on purpose (module docstring)
 
             c.log_batch(run_id, tags=[RunTag(k, v[:8000]) for k, v in redact(dict(op.tags)).items()])
         elif isinstance(op, LogArtifact):
@@ -391,7 +394,7 @@ class TrackingQueue:
             else:
                 self.log(f"[tracking] artifact {op.path} is gone; not logged")
         elif isinstance(op, LogInput):
-            from mlflow.entities import Dataset, DatasetInput, InputTag
+            from mlflow.entities import Dataset, DatasetInput, InputTag  # deferred on purpose (module docstring)
 
             ds = Dataset(name=op.name, digest=op.digest, source_type="local" if "://" not in op.source else "s3",
                          source=json.dumps({"uri": op.source}))
@@ -461,8 +464,8 @@ def artifact_root(uri: str) -> str | None:
 def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
     """The experiment of a space (created on first use), opening on MLflow's runs table rather than its GenAI
     overview (the experiment tag `mlflow.experimentKind`)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException  # deferred on purpose (module docstring)
+    from mlflow.tracking import MlflowClient  # deferred on purpose (module docstring)
 
     client = MlflowClient(uri)
 
