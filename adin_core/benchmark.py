@@ -23,8 +23,13 @@ from adin_core.train import CheckReport, fit
 DEFAULT_DATA_ROOT = "runs/data"
 # Training settings for the synthetic benchmark on 2 CPU cores (small CNN; image size from the preset)
 SYNTHETIC_TRAINING: dict[str, Any] = {
-    "backbone": "small_cnn", "batch_size": 32, "epochs": 16, "pretrain_id_epochs": 3,
-    "pretrain_nuisance_epochs": 1, "check_every": 20, "refresh_steps": 10,
+    "backbone": "small_cnn",
+    "batch_size": 32,
+    "epochs": 16,
+    "pretrain_id_epochs": 3,
+    "pretrain_nuisance_epochs": 1,
+    "check_every": 20,
+    "refresh_steps": 10,
 }
 
 
@@ -46,9 +51,15 @@ def phase_shares(report: CheckReport) -> dict[str, float]:
     return {f"phase_share/{k}": v / total for k, v in report.phase_steps.items()}
 
 
-def run_benchmark(preset: str, seed: int, overrides: dict[str, Any] | None = None, *,
-                  data_root: str = DEFAULT_DATA_ROOT, gen: dict[str, Any] | None = None,
-                  on_check: Callable[[CheckReport], None] | None = None) -> dict[str, Any]:
+def run_benchmark(
+    preset: str,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+    *,
+    data_root: str = DEFAULT_DATA_ROOT,
+    gen: dict[str, Any] | None = None,
+    on_check: Callable[[CheckReport], None] | None = None,
+) -> dict[str, Any]:
     """Train on `preset`'s source domain (the benchmark drawn with `seed`, the run seeded by `seed` too), then score
     the model on the source's test split (with the nuisance probe) and on the `select` and `report` targets (with
     the probe on their unseen cameras too)."""
@@ -57,9 +68,12 @@ def run_benchmark(preset: str, seed: int, overrides: dict[str, Any] | None = Non
     shards = open_benchmark(preset, seed, data_root, **gen)
     size = (config.image_height, config.image_width)
     data = shards["source"].training_data(config.nuisance, size)
-    evaluator = Evaluator(select=[shards["select"].eval_target(size, name="select")],
-                          source=shards["source"].eval_target(size, name="source"),
-                          report=[shards["report"].eval_target(size, name="report")], probe_targets=True)
+    evaluator = Evaluator(
+        select=[shards["select"].eval_target(size, name="select")],
+        source=shards["source"].eval_target(size, name="source"),
+        report=[shards["report"].eval_target(size, name="report")],
+        probe_targets=True,
+    )
 
     class _Show:
         def on_check(self, trainer, report: CheckReport) -> None:
@@ -73,10 +87,24 @@ def run_benchmark(preset: str, seed: int, overrides: dict[str, Any] | None = Non
 
     t0 = time.perf_counter()
     fit(config, data, hooks=[_Show(), EvaluationHook(evaluator, keep)])  # evaluates once, at the end
-    return {"preset": preset, "seed": seed, "overrides": dict(overrides or {}), "generator": gen,
-            "datasets": {d: s.name for d, s in shards.items()}, "config": config.to_dict(), "metrics": metrics,
-            "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    return {
+        "preset": preset,
+        "seed": seed,
+        "overrides": dict(overrides or {}),
+        "generator": gen,
+        "datasets": {d: s.name for d, s in shards.items()},
+        "config": config.to_dict(),
+        "metrics": metrics,
+        "seconds": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+    }
 
 
-__all__ = ["DEFAULT_DATA_ROOT", "SYNTHETIC_TRAINING", "benchmark_config", "generator_config", "phase_shares",
-           "run_benchmark"]
+__all__ = [
+    "DEFAULT_DATA_ROOT",
+    "SYNTHETIC_TRAINING",
+    "benchmark_config",
+    "generator_config",
+    "phase_shares",
+    "run_benchmark",
+]

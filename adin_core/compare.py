@@ -27,9 +27,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from adin_core.stats import Paired
-
 import numpy as np
+
+from adin_core.stats import Paired
 
 DEFAULT_ARMS = (
     "baseline:adv_loss=none",
@@ -38,9 +38,14 @@ DEFAULT_ARMS = (
     "kl_class_prior:calibration=class_prior",  # the paper's calibration on the non-saturating form
     "paper_cane:adv_loss=ne,calibration=class_prior,freeze_encoder_for_nuisance=true,beta=1",  # PAPER_CANE
 )
-COLUMNS = (("source", "source/mAP"), ("select", "select/select/mAP"), ("report", "report/report/mAP"),
-           ("transfer", "transfer"), ("probe camera", "probe/camera_acc"),
-           ("probe camera, targets", "target_probe"))
+COLUMNS = (
+    ("source", "source/mAP"),
+    ("select", "select/select/mAP"),
+    ("report", "report/report/mAP"),
+    ("transfer", "transfer"),
+    ("probe camera", "probe/camera_acc"),
+    ("probe camera, targets", "target_probe"),
+)
 REFERENCE = "baseline"
 
 
@@ -115,8 +120,17 @@ def _run(preset: str, seed: int, overrides: dict[str, Any], gen: dict[str, Any],
     return run_benchmark(preset, seed, overrides, data_root=data_root, gen=gen)
 
 
-def run_all(arms: list[Arm], presets: list[str], seeds: list[int], common: dict[str, Any], gen: dict[str, Any],
-            jobs: int, threads: int, data_root: str, log=None) -> list[dict[str, Any]]:
+def run_all(
+    arms: list[Arm],
+    presets: list[str],
+    seeds: list[int],
+    common: dict[str, Any],
+    gen: dict[str, Any],
+    jobs: int,
+    threads: int,
+    data_root: str,
+    log=None,
+) -> list[dict[str, Any]]:
     import multiprocessing as mp
 
     from adin_core.data.datasets import open_benchmark
@@ -128,34 +142,50 @@ def run_all(arms: list[Arm], presets: list[str], seeds: list[int], common: dict[
     tasks = [(arm, preset, seed) for preset in presets for seed in seeds for arm in arms]
     runs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(_run, preset, seed, {**common, **arm.overrides}, gen, data_root): (arm, preset, seed)
-                   for arm, preset, seed in tasks}
+    with ProcessPoolExecutor(
+        jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+    ) as pool:
+        futures = {
+            pool.submit(_run, preset, seed, {**common, **arm.overrides}, gen, data_root): (arm, preset, seed)
+            for arm, preset, seed in tasks
+        }
         for fut in as_completed(futures):
             arm, preset, seed = futures[fut]
             run = fut.result()
             run["arm"] = arm.name
             runs.append(run)
-            log(f"[{len(runs)}/{len(tasks)} {time.perf_counter() - t0:5.0f} s] {preset} seed {seed} {arm.name}: "
+            log(
+                f"[{len(runs)}/{len(tasks)} {time.perf_counter() - t0:5.0f} s] {preset} seed {seed} {arm.name}: "
                 f"source {value(run, 'source/mAP'):.3f} transfer {value(run, 'transfer'):.3f} "
-                f"probe {value(run, 'probe/camera_acc'):.3f}")
+                f"probe {value(run, 'probe/camera_acc'):.3f}"
+            )
     return runs
 
 
 # ---------------------------------------------------------------------------------------------------------
 # reporting
 # ---------------------------------------------------------------------------------------------------------
-def summarise(runs: list[dict[str, Any]], arms: list[str], presets: list[str], reference: str = REFERENCE,
-              control: str | None = "control") -> str:
+def summarise(
+    runs: list[dict[str, Any]],
+    arms: list[str],
+    presets: list[str],
+    reference: str = REFERENCE,
+    control: str | None = "control",
+) -> str:
     lines = []
     for preset in presets:
-        by_arm = {a: sorted((r for r in runs if r["preset"] == preset and r["arm"] == a), key=lambda r: r["seed"])
-                  for a in arms}
+        by_arm = {
+            a: sorted((r for r in runs if r["preset"] == preset and r["arm"] == a), key=lambda r: r["seed"])
+            for a in arms
+        }
         n = len(by_arm[arms[0]])
         chance = np.mean([value(r, "probe/camera_chance") for r in by_arm[arms[0]]])
-        t_chance = np.mean([0.5 * (value(r, "select/select/probe_camera_chance")
-                                   + value(r, "report/report/probe_camera_chance")) for r in by_arm[arms[0]]])
+        t_chance = np.mean(
+            [
+                0.5 * (value(r, "select/select/probe_camera_chance") + value(r, "report/report/probe_camera_chance"))
+                for r in by_arm[arms[0]]
+            ]
+        )
         lines.append(f"## preset `{preset}`: {n} paired seeds, torch threads {by_arm[arms[0]][0]['threads']}")
         lines.append("")
         head = ["arm", *[c for c, _ in COLUMNS], "grip adv/id", "adversarial share"]
@@ -171,16 +201,22 @@ def summarise(runs: list[dict[str, Any]], arms: list[str], presets: list[str], r
             shares = [r["metrics"].get("phase_share/adversarial", 0.0) for r in by_arm[a]]
             cells.append(f"{np.mean(shares):.2f}")
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append(f"\n(probe camera: chance {chance:.3f} on the source, {t_chance:.3f} on the targets; transfer = "
-                     "mean of select and report mAP)\n")
+        lines.append(
+            f"\n(probe camera: chance {chance:.3f} on the source, {t_chance:.3f} on the targets; transfer = "
+            "mean of select and report mAP)\n"
+        )
         pairs = [(a, reference) for a in arms if a != reference]
         if control in arms:
             pairs += [(a, control) for a in arms if a not in (reference, control)]
         if reference in arms:
             lines.append("Paired differences, mean [95% paired-t interval], seeds > 0 (per seed):\n")
             for a, b in pairs:
-                for label, key in (("transfer", "transfer"), ("source", "source/mAP"),
-                                   ("probe camera", "probe/camera_acc"), ("probe camera, targets", "target_probe")):
+                for label, key in (
+                    ("transfer", "transfer"),
+                    ("source", "source/mAP"),
+                    ("probe camera", "probe/camera_acc"),
+                    ("probe camera, targets", "target_probe"),
+                ):
                     p = Paired.of([value(r, key) for r in by_arm[a]], [value(r, key) for r in by_arm[b]])
                     lines.append(f"- {a} − {b}, {label}: {p}")
             lines.append("")
@@ -191,17 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     from adin_core.benchmark import DEFAULT_DATA_ROOT, benchmark_config, generator_config
     from adin_core.data.synthetic import PRESETS, SynthConfig
 
-    ap = argparse.ArgumentParser(prog="python -m adin_core.compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m adin_core.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--presets", nargs="+", default=["shortcut"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--arm", action="append", default=None, metavar="NAME:FIELD=VALUE,...",
-                    help=f"an arm (repeatable; default: {' '.join(DEFAULT_ARMS)})")
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=None,
+        metavar="NAME:FIELD=VALUE,...",
+        help=f"an arm (repeatable; default: {' '.join(DEFAULT_ARMS)})",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="for every arm")
-    ap.add_argument("--gen", action="append", default=[], metavar="FIELD=VALUE",
-                    help="a benchmark generator (SynthConfig) field for every preset, e.g. --gen num_cameras=8")
-    ap.add_argument("--data-root", default=os.environ.get("ADIN_DATA_ROOT", DEFAULT_DATA_ROOT),
-                    help="where the benchmarks are sharded on first use (default runs/data; ADIN_DATA_ROOT)")
+    ap.add_argument(
+        "--gen",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a benchmark generator (SynthConfig) field for every preset, e.g. --gen num_cameras=8",
+    )
+    ap.add_argument(
+        "--data-root",
+        default=os.environ.get("ADIN_DATA_ROOT", DEFAULT_DATA_ROOT),
+        help="where the benchmarks are sharded on first use (default runs/data; ADIN_DATA_ROOT)",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (fixed: it moves results)")
     ap.add_argument("--json", metavar="FILE", help="also write every run's record")
@@ -215,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--presets: unknown {unknown}; choose from {sorted(PRESETS)}")
         bad_gen = sorted(set(gen) - set(SynthConfig.__dataclass_fields__))
         if bad_gen:
-            raise ValueError(f"--gen: unknown generator field(s) {bad_gen}; known: "
-                             f"{sorted(SynthConfig.__dataclass_fields__)}")
+            raise ValueError(
+                f"--gen: unknown generator field(s) {bad_gen}; known: {sorted(SynthConfig.__dataclass_fields__)}"
+            )
         for p in args.presets:
             synth = generator_config(p, gen)  # validates the generator settings now
             for arm in arms:  # every arm's config is valid before any training starts
@@ -228,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(arms)} arms x {len(args.seeds)} seeds x {len(args.presets)} presets; {args.jobs} jobs of "
-          f"{args.threads} torch thread(s); generator overrides {gen or 'none'}", flush=True)
+    print(
+        f"{len(arms)} arms x {len(args.seeds)} seeds x {len(args.presets)} presets; {args.jobs} jobs of "
+        f"{args.threads} torch thread(s); generator overrides {gen or 'none'}",
+        flush=True,
+    )
     runs = run_all(arms, args.presets, args.seeds, common, gen, args.jobs, args.threads, args.data_root)
     names = [a.name for a in arms]
     print()
@@ -238,8 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.json + ".tmp"
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(tmp, "w") as fh:
-            json.dump({"argv": sys.argv[1:] if argv is None else argv, "arms": names, "generator": gen,
-                       "threads": args.threads, "runs": runs}, fh, indent=1)
+            json.dump(
+                {
+                    "argv": sys.argv[1:] if argv is None else argv,
+                    "arms": names,
+                    "generator": gen,
+                    "threads": args.threads,
+                    "runs": runs,
+                },
+                fh,
+                indent=1,
+            )
         os.replace(tmp, args.json)
         print(f"runs written to {args.json}")
     return 0

@@ -18,23 +18,40 @@ CALIBRATIONS = ("none", "class_prior", "sample_prior")
 # The paper's default ADIN, CaNE (Eq. 6), in this config's terms; kept for comparison with the default below
 # (CaNE, Eq. 6, with f_E frozen while f_N pre-trains and refreshes, as the paper trains it; the paper gives no beta:
 # 1, an unweighted sum, as this project first defaulted to)
-PAPER_CANE = {"adv_loss": "ne", "calibration": "class_prior", "prior_temperature": 1.0,
-              "freeze_encoder_for_nuisance": True, "beta": 1.0}
+PAPER_CANE = {
+    "adv_loss": "ne",
+    "calibration": "class_prior",
+    "prior_temperature": 1.0,
+    "freeze_encoder_for_nuisance": True,
+    "beta": 1.0,
+}
 NUISANCES = ("camera", "time", "camera+time", "camera_x_time")
 # Fields that cannot touch f_E or f_I before pretraining (pretrain_id + pretrain_nuisance epochs) ends: with one
 # seed, configs that differ only in these train bit-identical encoders until then (tests/test_train.py checks it
 # field by field). An early-stopping rung placed inside pretraining would rank identical models, so the search
 # space refuses one when every searched parameter is in this set. Not in it: freeze_encoder_for_nuisance (it
 # freezes f_E during pretrain_nuisance), learning rates, center loss, everything of the identity branch.
-ADVERSARIAL_PHASE_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "nuisance",
-                                      "shuffle_nuisance", "i_target", "i_trigger", "n_trigger"})
+ADVERSARIAL_PHASE_FIELDS = frozenset(
+    {
+        "adv_loss",
+        "beta",
+        "calibration",
+        "prior_temperature",
+        "nuisance",
+        "shuffle_nuisance",
+        "i_target",
+        "i_trigger",
+        "n_trigger",
+    }
+)
 # The fields that act only from the first decision after pretraining on: the schedule's thresholds and the
 # adversarial loss, its weight and calibration (f_N pretrains on plain cross-entropy whatever they are). Configs that
 # differ only in these train the very same pretraining, f_N, optimisers and RNG streams included, so a sweep trains
 # it once per seed and every trial starts from it (adin_core.train.pretraining_key, ADINTrainer.pretrain). The
 # nuisance labels and their shuffling are not among them: f_N pretrains on them.
-DECISION_FIELDS = frozenset({"adv_loss", "beta", "calibration", "prior_temperature", "i_target", "i_trigger",
-                             "n_trigger"})
+DECISION_FIELDS = frozenset(
+    {"adv_loss", "beta", "calibration", "prior_temperature", "i_target", "i_trigger", "n_trigger"}
+)
 THRESHOLD_MODES = ("relative", "absolute")
 MAX_IMAGE_SIDE = 2048  # pixels; ReID crops are 256x128, and past this a value is a typo (memory runs out first)
 MAX_WIDTH = 65536  # feature and head widths
@@ -142,31 +159,48 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("backbone", self.backbone, BACKBONES)
         if self.adv_loss == "cane":
-            raise ConfigError("adv_loss='cane' is not allowed: the paper's CaNE is adv_loss=ne with "
-                              f"calibration=class_prior; choose one of {list(ADV_LOSSES)}")
+            raise ConfigError(
+                "adv_loss='cane' is not allowed: the paper's CaNE is adv_loss=ne with "
+                f"calibration=class_prior; choose one of {list(ADV_LOSSES)}"
+            )
         _choice("adv_loss", self.adv_loss, ADV_LOSSES)
         _choice("calibration", self.calibration, CALIBRATIONS)
         _choice("nuisance", self.nuisance, NUISANCES)
         _choice("threshold_mode", self.threshold_mode, THRESHOLD_MODES)
         _choice("device", self.device, DEVICES)
-        for name in ("feature_dim", "head_hidden", "image_height", "image_width", "check_every",
-                     "batch_size", "eval_batch_size"):
+        for name in (
+            "feature_dim",
+            "head_hidden",
+            "image_height",
+            "image_width",
+            "check_every",
+            "batch_size",
+            "eval_batch_size",
+        ):
             _positive_int(name, getattr(self, name))
         for name in ("max_adversarial_steps", "max_rescue_steps", "refresh_steps"):
             _positive_int(name, getattr(self, name))
-        for name, most in (("image_height", MAX_IMAGE_SIDE), ("image_width", MAX_IMAGE_SIDE),
-                           ("feature_dim", MAX_WIDTH), ("head_hidden", MAX_WIDTH)):
+        for name, most in (
+            ("image_height", MAX_IMAGE_SIDE),
+            ("image_width", MAX_IMAGE_SIDE),
+            ("feature_dim", MAX_WIDTH),
+            ("head_hidden", MAX_WIDTH),
+        ):
             if getattr(self, name) > most:
                 raise ConfigError(f"{name} must be <= {most}, got {getattr(self, name)}")
         for f in fields(self):
             if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
                 raise ConfigError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if self.backbone != "small_cnn" and (self.image_height < 32 or self.image_width < 32):
-            raise ConfigError(f"image_height/image_width must be >= 32 for backbone {self.backbone!r}, "
-                              f"got {self.image_height}x{self.image_width}")
+            raise ConfigError(
+                f"image_height/image_width must be >= 32 for backbone {self.backbone!r}, "
+                f"got {self.image_height}x{self.image_width}"
+            )
         if self.backbone == "dual_branch" and self.image_height < 64:
-            raise ConfigError("image_height must be >= 64 for backbone 'dual_branch' (its part branch splits "
-                              f"the feature map into halves), got {self.image_height}")
+            raise ConfigError(
+                "image_height must be >= 64 for backbone 'dual_branch' (its part branch splits "
+                f"the feature map into halves), got {self.image_height}"
+            )
         _in_range("beta", self.beta, 0.0, math.inf, low_open=True)
         _in_range("prior_temperature", self.prior_temperature, 0.0, math.inf)
         _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
@@ -181,7 +215,8 @@ class TrainConfig:
         if self.adversarial and self.pretrain_id_epochs + self.pretrain_nuisance_epochs > self.epochs:
             raise ConfigError(
                 f"pretrain_id_epochs + pretrain_nuisance_epochs ({self.pretrain_id_epochs} + "
-                f"{self.pretrain_nuisance_epochs}) exceeds the total budget epochs={self.epochs}")
+                f"{self.pretrain_nuisance_epochs}) exceeds the total budget epochs={self.epochs}"
+            )
         if self.threshold_mode == "relative":
             _in_range("i_target", self.i_target, 0.0, 1.0, low_open=True)
             _in_range("n_trigger", self.n_trigger, 0.0, math.inf, low_open=True)
@@ -190,8 +225,7 @@ class TrainConfig:
             _in_range("n_trigger", self.n_trigger, 0.0, 1.0)
         _in_range("i_trigger", self.i_trigger, 0.0, 1.0)
         if not self.i_trigger < self.i_target:
-            raise ConfigError(f"i_trigger must be < i_target, got i_trigger={self.i_trigger} "
-                              f"i_target={self.i_target}")
+            raise ConfigError(f"i_trigger must be < i_target, got i_trigger={self.i_trigger} i_target={self.i_target}")
         if self.weights_path is not None and not self.pretrained:
             raise ConfigError("weights_path is set but pretrained=False; set pretrained=True to load it")
         if self.pretrained and self.backbone == "small_cnn":
@@ -208,8 +242,9 @@ def _positive_int(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
-              high_open: bool = False) -> None:
+def _in_range(
+    name: str, value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
     too_low = value <= low if low_open else value < low
@@ -232,5 +267,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-__all__ = ["TrainConfig", "ConfigError", "BACKBONES", "ADV_LOSSES", "CALIBRATIONS", "DECISION_FIELDS", "NUISANCES",
-           "PAPER_CANE"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "BACKBONES",
+    "ADV_LOSSES",
+    "CALIBRATIONS",
+    "DECISION_FIELDS",
+    "NUISANCES",
+    "PAPER_CANE",
+]

@@ -47,24 +47,32 @@ def _concat(parts: Sequence[ReIDArrays], attr: str) -> np.ndarray:
     return np.concatenate([getattr(p, attr) for p in parts])
 
 
-def target_features(model: ADINModel, target: EvalTarget, config: TrainConfig,
-                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+def target_features(
+    model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
     """The retrieval features of a target's splits (query, then gallery when it has one)."""
-    kwargs = dict(batch_size=config.eval_batch_size, image_size=(config.image_height, config.image_width),
-                  device=device, amp=config.amp)
+    kwargs = dict(
+        batch_size=config.eval_batch_size,
+        image_size=(config.image_height, config.image_width),
+        device=device,
+        amp=config.amp,
+    )
     return [extract_features(model, split.images, **kwargs) for split in target.images()]
 
 
-def probe_target(feats: Sequence[torch.Tensor], target: EvalTarget, reader: Reader | None = None
-                 ) -> dict[str, ProbeResult]:
+def probe_target(
+    feats: Sequence[torch.Tensor], target: EvalTarget, reader: Reader | None = None
+) -> dict[str, ProbeResult]:
     """The nuisance probe (or another linear `reader`) for every kind the target's labels allow, on the features
     of all its splits together."""
     splits = target.images()
     all_feats, pids = torch.cat(list(feats)), _concat(splits, "pids")
-    merged = ReIDArrays(np.zeros((len(pids), 1, 1, 3), np.uint8), pids, _concat(splits, "camids"),
-                        _concat(splits, "timeperiods"))
-    return {kind: nuisance_probe(all_feats, pids, labels, reader=reader)
-            for kind, labels in probe_labels(merged).items()}
+    merged = ReIDArrays(
+        np.zeros((len(pids), 1, 1, 3), np.uint8), pids, _concat(splits, "camids"), _concat(splits, "timeperiods")
+    )
+    return {
+        kind: nuisance_probe(all_feats, pids, labels, reader=reader) for kind, labels in probe_labels(merged).items()
+    }
 
 
 def rank_target(feats: Sequence[torch.Tensor], target: EvalTarget) -> dict[str, float]:
@@ -77,8 +85,14 @@ def rank_target(feats: Sequence[torch.Tensor], target: EvalTarget) -> dict[str, 
     return {k: float(v) for k, v in result.summary().items()}
 
 
-def score_target(model: ADINModel, target: EvalTarget, config: TrainConfig, device: torch.device | str = "cpu",
-                 *, probe: bool = False) -> tuple[dict[str, float], dict[str, ProbeResult]]:
+def score_target(
+    model: ADINModel,
+    target: EvalTarget,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    *,
+    probe: bool = False,
+) -> tuple[dict[str, float], dict[str, ProbeResult]]:
     """Rank-1/5/10, mAP and mINP on one target and, with `probe`, the nuisance probe on the same features."""
     feats = target_features(model, target, config, device)
     return rank_target(feats, target), probe_target(feats, target) if probe else {}
@@ -120,8 +134,9 @@ class Evaluator:
             return -(-total_steps // self.every_steps)
         return max(1, step // self.every_steps)
 
-    def evaluate(self, model: ADINModel, config: TrainConfig, device: torch.device | str = "cpu", *,
-                 report: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, model: ADINModel, config: TrainConfig, device: torch.device | str = "cpu", *, report: bool = False
+    ) -> dict[str, float]:
         """Flat metrics: `source/<metric>`, `probe/<kind>_acc|_chance`, `select/<target>/<metric>`,
         `report/<target>/<metric>` (with `report`), and the objective `transfer_mAP` (mean select mAP)."""
         out: dict[str, float] = {}
@@ -194,4 +209,18 @@ def target_scores(metrics: dict[str, float], role: str) -> dict[str, dict[str, f
     return out
 
 
-__all__ = ["EvaluationHook", "Evaluator", "EvalTarget", "EVALUATION", "OBJECTIVE", "REPORT_MAP", "PROBE_KINDS", "probe_labels", "probe_target", "rank_target", "score_target", "target_features", "target_scores"]
+__all__ = [
+    "EvaluationHook",
+    "Evaluator",
+    "EvalTarget",
+    "EVALUATION",
+    "OBJECTIVE",
+    "REPORT_MAP",
+    "PROBE_KINDS",
+    "probe_labels",
+    "probe_target",
+    "rank_target",
+    "score_target",
+    "target_features",
+    "target_scores",
+]

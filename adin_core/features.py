@@ -34,9 +34,17 @@ def chunk_size(batch_size: int, device: torch.device | str) -> int:
 
 
 @torch.no_grad()
-def extract_features(model: ADINModel, images: np.ndarray, *, batch_size: int = 256,
-                     image_size: tuple[int, int] | None = None, device: torch.device | str = "cpu",
-                     flip: bool = True, amp: bool = False, chunk: int | None = None) -> torch.Tensor:
+def extract_features(
+    model: ADINModel,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    image_size: tuple[int, int] | None = None,
+    device: torch.device | str = "cpu",
+    flip: bool = True,
+    amp: bool = False,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """(N, H, W, 3) uint8 images -> (N, D) L2-normalised float32 features on the CPU; `chunk` (images a forward)
     defaults to `chunk_size(batch_size, device)`."""
     device = torch.device(device)
@@ -47,7 +55,7 @@ def extract_features(model: ADINModel, images: np.ndarray, *, batch_size: int = 
     step = chunk or chunk_size(batch_size, device)
     try:
         for s in range(0, len(images), step):
-            x = torch.from_numpy(np.ascontiguousarray(images[s:s + step])).to(device).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + step])).to(device).permute(0, 3, 1, 2)
             if image_size is not None:
                 x = resize_uint8(x, image_size)
             x = model.normalise(x)

@@ -34,9 +34,15 @@ class CenterLoss(nn.Module):
         return diff.pow(2).sum(dim=1).clamp(min=1e-12, max=1e12).mean()
 
 
-def identity_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0,
-                  features: torch.Tensor | None = None, center: CenterLoss | None = None,
-                  center_weight: float = 0.0) -> torch.Tensor:
+def identity_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    features: torch.Tensor | None = None,
+    center: CenterLoss | None = None,
+    center_weight: float = 0.0,
+) -> torch.Tensor:
     """L_I = cross-entropy (optionally label-smoothed) + lambda_c * center loss."""
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     if center is not None and center_weight > 0.0:
@@ -141,8 +147,14 @@ def js_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return (0.5 * (kl_cm + kl_um)).mean()
 
 
-def adversarial_loss(form: str, logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor | None = None,
-                     *, calibration: str = "none") -> torch.Tensor:
+def adversarial_loss(
+    form: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    prior: torch.Tensor | None = None,
+    *,
+    calibration: str = "none",
+) -> torch.Tensor:
     """L_adv for one nuisance head, minimised by f_E.
 
     `prior` is the calibration's p, already tempered (`tempered_prior`): it is fixed for a run, so the trainer

@@ -74,11 +74,18 @@ class _Accumulator:
 
     def result(self) -> RankResult:
         if self.valid == 0:
-            raise ValueError("evaluate_rank: no query has a valid match in the gallery (every match is missing "
-                             "or shares the query's camera); check the query/gallery split")
+            raise ValueError(
+                "evaluate_rank: no query has a valid match in the gallery (every match is missing "
+                "or shares the query's camera); check the query/gallery split"
+            )
         cmc = np.cumsum(self.first_hits[: self.max_rank]) / self.valid
-        result = RankResult(cmc=cmc.astype(np.float64), mAP=self.ap_sum / self.valid,
-                            mINP=self.inp_sum / self.valid, num_valid_queries=self.valid, num_queries=self.queries)
+        result = RankResult(
+            cmc=cmc.astype(np.float64),
+            mAP=self.ap_sum / self.valid,
+            mINP=self.inp_sum / self.valid,
+            num_valid_queries=self.valid,
+            num_queries=self.queries,
+        )
         check_range(result.summary())
         return result
 
@@ -95,8 +102,10 @@ def check_finite(name: str, values: torch.Tensor | np.ndarray) -> None:
     finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise NonFiniteError(f"{name}: {bad} of {finite.numel() if isinstance(finite, torch.Tensor) else finite.size} "
-                             "values are NaN or infinite (a diverged model); nothing to rank")
+        raise NonFiniteError(
+            f"{name}: {bad} of {finite.numel() if isinstance(finite, torch.Tensor) else finite.size} "
+            "values are NaN or infinite (a diverged model); nothing to rank"
+        )
 
 
 def _order_keys(values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -131,8 +140,9 @@ def _match_ranks(row: np.ndarray, invalid: np.ndarray, pos: np.ndarray) -> np.nd
     return where[np.searchsorted(cand, pos)]
 
 
-def _block_ranks(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                 g_camids: np.ndarray) -> list[np.ndarray]:
+def _block_ranks(
+    dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray
+) -> list[np.ndarray]:
     """Match ranks for a block of queries (an empty array for a query without a valid match)."""
     check_finite("distances", dist)
     same_pid = q_pids[:, None] == g_pids[None, :]
@@ -148,8 +158,9 @@ def _block_ranks(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_cam
     return out
 
 
-def _run_blocks(num_q: int, block: int, work: Callable[[int, int], list[np.ndarray]], acc: _Accumulator,
-                num_threads: int) -> RankResult:
+def _run_blocks(
+    num_q: int, block: int, work: Callable[[int, int], list[np.ndarray]], acc: _Accumulator, num_threads: int
+) -> RankResult:
     """Run `work(start, end)` over query blocks on a few threads (NumPy releases the GIL in sorts and
     comparisons); results are accumulated in query order, so the figures do not depend on the thread count."""
     starts = range(0, num_q, block)
@@ -187,19 +198,33 @@ def _check_inputs(num_q: int, num_g: int, q_pids, g_pids, q_camids, g_camids) ->
     return tuple(arrays)
 
 
-def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                  block_size: int = 256, num_threads: int | None = None) -> RankResult:
+def evaluate_rank(
+    distmat: np.ndarray,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    block_size: int = 256,
+    num_threads: int | None = None,
+) -> RankResult:
     """CMC / mAP / mINP from a (num_query, num_gallery) distance matrix (smaller is more similar)."""
     distmat = np.asarray(distmat)
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D, got shape {distmat.shape}")
     num_q, num_g = distmat.shape
     q_pids, g_pids, q_camids, g_camids = _check_inputs(num_q, num_g, q_pids, g_pids, q_camids, g_camids)
+
     def work(s: int, e: int) -> list[np.ndarray]:
         return _block_ranks(distmat[s:e], q_pids[s:e], g_pids, q_camids[s:e], g_camids)
 
-    return _run_blocks(num_q, block_size, work, _Accumulator(max_rank, num_g),
-                       _default_threads() if num_threads is None else num_threads)
+    return _run_blocks(
+        num_q,
+        block_size,
+        work,
+        _Accumulator(max_rank, num_g),
+        _default_threads() if num_threads is None else num_threads,
+    )
 
 
 def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
@@ -214,9 +239,19 @@ def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine"
     raise ValueError(f"unknown metric {metric!r}; choose 'cosine' or 'euclidean'")
 
 
-def evaluate_features(qf: torch.Tensor | np.ndarray, gf: torch.Tensor | np.ndarray, q_pids, g_pids, q_camids,
-                      g_camids, *, metric: str = "cosine", max_rank: int = 50,
-                      block_elements: int = 1 << 22, num_threads: int | None = None) -> RankResult:
+def evaluate_features(
+    qf: torch.Tensor | np.ndarray,
+    gf: torch.Tensor | np.ndarray,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    *,
+    metric: str = "cosine",
+    max_rank: int = 50,
+    block_elements: int = 1 << 22,
+    num_threads: int | None = None,
+) -> RankResult:
     """Features in, metrics out, in bounded memory: distances are made and consumed a block of queries at a time.
 
     Memory is O(block_elements + features), never O(num_query * num_gallery), so MSMT17's 11,659 x 82,161
@@ -233,6 +268,7 @@ def evaluate_features(qf: torch.Tensor | np.ndarray, gf: torch.Tensor | np.ndarr
     if metric == "cosine":  # normalise once, not per block
         qf = torch.nn.functional.normalize(qf.float(), dim=1)
         gf = torch.nn.functional.normalize(gf.float(), dim=1)
+
     def work(s: int, e: int) -> list[np.ndarray]:
         if metric == "cosine":
             dist = (1.0 - qf[s:e] @ gf.T).cpu().numpy()
@@ -240,12 +276,24 @@ def evaluate_features(qf: torch.Tensor | np.ndarray, gf: torch.Tensor | np.ndarr
             dist = pairwise_distance(qf[s:e], gf, metric).cpu().numpy()
         return _block_ranks(dist, q_pids[s:e], g_pids, q_camids[s:e], g_camids)
 
-    return _run_blocks(num_q, max(1, block_elements // num_g), work, _Accumulator(max_rank, num_g),
-                       _default_threads() if num_threads is None else num_threads)
+    return _run_blocks(
+        num_q,
+        max(1, block_elements // num_g),
+        work,
+        _Accumulator(max_rank, num_g),
+        _default_threads() if num_threads is None else num_threads,
+    )
 
 
-def evaluate_vehicleid(features: torch.Tensor | np.ndarray, pids, *, num_draws: int = 10, seed: int = 0,
-                       max_rank: int = 50, metric: str = "cosine") -> RankResult:
+def evaluate_vehicleid(
+    features: torch.Tensor | np.ndarray,
+    pids,
+    *,
+    num_draws: int = 10,
+    seed: int = 0,
+    max_rank: int = 50,
+    metric: str = "cosine",
+) -> RankResult:
     """VehicleID protocol: per draw, one random image per identity forms the gallery and every other image is a
     query; results are averaged over the draws. VehicleID has no camera ids, so nothing is removed as junk."""
     feats = torch.as_tensor(features)
@@ -263,17 +311,28 @@ def evaluate_vehicleid(features: torch.Tensor | np.ndarray, pids, *, num_draws: 
         mask = np.ones(len(pids), dtype=bool)
         mask[gallery] = False
         query = np.flatnonzero(mask)
-        results.append(evaluate_features(
-            feats[query], feats[gallery], pids[query], pids[gallery], np.zeros(len(query), np.int64),
-            np.ones(len(gallery), np.int64), metric=metric, max_rank=max_rank))
-    return RankResult(cmc=np.mean([r.cmc for r in results], axis=0), mAP=float(np.mean([r.mAP for r in results])),
-                      mINP=float(np.mean([r.mINP for r in results])),
-                      num_valid_queries=int(np.mean([r.num_valid_queries for r in results])),
-                      num_queries=int(np.mean([r.num_queries for r in results])))
+        results.append(
+            evaluate_features(
+                feats[query],
+                feats[gallery],
+                pids[query],
+                pids[gallery],
+                np.zeros(len(query), np.int64),
+                np.ones(len(gallery), np.int64),
+                metric=metric,
+                max_rank=max_rank,
+            )
+        )
+    return RankResult(
+        cmc=np.mean([r.cmc for r in results], axis=0),
+        mAP=float(np.mean([r.mAP for r in results])),
+        mINP=float(np.mean([r.mINP for r in results])),
+        num_valid_queries=int(np.mean([r.num_valid_queries for r in results])),
+        num_queries=int(np.mean([r.num_queries for r in results])),
+    )
 
 
-def evaluate_rank_reference(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
-                            max_rank: int = 50) -> RankResult:
+def evaluate_rank_reference(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50) -> RankResult:
     """The straightforward per-query algorithm torchreid's `eval_market1501` uses (argsort each row, drop
     same-pid-same-camera items, cumulate), with a stable argsort so ties are ordered by gallery index.
 
@@ -298,5 +357,10 @@ def evaluate_rank_reference(distmat: np.ndarray, q_pids, g_pids, q_camids, g_cam
         all_ap.append(float((cum / np.arange(1.0, raw.size + 1) * raw).sum() / raw.sum()))
     if not all_cmc:
         raise ValueError("evaluate_rank_reference: no query has a valid match in the gallery")
-    return RankResult(cmc=np.mean(all_cmc, axis=0), mAP=float(np.mean(all_ap)), mINP=float(np.mean(all_inp)),
-                      num_valid_queries=len(all_cmc), num_queries=num_q)
+    return RankResult(
+        cmc=np.mean(all_cmc, axis=0),
+        mAP=float(np.mean(all_ap)),
+        mINP=float(np.mean(all_inp)),
+        num_valid_queries=len(all_cmc),
+        num_queries=num_q,
+    )

@@ -33,8 +33,11 @@ class SmallCNN(nn.Module):
         chans = [3, 32, 64, 96, 128]
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
             if i < 3:
                 layers.append(nn.MaxPool2d(2))
         self.body = nn.Sequential(*layers)
@@ -61,8 +64,10 @@ def _resnet50_trunk(config: TrainConfig) -> torchvision.models.ResNet:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("fc.")]:
-            raise ConfigError(f"weights_path {path} is not a torchvision ResNet-50 state dict "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ConfigError(
+                f"weights_path {path} is not a torchvision ResNet-50 state dict "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
     _last_stride_one(net.layer4)
     return net
 
@@ -78,7 +83,8 @@ def resolve_pretrained_weights(weights_path: str | None) -> str:
     if not found:
         raise ConfigError(
             f"pretrained=True but no ResNet-50 weights were found (looked in {cache}); downloads are disabled: "
-            "set weights_path=FILE to a torchvision resnet50 state dict, or pretrained=False to train from scratch")
+            "set weights_path=FILE to a torchvision resnet50 state dict, or pretrained=False to train from scratch"
+        )
     return found[-1]
 
 
@@ -88,8 +94,9 @@ class ResNet50(nn.Module):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         net = _resnet50_trunk(config)
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
-                                  net.layer4)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dims = [2048]
 
@@ -147,8 +154,9 @@ class Classifier(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, num_classes))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -169,8 +177,8 @@ class ADINModel(nn.Module):
         self.id_heads = nn.ModuleList(Classifier(d, config.head_hidden, num_identities) for d in dims)
         self.centers = nn.ModuleList(CenterLoss(num_identities, d) for d in dims)
         self.nuisance_heads = nn.ModuleList(
-            nn.ModuleDict({k: Classifier(d, config.head_hidden, n) for k, n in nuisance_classes.items()})
-            for d in dims)
+            nn.ModuleDict({k: Classifier(d, config.head_hidden, n) for k, n in nuisance_classes.items()}) for d in dims
+        )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

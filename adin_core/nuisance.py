@@ -42,12 +42,15 @@ class NuisanceLabeler:
         if kind not in LABEL_KINDS:
             raise NuisanceError(f"unknown nuisance label kind {kind!r}; choose from {list(LABEL_KINDS)}")
         if kind in ("camera", "camera_x_time") and len(self.cameras) < 2:
-            raise NuisanceError(f"nuisance label {kind!r} needs at least two cameras; {dataset} has "
-                                f"{len(self.cameras)} (VehicleID carries no camera ids)")
+            raise NuisanceError(
+                f"nuisance label {kind!r} needs at least two cameras; {dataset} has "
+                f"{len(self.cameras)} (VehicleID carries no camera ids)"
+            )
         if kind in ("time", "camera_x_time") and not self.has_time:
             raise NuisanceError(
                 f"nuisance label {kind!r} needs time of day, which {dataset} does not carry "
-                "(only MSMT17-style names encode it); use nuisance='camera'")
+                "(only MSMT17-style names encode it); use nuisance='camera'"
+            )
 
     def labels(self, kind: str, camids: np.ndarray, timeperiods: np.ndarray | None) -> np.ndarray:
         """Class index per image for one label kind."""
@@ -56,8 +59,9 @@ class NuisanceLabeler:
         try:
             cams = np.fromiter((cam_index[int(c)] for c in camids), dtype=np.int64, count=len(camids))
         except KeyError as exc:
-            raise NuisanceError(f"camera {exc.args[0]} was not seen in the training split "
-                                f"(known cameras: {list(self.cameras)})") from None
+            raise NuisanceError(
+                f"camera {exc.args[0]} was not seen in the training split (known cameras: {list(self.cameras)})"
+            ) from None
         if kind == "camera":
             return cams
         periods = np.asarray(timeperiods, dtype=np.int64)

@@ -74,7 +74,7 @@ def _softmax_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, l2: floa
     n, d = x.shape
     k = theta.size // (d + 1)
     params = theta.astype(x.dtype)
-    w, b = params[: d * k].reshape(d, k), params[d * k:]
+    w, b = params[: d * k].reshape(d, k), params[d * k :]
     z = x @ w + b
     z -= z.max(1, keepdims=True)
     e = np.exp(z)
@@ -86,7 +86,7 @@ def _softmax_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, l2: floa
     p /= n
     grad = np.empty(theta.size)
     grad[: d * k] = (x.T @ p + l2 * w).ravel()
-    grad[d * k:] = p.sum(0)
+    grad[d * k :] = p.sum(0)
     return loss, grad
 
 
@@ -101,21 +101,35 @@ def logistic_reader(l2: float = PROBE_L2) -> Reader:
     per-iteration overhead, which torch's autograd and optimiser loop (~0.7 ms an iteration) have 4x more of; and
     right after torch's OpenMP threads extracted the features, a multi-threaded BLAS call on matrices this small
     fights them for the cores (a single fit then took up to a second instead of 15 ms)."""
+
     def read(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, num_classes: int) -> torch.Tensor:
         x = x_fit.numpy().astype(np.float32)
         d = x.shape[1]
         with _BLAS.limit(limits=1, user_api="blas"):
-            fitted = minimize(_softmax_objective, np.zeros((d + 1) * num_classes), args=(x, y_fit.numpy(), l2),
-                              jac=True, method="L-BFGS-B",
-                              options={"maxiter": PROBE_ITERS, "gtol": PROBE_GTOL, "maxcor": 10})
+            fitted = minimize(
+                _softmax_objective,
+                np.zeros((d + 1) * num_classes),
+                args=(x, y_fit.numpy(), l2),
+                jac=True,
+                method="L-BFGS-B",
+                options={"maxiter": PROBE_ITERS, "gtol": PROBE_GTOL, "maxcor": 10},
+            )
             params = fitted.x.astype(np.float32)
-            w, b = params[: d * num_classes].reshape(d, num_classes), params[d * num_classes:]
+            w, b = params[: d * num_classes].reshape(d, num_classes), params[d * num_classes :]
             return torch.as_tensor((x_test.numpy().astype(np.float32) @ w + b).argmax(1))
+
     return read
 
 
-def nuisance_probe(features: torch.Tensor | np.ndarray, pids: np.ndarray, labels: np.ndarray, *,
-                   seed: int = 0, max_images: int = PROBE_MAX_IMAGES, reader: Reader | None = None) -> ProbeResult:
+def nuisance_probe(
+    features: torch.Tensor | np.ndarray,
+    pids: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    max_images: int = PROBE_MAX_IMAGES,
+    reader: Reader | None = None,
+) -> ProbeResult:
     """Accuracy of a linear reader (default: the probe's, `logistic_reader()`) predicting `labels` (class indices)
     from `features`, on identity-disjoint folds, with its chance level. `features`: (N, D), as retrieval uses them
     (L2-normalised); each fold standardises them with the fit half's statistics."""

@@ -59,8 +59,15 @@ class SeedGroup:
     final)` gets each evaluation of the group: every trainer's latest report and the aggregated metrics (empty
     off rank 0)."""
 
-    def __init__(self, trainers: Sequence[ADINTrainer], evaluator: Evaluator, sink: Callable[..., None], *,
-                 objective: str = OBJECTIVE, rank: int = 0) -> None:
+    def __init__(
+        self,
+        trainers: Sequence[ADINTrainer],
+        evaluator: Evaluator,
+        sink: Callable[..., None],
+        *,
+        objective: str = OBJECTIVE,
+        rank: int = 0,
+    ) -> None:
         self.trainers, self.sink, self.objective, self.rank = list(trainers), sink, objective, rank
         self._latest: list[tuple[CheckReport, dict[str, Any], bool] | None] = [None] * len(self.trainers)
         self._fresh = [False] * len(self.trainers)
@@ -74,6 +81,7 @@ class SeedGroup:
         def keep(trainer, report: CheckReport, metrics: dict[str, Any], final: bool) -> None:
             self._latest[k] = (report, metrics, final)
             self._fresh[k] = True
+
         return keep
 
     def restored(self) -> None:

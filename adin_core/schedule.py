@@ -62,11 +62,20 @@ class ScheduleConfig:
         adversarial = config.adv_loss != "none"
         pre_id = round(config.pretrain_id_epochs * steps_per_epoch) if adversarial else total
         pre_n = max(1, round(config.pretrain_nuisance_epochs * steps_per_epoch)) if adversarial else 0
-        return cls(total_steps=total, pretrain_id_steps=min(pre_id, total), pretrain_nuisance_steps=pre_n,
-                   check_every=config.check_every, max_adversarial_steps=config.max_adversarial_steps,
-                   max_rescue_steps=config.max_rescue_steps, refresh_steps=config.refresh_steps,
-                   i_target=config.i_target, i_trigger=config.i_trigger, n_trigger=config.n_trigger,
-                   relative=config.threshold_mode == "relative", adversarial=adversarial)
+        return cls(
+            total_steps=total,
+            pretrain_id_steps=min(pre_id, total),
+            pretrain_nuisance_steps=pre_n,
+            check_every=config.check_every,
+            max_adversarial_steps=config.max_adversarial_steps,
+            max_rescue_steps=config.max_rescue_steps,
+            refresh_steps=config.refresh_steps,
+            i_target=config.i_target,
+            i_trigger=config.i_trigger,
+            n_trigger=config.n_trigger,
+            relative=config.threshold_mode == "relative",
+            adversarial=adversarial,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +162,12 @@ class Schedule:
             if id_acc < t["i_trigger"]:
                 return self._move(Phase.RESCUE, id_acc, nuisance_acc, "identity accuracy below I-trigger")
             if nuisance_acc <= t["n_trigger"]:
-                return self._move(Phase.REFRESH, id_acc, nuisance_acc,
-                                  "nuisance accuracy at or below N-trigger: check with a fresh adversary")
+                return self._move(
+                    Phase.REFRESH,
+                    id_acc,
+                    nuisance_acc,
+                    "nuisance accuracy at or below N-trigger: check with a fresh adversary",
+                )
             if budget_spent:
                 return self._move(Phase.REFRESH, id_acc, nuisance_acc, "adversarial step budget spent")
             return None
@@ -171,8 +184,12 @@ class Schedule:
                 return self._move(Phase.RESCUE, id_acc, nuisance_acc, "identity accuracy below I-trigger")
             if nuisance_acc > t["n_trigger"]:
                 return self._move(Phase.ADVERSARIAL, id_acc, nuisance_acc, "refreshed adversary above N-trigger")
-            return self._move(Phase.ADVERSARIAL, id_acc, nuisance_acc,
-                              "refreshed adversary stays weak: features invariant, keep training")
+            return self._move(
+                Phase.ADVERSARIAL,
+                id_acc,
+                nuisance_acc,
+                "refreshed adversary stays weak: features invariant, keep training",
+            )
         raise AssertionError(self.phase)
 
     # ----------------------------------------------------------------------------------------------
@@ -180,8 +197,11 @@ class Schedule:
         c = self.config
         self.a0, self.n0 = id_acc, nuisance_acc
         if c.relative:
-            self.thresholds = {"i_target": c.i_target * id_acc, "i_trigger": c.i_trigger * id_acc,
-                               "n_trigger": c.n_trigger * nuisance_acc}
+            self.thresholds = {
+                "i_target": c.i_target * id_acc,
+                "i_trigger": c.i_trigger * id_acc,
+                "n_trigger": c.n_trigger * nuisance_acc,
+            }
         else:
             self.thresholds = {"i_target": c.i_target, "i_trigger": c.i_trigger, "n_trigger": c.n_trigger}
 
@@ -204,13 +224,29 @@ class Schedule:
 
     # ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase.value, "step": self.step, "phase_step": self.phase_step, "a0": self.a0,
-                "n0": self.n0, "thresholds": dict(self.thresholds), "rounds": self.rounds,
-                "phase_steps": dict(self.phase_steps), "transitions": [asdict(t) for t in self.transitions]}
+        return {
+            "phase": self.phase.value,
+            "step": self.step,
+            "phase_step": self.phase_step,
+            "a0": self.a0,
+            "n0": self.n0,
+            "thresholds": dict(self.thresholds),
+            "rounds": self.rounds,
+            "phase_steps": dict(self.phase_steps),
+            "transitions": [asdict(t) for t in self.transitions],
+        }
 
     @classmethod
     def from_state_dict(cls, config: ScheduleConfig, state: dict[str, Any]) -> "Schedule":
-        return cls(config=config, phase=Phase(state["phase"]), step=state["step"], phase_step=state["phase_step"],
-                   a0=state["a0"], n0=state["n0"], thresholds=dict(state["thresholds"]), rounds=state["rounds"],
-                   phase_steps=dict(state.get("phase_steps", {})),
-                   transitions=[Transition(**t) for t in state["transitions"]])
+        return cls(
+            config=config,
+            phase=Phase(state["phase"]),
+            step=state["step"],
+            phase_step=state["phase_step"],
+            a0=state["a0"],
+            n0=state["n0"],
+            thresholds=dict(state["thresholds"]),
+            rounds=state["rounds"],
+            phase_steps=dict(state.get("phase_steps", {})),
+            transitions=[Transition(**t) for t in state["transitions"]],
+        )

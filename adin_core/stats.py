@@ -62,17 +62,28 @@ class Paired:
         """One line, e.g. "+0.031 mAP [+0.012, +0.050], 5/5 seeds" (and whether the interval excludes 0; its level
         when it is not 95%)."""
         level = "" if abs(self.level - 0.95) < 1e-9 else f" ({100 * self.level:.4g}% interval)"
-        text = (f"{self.mean:+.3f} {unit} [{self.low:+.3f}, {self.high:+.3f}]{level}, {self.positive}/"
-                f"{len(self.diffs)} seeds")
+        text = (
+            f"{self.mean:+.3f} {unit} [{self.low:+.3f}, {self.high:+.3f}]{level}, {self.positive}/"
+            f"{len(self.diffs)} seeds"
+        )
         return text if self.distinguishable else text + ": not distinguishable"
 
     def __str__(self) -> str:
-        return (f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {self.positive}/{len(self.diffs)} > 0 "
-                f"({', '.join(f'{x:+.3f}' for x in self.diffs)})")
+        return (
+            f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], {self.positive}/{len(self.diffs)} > 0 "
+            f"({', '.join(f'{x:+.3f}' for x in self.diffs)})"
+        )
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "positive": self.positive,
-                "seeds": len(self.diffs), "diffs": list(self.diffs), "level": self.level}
+        return {
+            "mean": self.mean,
+            "low": self.low,
+            "high": self.high,
+            "positive": self.positive,
+            "seeds": len(self.diffs),
+            "diffs": list(self.diffs),
+            "level": self.level,
+        }
 
 
 __all__ = ["Paired", "detectable_effect", "t_quantile"]

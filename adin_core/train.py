@@ -77,8 +77,9 @@ class TrainingDiverged(ArithmeticError):
     def __init__(self, step: int, phase: str, losses: dict[str, float], seed: int = 0) -> None:
         self.step, self.phase, self.losses, self.seed = step, phase, losses, seed
         shown = ", ".join(f"loss/{k} {v:.4g}" for k, v in losses.items()) or "no loss recorded"
-        super().__init__(f"seed {seed} diverged at step {step} ({phase}): the weights hold NaN or infinite values "
-                         f"({shown})")
+        super().__init__(
+            f"seed {seed} diverged at step {step} ({phase}): the weights hold NaN or infinite values ({shown})"
+        )
 
 
 class Hook(Protocol):
@@ -107,8 +108,16 @@ def seed_everything(seed: int) -> None:
 
 
 class ADINTrainer:
-    def __init__(self, config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
-                 device: torch.device | str | None = None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TrainingData,
+        *,
+        hooks: Sequence[Hook] = (),
+        device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.config = config
         self.data = data
         self.hooks = list(hooks)
@@ -123,8 +132,10 @@ class ADINTrainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.use_amp = config.amp and self.device.type == "cuda"
         # CaNE's tempered priors are fixed for the run: computed once, on the device
-        self.priors = {k: tempered_prior(torch.as_tensor(p), config.prior_temperature).to(self.device)
-                       for k, p in data.priors.items()}
+        self.priors = {
+            k: tempered_prior(torch.as_tensor(p), config.prior_temperature).to(self.device)
+            for k, p in data.priors.items()
+        }
         self.opt_main = self._make_main_optimizer()
         self.opt_nuisance = self._make_nuisance_optimizer()
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size, world_size)
@@ -144,15 +155,23 @@ class ADINTrainer:
     # ---------------------------------------------------------------------------------------------------
     def _make_main_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        groups = [{"params": self.model.encoder_parameters(), "lr": c.lr_backbone},
-                  {"params": self.model.identity_parameters(), "lr": c.lr_heads}]
-        return torch.optim.SGD(groups, lr=c.lr_heads, momentum=c.momentum, weight_decay=c.weight_decay,
-                               nesterov=c.momentum > 0)
+        groups = [
+            {"params": self.model.encoder_parameters(), "lr": c.lr_backbone},
+            {"params": self.model.identity_parameters(), "lr": c.lr_heads},
+        ]
+        return torch.optim.SGD(
+            groups, lr=c.lr_heads, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.momentum > 0
+        )
 
     def _make_nuisance_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        return torch.optim.SGD(self.model.nuisance_parameters(), lr=c.lr_heads, momentum=c.momentum,
-                               weight_decay=c.weight_decay, nesterov=c.momentum > 0)
+        return torch.optim.SGD(
+            self.model.nuisance_parameters(),
+            lr=c.lr_heads,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            nesterov=c.momentum > 0,
+        )
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
@@ -183,7 +202,7 @@ class ADINTrainer:
         for i in range(b):
             src = x[i].flip(-1) if flip[i] else x[i]
             ys, ye, xs, xe = max(0, -oy[i]), min(h, h - oy[i]), max(0, -ox[i]), min(w, w - ox[i])
-            out[i, :, ys:ye, xs:xe] = src[:, ys + oy[i]:ye + oy[i], xs + ox[i]:xe + ox[i]]
+            out[i, :, ys:ye, xs:xe] = src[:, ys + oy[i] : ye + oy[i], xs + ox[i] : xe + ox[i]]
         return out
 
     def _add(self, name: str, value: torch.Tensor) -> None:
@@ -195,7 +214,7 @@ class ADINTrainer:
         """The means accumulated under `prefix/` since the last check, and forget them."""
         out = {}
         for name in [n for n in self._sums if n.startswith(prefix + "/")]:
-            out[name[len(prefix) + 1:]] = float(self._sums.pop(name)) / self._counts.pop(name)
+            out[name[len(prefix) + 1 :]] = float(self._sums.pop(name)) / self._counts.pop(name)
         return out
 
     def _sync_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
@@ -208,7 +227,7 @@ class ADINTrainer:
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
 
     # ---------------------------------------------------------------------------------------------------
@@ -216,8 +235,14 @@ class ADINTrainer:
         c = self.config
         total = feats[0].new_zeros((), dtype=torch.float32)
         for f, head, center in zip(feats, self.model.id_heads, self.model.centers):
-            total = total + identity_loss(head(f), pids, label_smoothing=c.label_smoothing, features=f,
-                                          center=center, center_weight=c.center_weight)
+            total = total + identity_loss(
+                head(f),
+                pids,
+                label_smoothing=c.label_smoothing,
+                features=f,
+                center=center,
+                center_weight=c.center_weight,
+            )
         return total
 
     def _nuisance_ce(self, feats: list[torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -239,8 +264,9 @@ class ADINTrainer:
         self._add("loss/identity", loss)
         return feats
 
-    def _step_nuisance(self, x: torch.Tensor, labels: dict[str, torch.Tensor],
-                       feats: list[torch.Tensor] | None = None) -> None:
+    def _step_nuisance(
+        self, x: torch.Tensor, labels: dict[str, torch.Tensor], feats: list[torch.Tensor] | None = None
+    ) -> None:
         """pretrain_nuisance and refresh: f_N on cross-entropy over frozen features."""
         if feats is None:
             with torch.no_grad(), self._autocast():
@@ -274,8 +300,9 @@ class ADINTrainer:
             l_adv = leaves[0].new_zeros((), dtype=torch.float32)
             for f, heads in zip(leaves, self.model.nuisance_heads):
                 for kind, head in heads.items():
-                    l_adv = l_adv + adversarial_loss(c.adv_loss, head(f), labels[kind], self.priors[kind],
-                                                     calibration=c.calibration)
+                    l_adv = l_adv + adversarial_loss(
+                        c.adv_loss, head(f), labels[kind], self.priors[kind], calibration=c.calibration
+                    )
         l_id.backward(inputs=leaves + self.model.identity_parameters())
         g_id = [f.grad for f in leaves]
         for f in leaves:
@@ -373,8 +400,14 @@ class ADINTrainer:
         """Endless batches starting at global step `step` (resumable: same order as an uninterrupted run)."""
         epoch, offset = divmod(step, self.steps_per_epoch)
         while True:
-            it = self.data.batches(epoch, self.config.batch_size, rank=self.rank, world_size=self.world_size,
-                                   seed=self.config.seed, start=offset)
+            it = self.data.batches(
+                epoch,
+                self.config.batch_size,
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=self.config.seed,
+                start=offset,
+            )
             yield from it
             epoch, offset = epoch + 1, 0
 
@@ -447,12 +480,21 @@ class ADINTrainer:
             self.model.reset_nuisance_heads()
             self.opt_nuisance = self._make_nuisance_optimizer()
         report = CheckReport(
-            step=sched.step, epoch=sched.step / self.steps_per_epoch, phase=interval["phase"],
-            next_phase=sched.phase.value, id_acc=id_acc, nuisance_acc=nuisance_acc,
-            nuisance_acc_by_kind=by_kind, losses=dict(interval["losses"]),
-            transition=transition, thresholds=dict(sched.thresholds), seconds=time.perf_counter() - self._t0,
-            grip=dict(interval["grip"]), phase_steps=dict(sched.phase_steps),
-            phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()})
+            step=sched.step,
+            epoch=sched.step / self.steps_per_epoch,
+            phase=interval["phase"],
+            next_phase=sched.phase.value,
+            id_acc=id_acc,
+            nuisance_acc=nuisance_acc,
+            nuisance_acc_by_kind=by_kind,
+            losses=dict(interval["losses"]),
+            transition=transition,
+            thresholds=dict(sched.thresholds),
+            seconds=time.perf_counter() - self._t0,
+            grip=dict(interval["grip"]),
+            phase_steps=dict(sched.phase_steps),
+            phase_seconds={k: round(v, 3) for k, v in self.phase_seconds.items()},
+        )
         self.history.append(report)
         for hook in self.hooks:
             hook.on_check(self, report)
@@ -469,15 +511,19 @@ class ADINTrainer:
         (`state_dict`, with the check pending) is what every config of the same `pretraining_key` would have
         trained to that point, whatever its thresholds, adversarial loss or weight (`adopt_pretraining`)."""
         if not self.config.adversarial:
-            raise ValueError("pretrain(): an identity-only config (adv_loss none) has no pretraining to share; "
-                             "pretrain an adversarial one of the same pretraining_key")
+            raise ValueError(
+                "pretrain(): an identity-only config (adv_loss none) has no pretraining to share; "
+                "pretrain an adversarial one of the same pretraining_key"
+            )
         pretraining = (Phase.PRETRAIN_ID, Phase.PRETRAIN_NUISANCE)
         while self._pending is None:
             sched = self.schedule
             if sched.phase not in pretraining:
                 raise RuntimeError(f"pretrain(): pretraining is over (phase {sched.phase.value})")
-            last = (sched.phase is Phase.PRETRAIN_NUISANCE
-                    and sched.phase_step + sched.steps_until_check() >= sched.phase_budget())
+            last = (
+                sched.phase is Phase.PRETRAIN_NUISANCE
+                and sched.phase_step + sched.steps_until_check() >= sched.phase_budget()
+            )
             if last:
                 with self._own_rng():
                     self._pending = self._train_interval()
@@ -493,13 +539,19 @@ class ADINTrainer:
         identity phase."""
         mine, theirs = pretraining_key(self.config), state.get("pretraining_key")
         if theirs != mine:
-            raise ValueError(f"adopt_pretraining: made for pretraining_key {str(theirs)[:12]}, this config's is "
-                             f"{mine[:12]} (a field outside DECISION_FIELDS differs, or the seed)")
+            raise ValueError(
+                f"adopt_pretraining: made for pretraining_key {str(theirs)[:12]}, this config's is "
+                f"{mine[:12]} (a field outside DECISION_FIELDS differs, or the seed)"
+            )
         meta = state["model_meta"]
         if (meta["num_identities"], meta["nuisance_classes"], state.get("steps_per_epoch")) != (
-                self.data.num_identities, self.data.num_nuisance_classes(), self.steps_per_epoch):
-            raise ValueError("adopt_pretraining: made on other data (identities, nuisance classes or steps per "
-                             "epoch differ)")
+            self.data.num_identities,
+            self.data.num_nuisance_classes(),
+            self.steps_per_epoch,
+        ):
+            raise ValueError(
+                "adopt_pretraining: made on other data (identities, nuisance classes or steps per epoch differ)"
+            )
         if not state.get("pending"):
             raise ValueError("adopt_pretraining: the state holds no pending check (not made by pretrain())")
         state = copy.deepcopy(state)  # the optimisers would keep its tensors as their own and train them in place
@@ -507,14 +559,28 @@ class ADINTrainer:
             self.load_state_dict(state)
             return
         keep = {k: v for k, v in self.model.state_dict().items() if k.startswith("nuisance_heads.")}
-        self.load_state_dict({**state, "opt_nuisance": self.opt_nuisance.state_dict(),
-                              "model": {**state["model"], **keep}, "schedule": None})
+        self.load_state_dict(
+            {
+                **state,
+                "opt_nuisance": self.opt_nuisance.state_dict(),
+                "model": {**state["model"], **keep},
+                "schedule": None,
+            }
+        )
         step = state["schedule"]["step"]
-        self.schedule = Schedule(self.schedule.config, phase=Phase.PRETRAIN_ID, step=step, phase_step=step,
-                                 phase_steps={Phase.PRETRAIN_ID.value: step})
+        self.schedule = Schedule(
+            self.schedule.config,
+            phase=Phase.PRETRAIN_ID,
+            step=step,
+            phase_step=step,
+            phase_steps={Phase.PRETRAIN_ID.value: step},
+        )
         self.phase_seconds = {Phase.PRETRAIN_ID.value: sum(self.phase_seconds.values())}
-        self._pending = {**self._pending, "phase": Phase.PRETRAIN_ID.value,
-                         "losses": {k: v for k, v in self._pending["losses"].items() if k == "identity"}}
+        self._pending = {
+            **self._pending,
+            "phase": Phase.PRETRAIN_ID.value,
+            "losses": {k: v for k, v in self._pending["losses"].items() if k == "identity"},
+        }
 
     # ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -522,8 +588,10 @@ class ADINTrainer:
         return {
             "format": 1,
             "config": self.config.to_dict(),
-            "model_meta": {"num_identities": self.data.num_identities,
-                           "nuisance_classes": self.data.num_nuisance_classes()},
+            "model_meta": {
+                "num_identities": self.data.num_identities,
+                "nuisance_classes": self.data.num_nuisance_classes(),
+            },
             "model": self.model.state_dict(),
             "opt_main": self.opt_main.state_dict(),
             "opt_nuisance": self.opt_nuisance.state_dict(),
@@ -585,8 +653,14 @@ def model_from_state(state: dict[str, Any]) -> tuple[ADINModel, TrainConfig]:
     return model, config
 
 
-def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
-        resume_from: dict[str, Any] | None = None, device: torch.device | str | None = None) -> FitResult:
+def fit(
+    config: TrainConfig,
+    data: TrainingData,
+    *,
+    hooks: Sequence[Hook] = (),
+    resume_from: dict[str, Any] | None = None,
+    device: torch.device | str | None = None,
+) -> FitResult:
     """Train one ADIN model in this process (optionally resuming from `ADINTrainer.state_dict()`)."""
     trainer = ADINTrainer(config, data, hooks=hooks, device=device)
     if resume_from is not None:
@@ -594,5 +668,13 @@ def fit(config: TrainConfig, data: TrainingData, *, hooks: Sequence[Hook] = (),
     return trainer.run()
 
 
-__all__ = ["ADINTrainer", "CheckReport", "FitResult", "Hook", "TrainingDiverged", "fit", "pretraining_key",
-           "resolve_device"]
+__all__ = [
+    "ADINTrainer",
+    "CheckReport",
+    "FitResult",
+    "Hook",
+    "TrainingDiverged",
+    "fit",
+    "pretraining_key",
+    "resolve_device",
+]

@@ -49,17 +49,31 @@ def main() -> None:
     rows, records = [], {}
     t0 = time.perf_counter()
     for name in names:
-        runs = run_all(ARMS, ["shortcut"], args.seeds, {}, VARIATIONS[name], args.jobs, args.threads,
-                       args.data_root, log=lambda *_: None)
+        runs = run_all(
+            ARMS,
+            ["shortcut"],
+            args.seeds,
+            {},
+            VARIATIONS[name],
+            args.jobs,
+            args.threads,
+            args.data_root,
+            log=lambda *_: None,
+        )
         records[name] = runs
         by = {a.name: sorted((r for r in runs if r["arm"] == a.name), key=lambda r: r["seed"]) for a in ARMS}
 
         def pair(a: str, b: str, key: str) -> Paired:
             return Paired.of([value(r, key) for r in by[a]], [value(r, key) for r in by[b]])
 
-        row = (name, pair("adin", "baseline", "transfer"), pair("adin", "baseline", "source/mAP"),
-               pair("adin", "baseline", "probe/camera_acc"), pair("adin", "control", "transfer"),
-               sum(value(r, "transfer") for r in by["baseline"]) / len(by["baseline"]))
+        row = (
+            name,
+            pair("adin", "baseline", "transfer"),
+            pair("adin", "baseline", "source/mAP"),
+            pair("adin", "baseline", "probe/camera_acc"),
+            pair("adin", "control", "transfer"),
+            sum(value(r, "transfer") for r in by["baseline"]) / len(by["baseline"]),
+        )
         rows.append(row)
         print(f"[{time.perf_counter() - t0:5.0f} s] {name}: transfer {row[1]}", flush=True)
 
@@ -67,9 +81,13 @@ def main() -> None:
         wins = len(p.diffs) - p.positive if better_if_negative else p.positive
         return f"{p.mean:+.3f} [{p.low:+.3f}, {p.high:+.3f}] {wins}/{len(p.diffs)}"
 
-    print(f"\n{len(args.seeds)} paired seeds per variation; cells: mean [95% paired-t interval] seeds in ADIN's favour\n")
-    print("| variation of `shortcut` | baseline transfer | ADIN − baseline, transfer | ADIN − baseline, source | "
-          "ADIN − baseline, camera probe | ADIN − control, transfer |")
+    print(
+        f"\n{len(args.seeds)} paired seeds per variation; cells: mean [95% paired-t interval] seeds in ADIN's favour\n"
+    )
+    print(
+        "| variation of `shortcut` | baseline transfer | ADIN − baseline, transfer | ADIN − baseline, source | "
+        "ADIN − baseline, camera probe | ADIN − control, transfer |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, t, s, p, c, base in rows:
         change = ", ".join(f"{k}={v}" for k, v in VARIATIONS[name].items()) or "(the preset)"

@@ -11,7 +11,7 @@
 (d) Ray Data: read_parquet -> map_batches(decode) -> iter_torch_batches, then the same augmentation.
 
 The images are the synthetic benchmark's, written as 128x64 JPEG files like Market-1501's crops.
-Targets (issue 3): (a) >= 1.5x (c); (b) >= 0.8x (a).
+Targets: (a) >= 1.5x (c); (b) >= 0.8x (a).
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ HEIGHT, WIDTH, BATCH = 256, 128, 64
 
 
 def build_dataset(tmp: str, n_images: int) -> str:
-    from adin_core.data.synthetic import generate_domain, SynthConfig, write_layout
+    from adin_core.data.synthetic import SynthConfig, generate_domain, write_layout
 
     ids = max(8, n_images // 8)
-    cfg = SynthConfig(height=128, width=64, num_cameras=6, cams_per_id=2, train_ids=ids, test_ids=4,
-                      images_per_id=8)
+    cfg = SynthConfig(height=128, width=64, num_cameras=6, cams_per_id=2, train_ids=ids, test_ids=4, images_per_id=8)
     domain = generate_domain(cfg, name="bench", seed=3)
     write_layout(domain, tmp, "market1501")
     return tmp
@@ -66,10 +65,16 @@ class FolderDataset(torch.utils.data.Dataset):
         import torchvision.transforms as T
 
         self.paths, self.pids = paths, pids
-        self.transform = T.Compose([
-            T.Resize((HEIGHT, WIDTH)), T.RandomHorizontalFlip(), T.Pad(round(0.04 * HEIGHT)),
-            T.RandomCrop((HEIGHT, WIDTH)), T.ToTensor(),
-            T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+        self.transform = T.Compose(
+            [
+                T.Resize((HEIGHT, WIDTH)),
+                T.RandomHorizontalFlip(),
+                T.Pad(round(0.04 * HEIGHT)),
+                T.RandomCrop((HEIGHT, WIDTH)),
+                T.ToTensor(),
+                T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,8 +91,9 @@ def run_folder(src: str, workers: int, epochs: int) -> float:
 
     recs = [r for r in read_layout("market1501", src) if r.split == "train"]
     ds = FolderDataset([r.path for r in recs], [r.pid for r in recs])
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=BATCH, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+    )
     n = 0
     t0 = time.perf_counter()
     for _ in range(epochs):
@@ -106,15 +112,18 @@ def run_ray(local_uri: str, workers: int, epochs: int) -> tuple[float, float]:
     from adin_core.train import ADINTrainer
 
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
+    )
     start = time.perf_counter() - t0
     try:
         shards = ShardSet.open(local_uri)
         files = [os.path.join(local_uri, f["path"]) for f in shards.manifest["splits"]["train"]["files"]]
         data = shards.training_data("camera", (HEIGHT, WIDTH))
-        trainer = ADINTrainer(TrainConfig(backbone="small_cnn", image_height=HEIGHT, image_width=WIDTH,
-                                          batch_size=BATCH, device="cpu"), data)
+        trainer = ADINTrainer(
+            TrainConfig(backbone="small_cnn", image_height=HEIGHT, image_width=WIDTH, batch_size=BATCH, device="cpu"),
+            data,
+        )
 
         def decode(batch: dict) -> dict:
             imgs = np.stack([decode_image(b, (HEIGHT, WIDTH)) for b in batch["image"]])
@@ -139,8 +148,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -162,8 +172,10 @@ def main() -> None:
         shard_dataset("market1501", src, store, name="bench", show_progress=False)
         local_uri = os.path.join(store, "bench", "v1")
         n_train = sum(1 for _ in os.scandir(os.path.join(src, "Market-1501-v15.09.15", "bounding_box_train")))
-        print(f"{n_train} JPEG files of 128x64 -> {HEIGHT}x{WIDTH}, batch {BATCH}, {args.workers} workers, "
-              f"{args.epochs} epochs, torch threads {torch.get_num_threads()}")
+        print(
+            f"{n_train} JPEG files of 128x64 -> {HEIGHT}x{WIDTH}, batch {BATCH}, {args.workers} workers, "
+            f"{args.epochs} epochs, torch threads {torch.get_num_threads()}"
+        )
 
         c = run_folder(src, args.workers, args.epochs)
         print(f"(c) JPEG folder + PIL + DataLoader:       {c:8.0f} img/s")
@@ -174,8 +186,12 @@ def main() -> None:
         try:
             import boto3
 
-            os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                              AWS_DEFAULT_REGION="us-east-1")
+            os.environ.update(
+                AWS_ENDPOINT_URL=endpoint,
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
             shard_dataset("market1501", src, "s3://bench/data", name="bench", show_progress=False)
             b, b_load = run_ours("s3://bench/data/bench/v1", args.epochs)
@@ -186,9 +202,11 @@ def main() -> None:
         if not args.no_ray:
             d, start = run_ray(local_uri, args.workers, args.epochs)
             print(f"(d) Ray Data read_parquet + map_batches:  {d:8.0f} img/s   (ray.init: {start:.1f} s)")
-        print(f"ratios: (a)/(c) = {a / c:.2f}x (target >= 1.5x: {'met' if a / c >= 1.5 else 'NOT met'}); "
-              f"(b)/(a) = {b / a:.2f}x (target >= 0.8x: {'met' if b / a >= 0.8 else 'NOT met'})"
-              + ("" if args.no_ray else f"; (d)/(a) = {d / a:.2f}x"))
+        print(
+            f"ratios: (a)/(c) = {a / c:.2f}x (target >= 1.5x: {'met' if a / c >= 1.5 else 'NOT met'}); "
+            f"(b)/(a) = {b / a:.2f}x (target >= 0.8x: {'met' if b / a >= 0.8 else 'NOT met'})"
+            + ("" if args.no_ray else f"; (d)/(a) = {d / a:.2f}x")
+        )
 
 
 if __name__ == "__main__":

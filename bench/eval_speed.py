@@ -7,7 +7,7 @@ Features are synthetic but shaped like a trained model's: identity centres plus 
 so the mAP lands where real direct-transfer numbers do (neither 0 nor 1) and the hardest matches sit deep in
 the ranking. Each case runs in its own subprocess so that its peak resident memory (ru_maxrss) is its own.
 
-Targets (issue 2): Market size >= 4x faster than torchreid's/fast-reid's Cython evaluator (about 1.2 s on these
+Targets: Market size >= 4x faster than torchreid's/fast-reid's Cython evaluator (about 1.2 s on these
 machines; not installable offline, so the yardstick measured in this run is the same algorithm in NumPy);
 MSMT17 size (11,659 x 82,161, whose float32 distance matrix alone is 3.8 GB) under 3 GB peak memory.
 """
@@ -38,8 +38,9 @@ def make_problem(num_q: int, num_g: int, num_ids: int, num_cams: int, dim: int, 
         out = np.empty((len(pids), dim), np.float32)
         for s in range(0, len(pids), 8192):
             e = min(s + 8192, len(pids))
-            out[s:e] = centres[pids[s:e]] + cam_bias[cams[s:e]] + noise * rng.standard_normal(
-                (e - s, dim), dtype=np.float32)
+            out[s:e] = (
+                centres[pids[s:e]] + cam_bias[cams[s:e]] + noise * rng.standard_normal((e - s, dim), dtype=np.float32)
+            )
         return out
 
     return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
@@ -74,20 +75,33 @@ def _child(case: str, path: str, repeat: int) -> dict:
             r = fn(*sub)
             times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": case, "seconds": float(np.median(times)), "all_seconds": times, "mAP": r.mAP, "mINP": r.mINP,
-            "cmc": r.cmc[:20].tolist(), "valid": r.num_valid_queries, "peak_rss_mb": peak / 1024,
-            "inputs_rss_mb": base_rss / 1024}
+    return {
+        "case": case,
+        "seconds": float(np.median(times)),
+        "all_seconds": times,
+        "mAP": r.mAP,
+        "mINP": r.mINP,
+        "cmc": r.cmc[:20].tolist(),
+        "valid": r.num_valid_queries,
+        "peak_rss_mb": peak / 1024,
+        "inputs_rss_mb": base_rss / 1024,
+    }
 
 
 def run_child(case: str, path: str, repeat: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", case, path, str(repeat)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", case, path, str(repeat)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _same(a: dict, b: dict) -> bool:
-    return (abs(a["mAP"] - b["mAP"]) < 1e-6 and abs(a["mINP"] - b["mINP"]) < 1e-6
-            and np.allclose(a["cmc"], b["cmc"], atol=1e-6) and a["valid"] == b["valid"])
+    return (
+        abs(a["mAP"] - b["mAP"]) < 1e-6
+        and abs(a["mINP"] - b["mINP"]) < 1e-6
+        and np.allclose(a["cmc"], b["cmc"], atol=1e-6)
+        and a["valid"] == b["valid"]
+    )
 
 
 def bench_market(tmp: str) -> None:
@@ -105,18 +119,28 @@ def bench_market(tmp: str) -> None:
     ref = run_child("reference", path, 1)
     ours = run_child("ours", path, 5)
     feat = run_child("features", path, 3)
-    print(f"  reference (per-query argsort, NumPy): {ref['seconds']:.3f} s   mAP={ref['mAP']:.4f} "
-          f"mINP={ref['mINP']:.4f} rank1={ref['cmc'][0]:.4f}")
-    print(f"  adin_core.evaluate_rank (distmat in): {ours['seconds']:.3f} s   identical: {_same(ours, ref)}   "
-          f"runs: {', '.join(f'{t:.3f}' for t in ours['all_seconds'])}")
-    print(f"  adin_core.evaluate_features (features in, distances included): {feat['seconds']:.3f} s   "
-          f"identical: {_same(feat, ref)}")
+    print(
+        f"  reference (per-query argsort, NumPy): {ref['seconds']:.3f} s   mAP={ref['mAP']:.4f} "
+        f"mINP={ref['mINP']:.4f} rank1={ref['cmc'][0]:.4f}"
+    )
+    print(
+        f"  adin_core.evaluate_rank (distmat in): {ours['seconds']:.3f} s   identical: {_same(ours, ref)}   "
+        f"runs: {', '.join(f'{t:.3f}' for t in ours['all_seconds'])}"
+    )
+    print(
+        f"  adin_core.evaluate_features (features in, distances included): {feat['seconds']:.3f} s   "
+        f"identical: {_same(feat, ref)}"
+    )
     print(f"  speed-up vs reference measured now: {ref['seconds'] / ours['seconds']:.1f}x")
     ratio = CYTHON_MARKET_SECONDS / ours["seconds"]
-    print(f"  speed-up vs Cython evaluator ({CYTHON_MARKET_SECONDS} s): {ratio:.1f}x  (target >= 4x: "
-          f"{'met' if ratio >= 4 else 'NOT met'})")
-    print(f"  peak RSS: reference {ref['peak_rss_mb']:.0f} MB, ours {ours['peak_rss_mb']:.0f} MB "
-          f"(distance matrix itself {distmat.nbytes / 2**20:.0f} MB)")
+    print(
+        f"  speed-up vs Cython evaluator ({CYTHON_MARKET_SECONDS} s): {ratio:.1f}x  (target >= 4x: "
+        f"{'met' if ratio >= 4 else 'NOT met'})"
+    )
+    print(
+        f"  peak RSS: reference {ref['peak_rss_mb']:.0f} MB, ours {ours['peak_rss_mb']:.0f} MB "
+        f"(distance matrix itself {distmat.nbytes / 2**20:.0f} MB)"
+    )
 
 
 def bench_msmt(tmp: str, ref_queries: int) -> None:
@@ -127,10 +151,14 @@ def bench_msmt(tmp: str, ref_queries: int) -> None:
     feat_bytes = qf.nbytes + gf.nbytes
     del qf, gf
     ours = run_child("features", path, 1)
-    print(f"  adin_core.evaluate_features: {ours['seconds']:.1f} s   mAP={ours['mAP']:.4f} mINP={ours['mINP']:.4f} "
-          f"rank1={ours['cmc'][0]:.4f}")
-    print(f"  peak RSS {ours['peak_rss_mb']:.0f} MB (of which input features {feat_bytes / 2**20:.0f} MB; "
-          f"target < 3072 MB: {'met' if ours['peak_rss_mb'] < 3072 else 'NOT met'})")
+    print(
+        f"  adin_core.evaluate_features: {ours['seconds']:.1f} s   mAP={ours['mAP']:.4f} mINP={ours['mINP']:.4f} "
+        f"rank1={ours['cmc'][0]:.4f}"
+    )
+    print(
+        f"  peak RSS {ours['peak_rss_mb']:.0f} MB (of which input features {feat_bytes / 2**20:.0f} MB; "
+        f"target < 3072 MB: {'met' if ours['peak_rss_mb'] < 3072 else 'NOT met'})"
+    )
     # identical results: reference on the first `ref_queries` queries (its full run would need the 3.8 GB matrix)
     import torch
 
@@ -141,12 +169,21 @@ def bench_msmt(tmp: str, ref_queries: int) -> None:
     dpath = os.path.join(tmp, "msmt_sub.npy")
     np.save(dpath, sub_d)
     sub = os.path.join(tmp, "msmt_sub.npz")
-    np.savez(sub, q_pids=z["q_pids"][:ref_queries], g_pids=z["g_pids"], q_cams=z["q_cams"][:ref_queries],
-             g_cams=z["g_cams"], distmat_path=dpath, ref_queries=ref_queries)
+    np.savez(
+        sub,
+        q_pids=z["q_pids"][:ref_queries],
+        g_pids=z["g_pids"],
+        q_cams=z["q_cams"][:ref_queries],
+        g_cams=z["g_cams"],
+        distmat_path=dpath,
+        ref_queries=ref_queries,
+    )
     ref = run_child("reference", sub, 1)
     mine = run_child("ours", sub, 1)
-    print(f"  first {ref_queries} queries: reference {ref['seconds']:.2f} s, ours {mine['seconds']:.2f} s "
-          f"({ref['seconds'] / mine['seconds']:.1f}x), identical: {_same(ref, mine)}")
+    print(
+        f"  first {ref_queries} queries: reference {ref['seconds']:.2f} s, ours {mine['seconds']:.2f} s "
+        f"({ref['seconds'] / mine['seconds']:.1f}x), identical: {_same(ref, mine)}"
+    )
 
 
 def main() -> None:

@@ -64,8 +64,10 @@ def main() -> None:
         for b in batches:
             t = statistics.median(times[b])
             mark = "  <- chunk_size" if b == picked else ""
-            print(f"  threads {threads}  batch {b:4d}: {t:.3f} s  {t / base:.2f}x  "
-                  f"{'identical' if same[b] else 'DIFFERENT'}{mark}")
+            print(
+                f"  threads {threads}  batch {b:4d}: {t:.3f} s  {t / base:.2f}x  "
+                f"{'identical' if same[b] else 'DIFFERENT'}{mark}"
+            )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ def main() -> None:
     else:
         model = ADINModel(config, data.num_identities, data.num_nuisance_classes())
     model.eval()
-    evaluator = Evaluator(select=[shards["select"].eval_target(size, name="select")],
-                          source=shards["source"].eval_target(size, name="source"))
+    evaluator = Evaluator(
+        select=[shards["select"].eval_target(size, name="select")],
+        source=shards["source"].eval_target(size, name="source"),
+    )
     source = evaluator.source
 
     def unprobed() -> list[torch.Tensor]:
@@ -88,14 +90,18 @@ def main() -> None:
         evaluator.evaluate(model, config)  # the product's call, for reference: its median is about the sum
         timings["evaluation"].append(time.perf_counter() - t)
     n = sum(len(s) for s in source.images())
-    print(f"threads {torch.get_num_threads()}; preset {args.preset}: source test split {n} images, "
-          f"{config.backbone} {config.image_height}x{config.image_width}; probed: "
-          + ", ".join(f"{k} ({p.classes} classes, accuracy {p.accuracy:.3f})" for k, p in probes.items()))
+    print(
+        f"threads {torch.get_num_threads()}; preset {args.preset}: source test split {n} images, "
+        f"{config.backbone} {config.image_height}x{config.image_width}; probed: "
+        + ", ".join(f"{k} ({p.classes} classes, accuracy {p.accuracy:.3f})" for k, p in probes.items())
+    )
     for name, samples in timings.items():
         print(f"  {name:22s} {_median_ms(samples):6.0f} ms (median of {args.repeats})")
     ratio = statistics.median(timings["the probe"]) / statistics.median(timings["evaluation, no probe"])
-    print(f"  the probe adds {100 * ratio:.1f}% to a trial's evaluation (target <= 10%: "
-          f"{'met' if ratio <= 0.10 else 'NOT met'})")
+    print(
+        f"  the probe adds {100 * ratio:.1f}% to a trial's evaluation (target <= 10%: "
+        f"{'met' if ratio <= 0.10 else 'NOT met'})"
+    )
     if args.images:
         rng = np.random.default_rng(0)
         pids = np.repeat(np.arange(args.images // 8), 8)
@@ -103,8 +109,10 @@ def main() -> None:
         feats = F.normalize(torch.randn(len(pids), args.dim), dim=1)
         t = time.perf_counter()
         nuisance_probe(feats, pids, cams)
-        print(f"  the probe alone on {len(pids)} x {args.dim} features, 15 classes: "
-              f"{(time.perf_counter() - t) * 1000:.0f} ms")
+        print(
+            f"  the probe alone on {len(pids)} x {args.dim} features, 15 classes: "
+            f"{(time.perf_counter() - t) * 1000:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

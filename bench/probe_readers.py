@@ -37,18 +37,23 @@ ARMS = {"baseline": {"adv_loss": "none"}, "adin": {}}
 
 def least_squares_reader(lam: float) -> Reader:
     """A ridge classifier: one-hot targets, closed form, lambda x N on the standardised features."""
+
     def read(x_fit: torch.Tensor, y_fit: torch.Tensor, x_test: torch.Tensor, num_classes: int) -> torch.Tensor:
         targets = torch.eye(num_classes, dtype=x_fit.dtype)[y_fit]
         centre = targets.mean(0, keepdim=True)
         gram = x_fit.T @ x_fit + lam * len(x_fit) * torch.eye(x_fit.shape[1], dtype=x_fit.dtype)
         w = torch.linalg.solve(gram, x_fit.T @ (targets - centre))
         return (x_test @ w + centre).argmax(1)
+
     return read
 
 
 READERS: dict[str, Reader | None] = {
-    "logistic (product)": None, "logistic l2=0.1": logistic_reader(0.1),
-    "least-squares l=1e-3": least_squares_reader(1e-3), "least-squares l=1e-2": least_squares_reader(1e-2)}
+    "logistic (product)": None,
+    "logistic l2=0.1": logistic_reader(0.1),
+    "least-squares l=1e-3": least_squares_reader(1e-3),
+    "least-squares l=1e-2": least_squares_reader(1e-2),
+}
 
 
 def main() -> None:
@@ -70,18 +75,23 @@ def main() -> None:
             for where in ("source", "select", "report"):
                 target = shards[where].eval_target(size, name=where)
                 feats = target_features(model, target, config)
-                scores = {name: probe_target(feats, target, reader)["camera"].accuracy
-                          for name, reader in READERS.items()}
+                scores = {
+                    name: probe_target(feats, target, reader)["camera"].accuracy for name, reader in READERS.items()
+                }
                 for reader, value in scores.items():
                     acc.setdefault((arm, where, reader), []).append(value)
-                print(f"seed {seed} {arm:8s} {where:6s} " + "  ".join(f"{r} {v:.3f}" for r, v in scores.items()),
-                      flush=True)
+                print(
+                    f"seed {seed} {arm:8s} {where:6s} " + "  ".join(f"{r} {v:.3f}" for r, v in scores.items()),
+                    flush=True,
+                )
     print("\nADIN - baseline, camera read from the features (negative: less camera), mean [per seed]:")
     for where in ("source", "select", "report"):
         for reader in READERS:
             d = [a - b for a, b in zip(acc[("adin", where, reader)], acc[("baseline", where, reader)])]
-            print(f"  {where:6s} {reader:22s} {statistics.mean(d):+.3f}  [{', '.join(f'{v:+.3f}' for v in d)}]  "
-                  f"baseline {statistics.mean(acc[('baseline', where, reader)]):.3f}")
+            print(
+                f"  {where:6s} {reader:22s} {statistics.mean(d):+.3f}  [{', '.join(f'{v:+.3f}' for v in d)}]  "
+                f"baseline {statistics.mean(acc[('baseline', where, reader)]):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ each trial's epochs from its last evaluation (a stopped trial counts the epochs 
 started from, in the order the trials ended; with 2 trials in flight this ignores the unfinished one, the same way
 for every method. The budget is what `random` trained in all; a method's curve is cut there.
 
-Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung
-there can know; "all equal" where every trial was still the same model), then the best objective so far
-(select-target mAP, what the search sees) against epochs spent, and the report-target mAP of that best-so-far pick
-(its checkpoint, all seeds, scored after the sweep; the search never sees the report targets). The figure the issue asks for: the epochs `tpe+asha` needs to reach `random`'s final
-best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target <= 0.5; "never" when it
-does not get there within the budget). Each sweep takes minutes (thresholds.yaml as shipped: about 13 on 2 cores
-for 8 trials), so the default run is hours; the sweeps are resumable: a finished one is read, not rerun.
+Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung there
+can know; "all equal" where every trial was still the same model), then the best objective so far (select-target mAP,
+what the search sees) against epochs spent, and the report-target mAP of that best-so-far pick (its checkpoint, all
+seeds, scored after the sweep; the search never sees the report targets). The headline figure: the epochs `tpe+asha`
+needs to reach `random`'s final best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target
+<= 0.5; "never" when it does not get there within the budget). Each sweep takes minutes (thresholds.yaml as shipped:
+about 13 on 2 cores for 8 trials), so the default run is hours; the sweeps are resumable: a finished one is read, not
+rerun.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def sweep_name(method: str, sweep_seed: int) -> str:
     return f"search-eff-{method.replace('+', '-')}-s{sweep_seed}"
 
 
-def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: str,
-                random_start: int | None = None) -> str:
+def write_space(
+    base: dict, method: str, sweep_seed: int, samples: int, folder: str, random_start: int | None = None
+) -> str:
     """The method's space file; `random_start` (model-based samplers only) fixes how many of its trials are drawn
     at random, so arms given different trial counts start alike."""
     sampler, _ = METHODS[method]
@@ -85,10 +87,23 @@ def write_space(base: dict, method: str, sweep_seed: int, samples: int, folder: 
 
 
 def run_sweep(space_path: str, name: str, scheduler: str, args: argparse.Namespace, *, resume: bool) -> int:
-    cmd = [sys.executable, "-m", "orchestrator.sweep", "--space", space_path,
-           *(["--resume", name] if resume else ["--name", name]), "--quiet",
-           "--scheduler", scheduler, "--storage", os.path.join(args.out, "sweeps"),
-           "--tracking-uri", args.tracking_uri, "--data-root", args.data_root]
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.sweep",
+        "--space",
+        space_path,
+        *(["--resume", name] if resume else ["--name", name]),
+        "--quiet",
+        "--scheduler",
+        scheduler,
+        "--storage",
+        os.path.join(args.out, "sweeps"),
+        "--tracking-uri",
+        args.tracking_uri,
+        "--data-root",
+        args.data_root,
+    ]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
     if args.seeds:
@@ -233,9 +248,12 @@ def main() -> None:
         parents = sweep_parents(MlflowClient(args.tracking_uri), name)
         return parents[0] if parents else None
 
-    print(f"space {args.space}: {samples} trials x {epochs:g} epochs x {seeds} seeds = budget {budget:g} seed-epochs; "
-          f"tpe+asha gets {round(samples * args.asha_factor)} trials; both TPE arms start with {random_start} random; "
-          f"sweep seeds {args.sweep_seeds}", flush=True)
+    print(
+        f"space {args.space}: {samples} trials x {epochs:g} epochs x {seeds} seeds = budget {budget:g} seed-epochs; "
+        f"tpe+asha gets {round(samples * args.asha_factor)} trials; both TPE arms start with {random_start} random; "
+        f"sweep seeds {args.sweep_seeds}",
+        flush=True,
+    )
     spaces = os.path.join(args.out, "spaces")
     os.makedirs(spaces, exist_ok=True)
     for sweep_seed in [] if args.report_only else args.sweep_seeds:
@@ -245,8 +263,13 @@ def main() -> None:
             if parent is not None and parent.data.tags.get(S.SWEEP_STATE) == "complete":
                 continue
             n = round(samples * args.asha_factor) if method == "tpe+asha" else samples
-            rc = run_sweep(write_space(base, method, sweep_seed, n, spaces, random_start), name, scheduler, args,
-                           resume=parent is not None)
+            rc = run_sweep(
+                write_space(base, method, sweep_seed, n, spaces, random_start),
+                name,
+                scheduler,
+                args,
+                resume=parent is not None,
+            )
             if rc not in (0, 1):
                 raise SystemExit(f"sweep {name} exited {rc}; rerun this command to continue it and the others")
 
@@ -263,27 +286,36 @@ def main() -> None:
                 budget = sum(e.epochs for e in ends)
             curves[method] = curve(ends, budget, space.objective)
             for spent, best in curves[method]:
-                lines.append(f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "
-                             f"{best.objective:.4f} (trial {best.trial}, report mAP {report(best.checkpoint):.4f})")
+                lines.append(
+                    f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "
+                    f"{best.objective:.4f} (trial {best.trial}, report mAP {report(best.checkpoint):.4f})"
+                )
         full = [p for p in (parent_of(sweep_name(m, sweep_seed)) for m in ("random", "tpe")) if p is not None]
         if full:
             rho = rank_agreement(MlflowClient(args.tracking_uri), full, space.objective.metric, space.scheduler.max_t)
-            lines.append(f"  seed {sweep_seed}  rank agreement with the last evaluation (Spearman, random's and tpe's "
-                         "trials), by evaluation: " + ", ".join(
-                             f"{k * space.training.eval_every_epochs:g} ep "
-                             f"{'all equal' if v is None else f'{v:+.2f}'}" for k, v in rho.items()))
+            lines.append(
+                f"  seed {sweep_seed}  rank agreement with the last evaluation (Spearman, random's and tpe's "
+                "trials), by evaluation: "
+                + ", ".join(
+                    f"{k * space.training.eval_every_epochs:g} ep {'all equal' if v is None else f'{v:+.2f}'}"
+                    for k, v in rho.items()
+                )
+            )
         if curves.get("random") and "tpe+asha" in curves:
             reach = epochs_to_reach(curves["tpe+asha"], curves["random"][-1][1].objective, space.objective)
             ratios.append(float("inf") if reach is None else reach / curves["random"][-1][0])
     print("\n".join(lines))
     if ratios:
+
         def share(r: float) -> str:
             return "never (within the budget)" if r == float("inf") else f"{r:.2f} of its epochs"
 
         med = statistics.median(ratios)
-        print("epochs tpe+asha needed to reach random search's final best, per sweep seed: "
-              + "; ".join(share(r) for r in ratios)
-              + f". Median: {share(med)} (target <= 0.5: {'met' if med <= 0.5 else 'NOT met'})")
+        print(
+            "epochs tpe+asha needed to reach random search's final best, per sweep seed: "
+            + "; ".join(share(r) for r in ratios)
+            + f". Median: {share(med)} (target <= 0.5: {'met' if med <= 0.5 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,23 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     n, ids = args.batch * 4, 32
-    arrays = ReIDArrays(rng.integers(0, 255, (n, args.height, args.width, 3), dtype=np.uint8),
-                        np.arange(n) % ids, rng.integers(0, 6, n), rng.integers(0, 3, n))
+    arrays = ReIDArrays(
+        rng.integers(0, 255, (n, args.height, args.width, 3), dtype=np.uint8),
+        np.arange(n) % ids,
+        rng.integers(0, 6, n),
+        rng.integers(0, 3, n),
+    )
     data = TrainingData(arrays, arrays.subset(np.arange(ids)), args.nuisance, name="bench")
-    cfg = TrainConfig(backbone=args.backbone, image_height=args.height, image_width=args.width,
-                      batch_size=args.batch, adv_loss=args.adv_loss, nuisance=args.nuisance, center_weight=0.0,
-                      device=args.device)
+    cfg = TrainConfig(
+        backbone=args.backbone,
+        image_height=args.height,
+        image_width=args.width,
+        batch_size=args.batch,
+        adv_loss=args.adv_loss,
+        nuisance=args.nuisance,
+        center_weight=0.0,
+        device=args.device,
+    )
     trainer = ADINTrainer(cfg, data)
     batch = next(data.batches(0, args.batch))
     x, pids, labels = trainer._prepare(batch, train=True)
@@ -65,8 +76,10 @@ def main() -> None:
         t_plain.append(timed(plain))
         t_adv.append(timed(adversarial))
     p, a = statistics.median(t_plain), statistics.median(t_adv)
-    print(f"device {trainer.device}, threads {torch.get_num_threads()}, backbone {args.backbone}, "
-          f"{args.height}x{args.width}, batch {args.batch}, adv_loss {args.adv_loss}, nuisance {args.nuisance}")
+    print(
+        f"device {trainer.device}, threads {torch.get_num_threads()}, backbone {args.backbone}, "
+        f"{args.height}x{args.width}, batch {args.batch}, adv_loss {args.adv_loss}, nuisance {args.nuisance}"
+    )
     print(f"  plain cross-entropy step: {p * 1000:.1f} ms (median of {args.steps})")
     print(f"  ADIN adversarial step:    {a * 1000:.1f} ms")
     print(f"  ratio: {a / p:.3f}x  (target <= 1.2x: {'met' if a / p <= 1.2 else 'NOT met'})")

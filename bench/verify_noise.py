@@ -67,7 +67,7 @@ def train_one(job: dict) -> dict:
     model = fit(config, data).model
     out = {**job, "seconds": time.perf_counter() - t0, "extra": {}}
     for role in ("report", "select", *[f"extra:{u}" for u in job["extra_reports"]]):
-        uri = role[len("extra:"):] if role.startswith("extra:") else job[role]
+        uri = role[len("extra:") :] if role.startswith("extra:") else job[role]
         target = ShardSet.open(resolve_dataset(uri, job["data_root"])).eval_target(size, name="t")
         feats = target_features(model, target, config)
         q, g = target.query, target.gallery
@@ -107,11 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1000, 1006)))
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--data-root", default="runs/data")
-    ap.add_argument("--gen-report", action="append", default=[], metavar="FIELD=VALUE",
-                    help="a generator setting of the report domain (e.g. test_ids=240)")
+    ap.add_argument(
+        "--gen-report",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a generator setting of the report domain (e.g. test_ids=240)",
+    )
     ap.add_argument("--draws", type=int, default=400)
-    ap.add_argument("--also-report", action="append", default=[], metavar="URI",
-                    help="another report target to score the same models on (e.g. synthetic:shortcut/report?seed=1)")
+    ap.add_argument(
+        "--also-report",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="another report target to score the same models on (e.g. synthetic:shortcut/report?seed=1)",
+    )
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args(argv)
     raw = yaml.safe_load(open(args.space))
@@ -120,12 +130,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.gen_report:
         report += ("&" if "?" in report else "?") + "&".join(args.gen_report)
     arms = {"default": {}, "baseline": {"adv_loss": "none"}}
-    jobs = [{"arm": arm, "seed": seed, "source": raw["source"], "report": report, "select": raw["targets"]["select"][0],
-             "data_root": args.data_root, "extra_reports": args.also_report,
-             "config": {**raw["fixed"], **over, "epochs": epochs, "seed": seed}}
-            for seed in args.seeds for arm, over in arms.items()]
-    print(f"{len(jobs)} trainings ({len(arms)} arms x {len(args.seeds)} seeds), {args.jobs} at once, 1 torch thread "
-          f"each; report target {report}", flush=True)
+    jobs = [
+        {
+            "arm": arm,
+            "seed": seed,
+            "source": raw["source"],
+            "report": report,
+            "select": raw["targets"]["select"][0],
+            "data_root": args.data_root,
+            "extra_reports": args.also_report,
+            "config": {**raw["fixed"], **over, "epochs": epochs, "seed": seed},
+        }
+        for seed in args.seeds
+        for arm, over in arms.items()
+    ]
+    print(
+        f"{len(jobs)} trainings ({len(arms)} arms x {len(args.seeds)} seeds), {args.jobs} at once, 1 torch thread "
+        f"each; report target {report}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(train_one, jobs))
@@ -137,31 +160,48 @@ def main(argv: list[str] | None = None) -> int:
         a, b = by[("default", seed)], by[("baseline", seed)]
         boots.append(bootstrap_sd(a, b, args.draws, rng))
         print(f"{seed:>6} {a['mAP']:8.4f} {b['mAP']:9.4f} {a['mAP'] - b['mAP']:+8.4f} {boots[-1]:16.4f}")
-    paired = Paired.of([by[("default", s)]["mAP"] for s in args.seeds], [by[("baseline", s)]["mAP"] for s in args.seeds])
+    paired = Paired.of(
+        [by[("default", s)]["mAP"] for s in args.seeds], [by[("baseline", s)]["mAP"] for s in args.seeds]
+    )
     sd_d = float(np.std(paired.diffs, ddof=1))
     eval_var = float(np.mean(np.square(boots)))
     print(f"\ndefault - baseline, report mAP: {paired.summary()}")
-    sel = Paired.of([by[("default", s)]["select_mAP"] for s in args.seeds],
-                    [by[("baseline", s)]["select_mAP"] for s in args.seeds])
+    sel = Paired.of(
+        [by[("default", s)]["select_mAP"] for s in args.seeds], [by[("baseline", s)]["select_mAP"] for s in args.seeds]
+    )
     print(f"default - baseline, select mAP: {sel.summary()} (per seed: {', '.join(f'{d:+.3f}' for d in sel.diffs)})")
     for uri in args.also_report:
-        other = Paired.of([by[("default", s)]["extra"][uri] for s in args.seeds],
-                          [by[("baseline", s)]["extra"][uri] for s in args.seeds])
+        other = Paired.of(
+            [by[("default", s)]["extra"][uri] for s in args.seeds],
+            [by[("baseline", s)]["extra"][uri] for s in args.seeds],
+        )
         print(f"default - baseline, {uri} mAP: {other.summary()} (sd {other.sd:.3f})")
     if args.also_report:
+
         def mean_report(r):
             return (r["mAP"] + sum(r["extra"].values())) / (1 + len(r["extra"]))
-        both = Paired.of([mean_report(by[("default", s)]) for s in args.seeds],
-                         [mean_report(by[("baseline", s)]) for s in args.seeds])
-        print(f"default - baseline, mean over the {1 + len(args.also_report)} report targets: {both.summary()} "
-              f"(sd {both.sd:.3f}; detectable at 8 seeds: {detectable_effect(both.sd, 8):.3f})")
-    print(f"sd of the paired difference over seeds: {sd_d:.4f}; of it, evaluation noise (query identities "
-          f"resampled): sd {math.sqrt(eval_var):.4f}, {eval_var / sd_d ** 2:.0%} of the variance")
+
+        both = Paired.of(
+            [mean_report(by[("default", s)]) for s in args.seeds],
+            [mean_report(by[("baseline", s)]) for s in args.seeds],
+        )
+        print(
+            f"default - baseline, mean over the {1 + len(args.also_report)} report targets: {both.summary()} "
+            f"(sd {both.sd:.3f}; detectable at 8 seeds: {detectable_effect(both.sd, 8):.3f})"
+        )
+    print(
+        f"sd of the paired difference over seeds: {sd_d:.4f}; of it, evaluation noise (query identities "
+        f"resampled): sd {math.sqrt(eval_var):.4f}, {eval_var / sd_d**2:.0%} of the variance"
+    )
     queries = len(by[("default", args.seeds[0])]["aps"])
-    print(f"report target: {queries} scored queries of {len(set(by[('default', args.seeds[0])]['pids']))} "
-          f"identities; {time.perf_counter() - t0:.0f} s in all")
-    print("minimum detectable effect (80% power, two-sided 5%) at this sd: " + ", ".join(
-        f"{n} seeds {detectable_effect(sd_d, n):.3f}" for n in (2, 3, 4, 6, 8, 10, 12)))
+    print(
+        f"report target: {queries} scored queries of {len(set(by[('default', args.seeds[0])]['pids']))} "
+        f"identities; {time.perf_counter() - t0:.0f} s in all"
+    )
+    print(
+        "minimum detectable effect (80% power, two-sided 5%) at this sd: "
+        + ", ".join(f"{n} seeds {detectable_effect(sd_d, n):.3f}" for n in (2, 3, 4, 6, 8, 10, 12))
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"results": results, "args": vars(args)}, fh)

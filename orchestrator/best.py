@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
@@ -35,16 +34,15 @@ from mlflow.tracking import MlflowClient
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardError
-from adin_core.data.storage import StorageError, resolve
+from adin_core.data.storage import StorageError
 from adin_core.models import ADINModel
 from adin_core.train import model_from_state
+from orchestrator.checkpoints import CheckpointError, load_state
 from orchestrator.results import TrialRow, per_seed_values, pick_winner
 from orchestrator.space import Objective
-from orchestrator.tracking import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri,
-                                   redact)
-from orchestrator.tracking import schema as S
-from orchestrator.checkpoints import CheckpointError, load_state
 from orchestrator.targets import score_uris
+from orchestrator.tracking import DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri, redact
+from orchestrator.tracking import schema as S
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 
@@ -74,28 +72,41 @@ class Winner:
 def sweep_parents(client, sweep: str | None = None) -> list:
     """The sweeps' parent runs (only the named sweep's, when named), newest first."""
     query = f"tags.`{S.ROLE}` = '{S.ROLE_SWEEP}'" + (f" and tags.`{S.SWEEP}` = '{sweep}'" if sweep else "")
-    return sorted((r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], query)),
-                  key=lambda r: r.info.start_time, reverse=True)
+    return sorted(
+        (r for exp in client.search_experiments() for r in client.search_runs([exp.experiment_id], query)),
+        key=lambda r: r.info.start_time,
+        reverse=True,
+    )
 
 
 def sweep_objective(parent) -> Objective:
     """The objective a sweep was run with, from its parent run's tags."""
-    return Objective(parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE),
-                     parent.data.tags.get(S.OBJECTIVE_MODE, "max"))
+    return Objective(
+        parent.data.tags.get(S.OBJECTIVE_METRIC, S.OBJECTIVE), parent.data.tags.get(S.OBJECTIVE_MODE, "max")
+    )
 
 
 def trial_rows(client, parent) -> tuple[list[TrialRow], dict[str, Any]]:
     """A sweep's trials as rows, and their MLflow runs by trial id."""
     metric = sweep_objective(parent).metric
-    children = client.search_runs([parent.info.experiment_id], f"tags.`{S.PARENT}` = '{parent.info.run_id}'",
-                                  max_results=10000)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{S.PARENT}` = '{parent.info.run_id}'", max_results=10000
+    )
     rows, runs = [], {}
     for c in children:
         tid = c.data.tags.get(S.TRIAL, c.info.run_id)
         outcome = c.data.tags.get(S.OUTCOME, "finished" if c.data.metrics.get(S.FINAL) else "pruned")
-        rows.append(TrialRow(tid, c.data.metrics.get(metric), outcome, params=dict(c.data.params),
-                             checkpoint=c.data.tags.get(S.CHECKPOINT), per_seed=per_seed_values(c.data.metrics, metric),
-                             start_point=c.data.tags.get(S.START_POINT, "")))
+        rows.append(
+            TrialRow(
+                tid,
+                c.data.metrics.get(metric),
+                outcome,
+                params=dict(c.data.params),
+                checkpoint=c.data.tags.get(S.CHECKPOINT),
+                per_seed=per_seed_values(c.data.metrics, metric),
+                start_point=c.data.tags.get(S.START_POINT, ""),
+            )
+        )
         runs[tid] = c
     return rows, runs
 
@@ -106,7 +117,9 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
     client = MlflowClient(tracking_uri)
     parents = sweep_parents(client, sweep)
     if not parents:
-        raise ExportError(f"no sweep named {sweep!r} in {tracking_uri}" if sweep else f"no sweep found in {tracking_uri}")
+        raise ExportError(
+            f"no sweep named {sweep!r} in {tracking_uri}" if sweep else f"no sweep found in {tracking_uri}"
+        )
     skipped = []
     for parent in parents:
         rows, runs = trial_rows(client, parent)
@@ -121,10 +134,23 @@ def find_winner(tracking_uri: str, sweep: str | None) -> Winner:
         run = runs[best.trial]
         if skipped:
             print(f"note: skipped newer sweeps without a finished trial: {', '.join(skipped)}", file=sys.stderr)
-        return Winner(name, parent.info.run_id, run.info.run_id, best.trial, objective.metric, best.objective,
-                      best.checkpoint, dict(run.data.params), dict(run.data.metrics), dict(parent.data.tags))
-    raise ExportError(f"sweep {skipped[0]}: nothing to export" if sweep else
-                      f"no sweep in {tracking_uri} has a finished trial: {', '.join(skipped)}")
+        return Winner(
+            name,
+            parent.info.run_id,
+            run.info.run_id,
+            best.trial,
+            objective.metric,
+            best.objective,
+            best.checkpoint,
+            dict(run.data.params),
+            dict(run.data.metrics),
+            dict(parent.data.tags),
+        )
+    raise ExportError(
+        f"sweep {skipped[0]}: nothing to export"
+        if sweep
+        else f"no sweep in {tracking_uri} has a finished trial: {', '.join(skipped)}"
+    )
 
 
 def _data_ref(uri: str, version: str) -> str:
@@ -136,20 +162,37 @@ def _data_ref(uri: str, version: str) -> str:
     return version if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 
-def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, data: dict,
-               probe: dict[str, float], select_mean: dict | None = None, seeds: int = 1) -> tuple[dict, str]:
+def model_card(
+    winner: Winner,
+    config: TrainConfig,
+    select: dict,
+    report: dict,
+    data: dict,
+    probe: dict[str, float],
+    select_mean: dict | None = None,
+    seeds: int = 1,
+) -> tuple[dict, str]:
     """The card: what the exported weights score (they are the winning trial's model on its first seed, `select`
     and `report`), beside the trial's mean over its seeds on the select targets (`select_mean`, what chose it), the
     verification's verdict, the probe, the data versions and how to use it. A winner that scored below the
     identity-only baseline on most fresh seeds says so in the card's first line."""
     verification = json.loads(winner.parent_tags.get(S.VERIFICATION, "null"))
-    card = {"sweep": winner.sweep, "trial_id": winner.trial_id, "mlflow_run_id": winner.run_id,
-            "verification": verification, "weights": {"seed_index": 0, "of_seeds": seeds},
-            "objective": {winner.metric: winner.objective}, "select_targets": select, "report_targets": report,
-            "select_targets_trial_mean": select_mean or {},
-            "nuisance_probe": probe, "data_versions": {_data_ref(k, v): v for k, v in data.items()},
-            "config": redact(config.to_dict()), "checkpoint": winner.checkpoint_uri,
-            "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown")}
+    card = {
+        "sweep": winner.sweep,
+        "trial_id": winner.trial_id,
+        "mlflow_run_id": winner.run_id,
+        "verification": verification,
+        "weights": {"seed_index": 0, "of_seeds": seeds},
+        "objective": {winner.metric: winner.objective},
+        "select_targets": select,
+        "report_targets": report,
+        "select_targets_trial_mean": select_mean or {},
+        "nuisance_probe": probe,
+        "data_versions": {_data_ref(k, v): v for k, v in data.items()},
+        "config": redact(config.to_dict()),
+        "checkpoint": winner.checkpoint_uri,
+        "sweep_state": winner.parent_tags.get(S.SWEEP_STATE, "unknown"),
+    }
     lines = _card_head(winner, card, verification, seeds)
     lines += _score_table(select, report, select_mean, seeds)
     lines += ["", "## Verified against the baseline", ""] + _verification_lines(verification)
@@ -159,16 +202,22 @@ def model_card(winner: Winner, config: TrainConfig, select: dict, report: dict, 
     return card, "\n".join(lines) + "\n"
 
 
-CARD_USE = ["", "## Use", "", "```python",
-            "from orchestrator.best import load_export",
-            "from adin_core.features import extract_features",
-            "",
-            "model, config = load_export('THIS_FOLDER')  # weights + config only; eval mode, on the CPU",
-            "# images: uint8 array (N, H, W, 3); features: flip-summed, L2-normalised (the retrieval feature)",
-            "feats = extract_features(model, images, image_size=(config.image_height, config.image_width))",
-            "distances = 1 - feats @ feats.T  # cosine distance, as the evaluation ranks",
-            "```", "",
-            "`model(x)` on a normalised float batch (`model.normalise(uint8 NCHW)`) returns the same feature."]
+CARD_USE = [
+    "",
+    "## Use",
+    "",
+    "```python",
+    "from orchestrator.best import load_export",
+    "from adin_core.features import extract_features",
+    "",
+    "model, config = load_export('THIS_FOLDER')  # weights + config only; eval mode, on the CPU",
+    "# images: uint8 array (N, H, W, 3); features: flip-summed, L2-normalised (the retrieval feature)",
+    "feats = extract_features(model, images, image_size=(config.image_height, config.image_width))",
+    "distances = 1 - feats @ feats.T  # cosine distance, as the evaluation ranks",
+    "```",
+    "",
+    "`model(x)` on a normalised float batch (`model.normalise(uint8 NCHW)`) returns the same feature.",
+]
 
 
 def _card_head(winner: Winner, card: dict, verification: dict | None, seeds: int) -> list[str]:
@@ -176,52 +225,80 @@ def _card_head(winner: Winner, card: dict, verification: dict | None, seeds: int
     lines = [f"# ADIN model: sweep `{winner.sweep}`, trial `{winner.trial_id}`", ""]
     if verification and verification.get("lost_to_baseline"):
         base = verification["winner_minus_baseline"]
-        lines += [f"> **Warning: this winner scored below the identity-only baseline on {base['seeds'] - base['positive']}"
-                  f" of {base['seeds']} fresh seeds** (report-target mAP {base['mean']:+.3f}); the search found no "
-                  "setting that beats not using ADIN here.", ""]
+        lines += [
+            f"> **Warning: this winner scored below the identity-only baseline on {base['seeds'] - base['positive']}"
+            f" of {base['seeds']} fresh seeds** (report-target mAP {base['mean']:+.3f}); the search found no "
+            "setting that beats not using ADIN here.",
+            "",
+        ]
     if winner.partial:
-        lines += [f"> **Partial sweep** (state: {card['sweep_state']}): chosen among the trials that finished before "
-                  "the sweep was stopped.", ""]
+        lines += [
+            f"> **Partial sweep** (state: {card['sweep_state']}): chosen among the trials that finished before "
+            "the sweep was stopped.",
+            "",
+        ]
     held = f"its first seed's model, of the {seeds} it trained" if seeds > 1 else "its model"
-    lines += [f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}"
-              + (f", the mean over its {seeds} seeds" if seeds > 1 else "") + "); the report targets were never used "
-              f"to choose. These weights are {held}; the table scores them.", ""]
+    lines += [
+        f"Chosen by `{winner.metric}` on the select targets ({winner.objective:.4f}"
+        + (f", the mean over its {seeds} seeds" if seeds > 1 else "")
+        + "); the report targets were never used "
+        f"to choose. These weights are {held}; the table scores them.",
+        "",
+    ]
     return lines
 
 
 def _score_table(select: dict, report: dict, select_mean: dict | None, seeds: int) -> list[str]:
-    lines = ["| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| target | role | rank-1 | rank-5 | rank-10 | mAP | mINP |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     rows = [("select", select), ("report", report)]
     if select_mean and seeds > 1:
         rows.insert(1, (f"select, trial mean of {seeds} seeds", select_mean))
     nan = float("nan")
     for role, scores in rows:
         for name, sc in scores.items():
-            lines.append(f"| {name} | {role} | {sc.get('rank1', nan):.4f} | {sc.get('rank5', nan):.4f}"
-                         f" | {sc.get('rank10', nan):.4f} | {sc['mAP']:.4f} | {sc.get('mINP', nan):.4f} |")
+            lines.append(
+                f"| {name} | {role} | {sc.get('rank1', nan):.4f} | {sc.get('rank5', nan):.4f}"
+                f" | {sc.get('rank10', nan):.4f} | {sc['mAP']:.4f} | {sc.get('mINP', nan):.4f} |"
+            )
     return lines
 
 
 def _verification_lines(verification: dict | None) -> list[str]:
     if verification and "summary" in verification:
-        return [f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
-                "baseline (the winner's parameters, `adv_loss: none`) and the shipped default ADIN; mean mAP over "
-                f"the report targets, paired differences with a {100 * verification.get('level', 0.95):.4g}% "
-                "interval:", ""] + [f"- {line}" for line in verification["summary"]]
-    return ["Not verified" + (f": {verification['error']}" if verification else
-                              " (the sweep ran with verify.seeds: 0)") + "."]
+        return [
+            f"Retrained on {verification['seeds']} fresh seeds (never the search's) with the identity-only "
+            "baseline (the winner's parameters, `adv_loss: none`) and the shipped default ADIN; mean mAP over "
+            f"the report targets, paired differences with a {100 * verification.get('level', 0.95):.4g}% "
+            "interval:",
+            "",
+        ] + [f"- {line}" for line in verification["summary"]]
+    return [
+        "Not verified"
+        + (f": {verification['error']}" if verification else " (the sweep ran with verify.seeds: 0)")
+        + "."
+    ]
 
 
 def _probe_lines(probe: dict[str, float]) -> list[str]:
     if not probe:
         return []
-    lines = ["", "## Nuisance probe", "",
-             "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "
-             "on disjoint identities: how much of each nuisance the features still carry (chance = guessing the "
-             "most frequent class).", ""]
+    lines = [
+        "",
+        "## Nuisance probe",
+        "",
+        "A linear classifier on the frozen retrieval features of the source's test split, fitted and scored "
+        "on disjoint identities: how much of each nuisance the features still carry (chance = guessing the "
+        "most frequent class).",
+        "",
+    ]
     for kind in sorted({k.split("/")[1].rsplit("_", 1)[0] for k in probe}):
-        lines.append(f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
-                     f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})")
+        lines.append(
+            f"- {kind}: accuracy {probe.get(f'probe/{kind}_acc', float('nan')):.3f} "
+            f"(chance {probe.get(f'probe/{kind}_chance', float('nan')):.3f})"
+        )
     return lines
 
 
@@ -229,8 +306,10 @@ def check_finite_weights(state: dict[str, Any], where: str) -> None:
     """A diverged model's weights hold NaN or infinity; it must never be exported (its features are NaN)."""
     bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise ExportError(f"{where}: {len(bad)} of {len(state['model'])} weight tensors hold NaN or infinite values "
-                          f"(e.g. {bad[0]}): a diverged model is not exported")
+        raise ExportError(
+            f"{where}: {len(bad)} of {len(state['model'])} weight tensors hold NaN or infinite values "
+            f"(e.g. {bad[0]}): a diverged model is not exported"
+        )
 
 
 def sha256_file(path: str) -> str:
@@ -248,8 +327,9 @@ def write_model_files(folder: str, state: dict[str, Any]) -> str:
     torch.save(state["model"], path)
     digest = sha256_file(path)
     with open(os.path.join(folder, "config.json"), "w") as fh:
-        json.dump({"train_config": state["config"], "model_meta": state["model_meta"], "model_sha256": digest}, fh,
-                  indent=1)
+        json.dump(
+            {"train_config": state["config"], "model_meta": state["model_meta"], "model_sha256": digest}, fh, indent=1
+        )
     return digest
 
 
@@ -297,10 +377,15 @@ def load_export(export_dir: str) -> tuple[ADINModel, TrainConfig]:
     path = os.path.join(export_dir, "model.pt")
     expected = cfg.get("model_sha256")
     if expected is not None and sha256_file(path) != expected:
-        raise ExportError(f"{path} does not match the sha256 recorded in {export_dir}/config.json ({expected[:12]}…): "
-                          "the file is damaged or was replaced; export the model again")
-    state = {"config": cfg["train_config"], "model_meta": cfg["model_meta"],
-             "model": torch.load(path, map_location="cpu", weights_only=True)}
+        raise ExportError(
+            f"{path} does not match the sha256 recorded in {export_dir}/config.json ({expected[:12]}…): "
+            "the file is damaged or was replaced; export the model again"
+        )
+    state = {
+        "config": cfg["train_config"],
+        "model_meta": cfg["model_meta"],
+        "model": torch.load(path, map_location="cpu", weights_only=True),
+    }
     return model_from_state(state)
 
 
@@ -328,8 +413,9 @@ def winner_card(tracking_uri: str, sweep: str | None) -> tuple[Winner, dict[str,
     return winner, state, card, md
 
 
-def export_winner(out_dir: str, *, tracking_uri: str, sweep: str | None = None,
-                  register: str | None = None) -> tuple[Winner, dict]:
+def export_winner(
+    out_dir: str, *, tracking_uri: str, sweep: str | None = None, register: str | None = None
+) -> tuple[Winner, dict]:
     if register is not None and not MODEL_NAME.match(register):
         raise ExportError(f"--register {register!r}: a model name is letters, digits, '_', '.' and '-' (no '/')")
     check_export_dir(out_dir)
@@ -358,24 +444,30 @@ def register_export(out_dir: str, tracking_uri: str, winner: Winner, name: str, 
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    mv = client.create_model_version(name, source=source, run_id=winner.parent_run_id,
-                                     tags={S.TRIAL: winner.trial_id, "objective": f"{winner.objective:.6f}"},
-                                     description=description or None)  # the model card, as the version's page
+    mv = client.create_model_version(
+        name,
+        source=source,
+        run_id=winner.parent_run_id,
+        tags={S.TRIAL: winner.trial_id, "objective": f"{winner.objective:.6f}"},
+        description=description or None,
+    )  # the model card, as the version's page
     client.set_registered_model_alias(name, "champion", mv.version)
     print(f"registered {name} version {mv.version} (alias 'champion') from {source}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m orchestrator.best", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m orchestrator.best", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--export", required=True, metavar="DIR", help="folder to create (must not exist)")
     ap.add_argument("--sweep", help="sweep name (default: the latest sweep with a finished trial)")
     ap.add_argument("--register", metavar="MODEL_NAME", help="register in the MLflow model registry")
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     args = ap.parse_args(argv)
     try:
-        winner, card = export_winner(args.export, tracking_uri=args.tracking_uri, sweep=args.sweep,
-                                     register=args.register)
+        winner, card = export_winner(
+            args.export, tracking_uri=args.tracking_uri, sweep=args.sweep, register=args.register
+        )
     except (ExportError, CheckpointError, StorageError, ShardError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -383,8 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; nothing was exported", file=sys.stderr)
         return 130
     partial = " (from a PARTIAL sweep)" if winner.partial else ""
-    print(f"exported sweep {winner.sweep!r} trial {winner.trial_id} ({winner.metric} {winner.objective:.4f})"
-          f"{partial} to {args.export}")
+    print(
+        f"exported sweep {winner.sweep!r} trial {winner.trial_id} ({winner.metric} {winner.objective:.4f})"
+        f"{partial} to {args.export}"
+    )
     for role in ("select_targets", "report_targets"):
         for name, s in card[role].items():
             print(f"  {role.split('_')[0]:<6} {name:<28} mAP {s['mAP']:.4f}  rank-1 {s.get('rank1', 0):.4f}")

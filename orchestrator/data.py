@@ -32,12 +32,16 @@ def _verify_split(shards: ShardSet, split: str) -> None:
     table = shards.table(split, columns=["image", "pid", "source_path"])
     expected = shards.manifest["splits"][split]
     if table.num_rows != expected["images"]:
-        raise ShardError(f"{shards.location.uri}: split {split} holds {table.num_rows} images, its manifest says "
-                         f"{expected['images']}")
+        raise ShardError(
+            f"{shards.location.uri}: split {split} holds {table.num_rows} images, its manifest says "
+            f"{expected['images']}"
+        )
     pids = set(table.column("pid").to_pylist())
     if len(pids) != expected["identities"]:
-        raise ShardError(f"{shards.location.uri}: split {split} holds {len(pids)} identities, its manifest says "
-                         f"{expected['identities']}")
+        raise ShardError(
+            f"{shards.location.uri}: split {split} holds {len(pids)} identities, its manifest says "
+            f"{expected['identities']}"
+        )
     for blob, path in zip(table.column("image").to_pylist(), table.column("source_path").to_pylist()):
         decode_image(blob, None, f"{shards.name}:{path} (split {split})")
 
@@ -45,15 +49,18 @@ def _verify_split(shards: ShardSet, split: str) -> None:
 def _summary(manifest: dict[str, Any]) -> str:
     lines = [f"{manifest['dataset']}/{manifest['version']} ({manifest['format']}, schema {manifest['schema_version']})"]
     for split, s in manifest["splits"].items():
-        lines.append(f"  {split:<10} {s['images']:>7} images {s['identities']:>6} identities "
-                     f"{len(s['cameras']):>3} cameras {len(s['files']):>3} files")
+        lines.append(
+            f"  {split:<10} {s['images']:>7} images {s['identities']:>6} identities "
+            f"{len(s['cameras']):>3} cameras {len(s['files']):>3} files"
+        )
     lines.append(f"  nuisance label kinds: {', '.join(manifest['priors']) or 'none'}")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m orchestrator.data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m orchestrator.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("synth", help="write the synthetic nuisance benchmark as dataset trees")
     sp.add_argument("--preset", default="hard", choices=sorted(PRESETS))
@@ -67,36 +74,54 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--name", help="dataset name in the store (default: the format)")
     sh.add_argument("--version", default="v1")
     sh.add_argument("--overwrite", action="store_true", help="replace an existing complete version")
-    ins = sub.add_parser("inspect", help="print a shard set's manifest summary (verifies every file and decodes every "
-                         "image)")
+    ins = sub.add_parser(
+        "inspect", help="print a shard set's manifest summary (verifies every file and decodes every image)"
+    )
     ins.add_argument("uri")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _synth(args: argparse.Namespace) -> None:
+    info = write_synthetic(args.preset, args.out, seed=args.seed, layout=args.layout)
+    for name, d in info["domains"].items():
+        print(
+            f"{name:<7} {os.path.join(args.out, d['path'])}  train {d['train']}  query {d['query']}  "
+            f"gallery {d['gallery']}"
+        )
+    print(
+        f"shard each with: python -m orchestrator.data shard --format {info['layout']} "
+        f"--src {os.path.join(args.out, info['domains']['source']['path'])} --dest DEST --name synth-source"
+    )
+
+
+def _shard(args: argparse.Namespace) -> None:
+    if args.format not in READERS:
+        raise LayoutError(f"unknown --format {args.format!r}; choose one of {sorted(READERS)}")
+    manifest = shard_dataset(
+        args.format, args.src, args.dest, name=args.name, version=args.version, overwrite=args.overwrite
+    )
+    print(_summary(manifest))
+    print(f"written to {resolve(args.dest).join(manifest['dataset'], manifest['version']).uri}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    shards = ShardSet.open(args.uri)
+    for split in shards.splits:
+        _verify_split(shards, split)
+    print(_summary(shards.manifest))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        if args.cmd == "synth":
-            info = write_synthetic(args.preset, args.out, seed=args.seed, layout=args.layout)
-            for name, d in info["domains"].items():
-                print(f"{name:<7} {os.path.join(args.out, d['path'])}  train {d['train']}  query {d['query']}  "
-                      f"gallery {d['gallery']}")
-            print(f"shard each with: python -m orchestrator.data shard --format {info['layout']} "
-                  f"--src {os.path.join(args.out, info['domains']['source']['path'])} --dest DEST --name synth-source")
-        elif args.cmd == "shard":
-            if args.format not in READERS:
-                raise LayoutError(f"unknown --format {args.format!r}; choose one of {sorted(READERS)}")
-            manifest = shard_dataset(args.format, args.src, args.dest, name=args.name, version=args.version,
-                                     overwrite=args.overwrite)
-            print(_summary(manifest))
-            print(f"written to {resolve(args.dest).join(manifest['dataset'], manifest['version']).uri}")
-        else:
-            shards = ShardSet.open(args.uri)
-            for split in shards.splits:
-                _verify_split(shards, split)
-            print(_summary(shards.manifest))
+        {"synth": _synth, "shard": _shard, "inspect": _inspect}[args.cmd](args)
     except DATA_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was committed (a version exists only once its manifest is written)",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: nothing was committed (a version exists only once its manifest is written)", file=sys.stderr
+        )
         return 130
     return 0
 

@@ -80,13 +80,17 @@ def ray_address_problem(address: str, timeout: float = 5.0) -> str | None:
     try:
         ray_like = _dashboard_answers(address, timeout) if http else _speaks_grpc(parsed.hostname, parsed.port, timeout)
     except OSError as exc:
-        return (f"nothing answers at {parsed.hostname}:{parsed.port} ({exc}); start the cluster, or leave "
-                "--ray-address out to run on a local Ray")
+        return (
+            f"nothing answers at {parsed.hostname}:{parsed.port} ({exc}); start the cluster, or leave "
+            "--ray-address out to run on a local Ray"
+        )
     if ray_like:
         return None
     what = "a Ray dashboard" if http else "Ray (its GCS or client server speak gRPC)"
-    return (f"something answers at {parsed.hostname}:{parsed.port}, but not {what}; check the port (the GCS is "
-            "`ray start --port`, the dashboard its --dashboard-port)")
+    return (
+        f"something answers at {parsed.hostname}:{parsed.port}, but not {what}; check the port (the GCS is "
+        "`ray start --port`, the dashboard its --dashboard-port)"
+    )
 
 
 def _speaks_grpc(host: str, port: int, timeout: float) -> bool:

@@ -28,21 +28,27 @@ from adin_core.data.layouts import LayoutError
 from adin_core.data.shards import ShardError, ShardSet
 from adin_core.data.storage import StorageError
 from adin_core.nuisance import heads_for
-from orchestrator.space import NAME, SearchSpace, SpaceError, load_space
 from orchestrator.layout import SWEEP_FILE, SweepLayout, location
 from orchestrator.net import ray_address_problem
-from orchestrator.tracking.store import (DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri,
-                                         check_tracking_uri)
+from orchestrator.space import NAME, SearchSpace, SpaceError, load_space
+from orchestrator.tracking.store import DEFAULT_TRACKING_URI, TrackingError, absolute_tracking_uri, check_tracking_uri
 
 DEFAULT_STORAGE = "runs/sweeps"  # the embedded defaults: everything of the main job under ./runs
 DEFAULT_DATA_ROOT = "runs/data"
 # command-line flags that change the experiment (replayed by --resume): flag -> (space key, parse)
 EXPERIMENT_FLAGS: dict[str, str] = {
-    "--source": "source", "--select": "targets.select", "--report": "targets.report",
-    "--workers": "resources.workers", "--cpus-per-worker": "resources.cpus_per_worker",
-    "--gpus-per-worker": "resources.gpus_per_worker", "--num-samples": "search.num_samples",
-    "--max-concurrent": "search.max_concurrent", "--epochs": "training.epochs", "--scheduler": "scheduler",
-    "--seeds": "search.seeds", "--verify-seeds": "verify.seeds",
+    "--source": "source",
+    "--select": "targets.select",
+    "--report": "targets.report",
+    "--workers": "resources.workers",
+    "--cpus-per-worker": "resources.cpus_per_worker",
+    "--gpus-per-worker": "resources.gpus_per_worker",
+    "--num-samples": "search.num_samples",
+    "--max-concurrent": "search.max_concurrent",
+    "--epochs": "training.epochs",
+    "--scheduler": "scheduler",
+    "--seeds": "search.seeds",
+    "--verify-seeds": "verify.seeds",
 }
 
 
@@ -90,15 +96,19 @@ class SweepPlan:
         """The command that continues this sweep: its space and name, and every store it was not given by default
         (storage, data root, tracking and study storage, the Ray address), so it finds the same places; the
         experiment flags are replayed from sweep.json."""
-        return " ".join([f"python -m orchestrator.sweep --space {self.space_file} --resume {self.sweep}",
-                         *[f"{flag} {value}" for flag, value in self.places.items()]])
+        return " ".join(
+            [
+                f"python -m orchestrator.sweep --space {self.space_file} --resume {self.sweep}",
+                *[f"{flag} {value}" for flag, value in self.places.items()],
+            ]
+        )
 
 
 def absolute(uri: str) -> str:
     """Local paths become absolute; URIs with a scheme (s3://, synthetic:) are kept."""
     if "://" in uri or is_synthetic(uri):
         return uri
-    return os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
+    return os.path.abspath(os.path.expanduser(uri[len("file://") :] if uri.startswith("file://") else uri))
 
 
 def _writable_folder(uri: str, flag: str) -> str:
@@ -121,7 +131,7 @@ def _writable_folder(uri: str, flag: str) -> str:
 def default_study_storage(tracking_uri: str) -> str:
     """Beside an SQLite tracking database (runs/optuna.db by default), else ./runs/optuna.db."""
     if tracking_uri.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///"):]), "optuna.db")
+        return "sqlite:///" + os.path.join(os.path.dirname(tracking_uri[len("sqlite:///") :]), "optuna.db")
     return "sqlite:///" + os.path.abspath(os.path.join("runs", "optuna.db"))
 
 
@@ -131,8 +141,10 @@ def open_study_storage(url: str):
     try:
         if "://" not in url:
             if not url.endswith((".log", ".journal")):
-                raise PlanError(f"--study-storage {url!r}: give an SQLAlchemy URL (sqlite:///FILE, postgresql://...) or a "
-                                "journal file path ending in .log or .journal")
+                raise PlanError(
+                    f"--study-storage {url!r}: give an SQLAlchemy URL (sqlite:///FILE, postgresql://...) or a "
+                    "journal file path ending in .log or .journal"
+                )
             path = os.path.abspath(url)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             _check_journal(url, path)
@@ -140,14 +152,19 @@ def open_study_storage(url: str):
             storage.get_all_studies()  # reads the journal now: a damaged file fails here, not inside the sweep
             return storage
         if url.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///") :])) or ".", exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except PlanError:
         raise
     except Exception as exc:  # SQLAlchemy, driver and file errors alike: the user's URL does not open
-        hint = ("; name the installed driver: postgresql+psycopg2://..." if isinstance(exc, ModuleNotFoundError)
-                and url.startswith("postgresql://") else "")
-        raise PlanError(f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]}){hint}") from None
+        hint = (
+            "; name the installed driver: postgresql+psycopg2://..."
+            if isinstance(exc, ModuleNotFoundError) and url.startswith("postgresql://")
+            else ""
+        )
+        raise PlanError(
+            f"--study-storage {url}: cannot open it ({type(exc).__name__}: {str(exc)[:200]}){hint}"
+        ) from None
 
 
 def _check_journal(url: str, path: str) -> None:
@@ -164,8 +181,10 @@ def _check_journal(url: str, path: str) -> None:
         except ValueError:
             ok = False
         if not ok or (number == len(lines) and line):
-            raise PlanError(f"--study-storage {url}: line {number} of {path} is not an Optuna journal entry; give "
-                            "another journal file (or move this one away)")
+            raise PlanError(
+                f"--study-storage {url}: line {number} of {path} is not an Optuna journal entry; give "
+                "another journal file (or move this one away)"
+            )
 
 
 def _overrides(args: Any) -> dict[str, Any]:
@@ -216,8 +235,13 @@ def new_sweep_name(space: SearchSpace, name: str | None) -> str:
 def latest_sweep(storage: str, space_name: str) -> str:
     root = location(storage)
     infos = root.fs.get_file_info(pafs.FileSelector(root.path, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                   and i.base_name.startswith(space_name + "-") and root.join(i.base_name, SWEEP_FILE).exists())
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory
+        and i.base_name.startswith(space_name + "-")
+        and root.join(i.base_name, SWEEP_FILE).exists()
+    )
     if not names:
         raise PlanError(f"--resume: no sweep of space {space_name!r} under {root.uri}")
     return names[-1]
@@ -235,9 +259,14 @@ def read_sweep_file(storage: str, sweep: str) -> dict[str, Any]:
 
 def write_sweep_file(plan: SweepPlan) -> None:
     """Written once, before Ray starts: what --resume replays."""
-    record = {"sweep": plan.sweep, "space_file": plan.space_file, "space": plan.space.name,
-              "space_sha256": space_digest(plan.space_file), "overrides": dict(plan.overrides),
-              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "sweep": plan.sweep,
+        "space_file": plan.space_file,
+        "space": plan.space.name,
+        "space_sha256": space_digest(plan.space_file),
+        "overrides": dict(plan.overrides),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     plan.layout.sweep_file.write_bytes_atomic(json.dumps(record, indent=1).encode())
 
 
@@ -262,8 +291,10 @@ def check_nuisance_labels(space: SearchSpace, source: ShardSet) -> None:
     for value in values:
         missing = [k for k in heads_for(value) if k not in available]
         if missing:
-            raise PlanError(f"{space.path}: nuisance {value!r} needs label kind(s) {missing}, which source "
-                            f"{source.name} does not provide (it has {sorted(available) or 'none'})")
+            raise PlanError(
+                f"{space.path}: nuisance {value!r} needs label kind(s) {missing}, which source "
+                f"{source.name} does not provide (it has {sorted(available) or 'none'})"
+            )
 
 
 def make_plan(args: Any) -> SweepPlan:
@@ -285,24 +316,46 @@ def make_plan(args: Any) -> SweepPlan:
     if args.resume is not None:
         sweep, overrides = _resumed_sweep(args, space, storage, given)
     else:
-        sweep = new_sweep_name(space, args.name)
-        if location(storage).join(sweep).exists():
-            raise PlanError(f"--name: sweep {sweep!r} already exists under {storage}; use --resume {sweep} to "
-                            "continue it, or another name")
-        overrides = given
+        sweep, overrides = _new_sweep(args.name, space, storage), given
     space = space.with_overrides(_space_changes(space, overrides)) if overrides else space
     source, select, report, versions = _datasets(args.space, space, data_root)
-    places = {"--storage": (storage, os.path.abspath(DEFAULT_STORAGE)),
-              "--data-root": (data_root, os.path.abspath(DEFAULT_DATA_ROOT)),
-              "--tracking-uri": (tracking_uri, absolute_tracking_uri(DEFAULT_TRACKING_URI)),
-              "--study-storage": (study_storage, default_study_storage(tracking_uri)),
-              "--ray-address": (args.ray_address, os.environ.get("RAY_ADDRESS"))}  # a job's own: not restated
-    return SweepPlan(space=space, sweep=sweep, resume=args.resume is not None, storage=storage,
-                     data_root=data_root, tracking_uri=tracking_uri, study_storage=study_storage, source=source,
-                     select=select, report=report, data_versions=versions, overrides=overrides,
-                     retry_budget_s=args.retry_budget, ray_address=args.ray_address, quiet=args.quiet,
-                     wait_for_resources=getattr(args, "wait_for_resources", False), space_file=args.space,
-                     places={flag: value for flag, (value, default) in places.items() if value and value != default})
+    places = {
+        "--storage": (storage, os.path.abspath(DEFAULT_STORAGE)),
+        "--data-root": (data_root, os.path.abspath(DEFAULT_DATA_ROOT)),
+        "--tracking-uri": (tracking_uri, absolute_tracking_uri(DEFAULT_TRACKING_URI)),
+        "--study-storage": (study_storage, default_study_storage(tracking_uri)),
+        "--ray-address": (args.ray_address, os.environ.get("RAY_ADDRESS")),
+    }  # a job's own: not restated
+    return SweepPlan(
+        space=space,
+        sweep=sweep,
+        resume=args.resume is not None,
+        storage=storage,
+        data_root=data_root,
+        tracking_uri=tracking_uri,
+        study_storage=study_storage,
+        source=source,
+        select=select,
+        report=report,
+        data_versions=versions,
+        overrides=overrides,
+        retry_budget_s=args.retry_budget,
+        ray_address=args.ray_address,
+        quiet=args.quiet,
+        wait_for_resources=getattr(args, "wait_for_resources", False),
+        space_file=args.space,
+        places={flag: value for flag, (value, default) in places.items() if value and value != default},
+    )
+
+
+def _new_sweep(name: str | None, space: SearchSpace, storage: str) -> str:
+    sweep = new_sweep_name(space, name)
+    if location(storage).join(sweep).exists():
+        raise PlanError(
+            f"--name: sweep {sweep!r} already exists under {storage}; use --resume {sweep} to continue it, "
+            "or another name"
+        )
+    return sweep
 
 
 def _study_storage(given: str | None, tracking_uri: str) -> str:
@@ -324,17 +377,24 @@ def _resumed_sweep(args: Any, space: SearchSpace, storage: str, given: Mapping[s
     sweep = check_sweep_name("--resume", args.resume) if args.resume else latest_sweep(storage, space.name)
     stored = read_sweep_file(storage, sweep)
     if stored.get("space") != space.name:
-        raise PlanError(f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not "
-                        f"{space.name!r} ({args.space})")
+        raise PlanError(
+            f"--resume {sweep}: that sweep searched space {stored.get('space')!r}, not {space.name!r} ({args.space})"
+        )
     if stored.get("space_sha256", space_digest(args.space)) != space_digest(args.space):
-        raise PlanError(f"--resume {sweep}: {args.space} has changed since the sweep started (its sha256 differs "
-                        "from the one stored in sweep.json); restore the file, or start a new sweep")
+        raise PlanError(
+            f"--resume {sweep}: {args.space} has changed since the sweep started (its sha256 differs "
+            "from the one stored in sweep.json); restore the file, or start a new sweep"
+        )
     replay = stored.get("overrides", {})
-    conflicts = [f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
-                 for flag in given if replay.get(flag) != given[flag]]
+    conflicts = [
+        f"{flag} {given[flag]!r} (the sweep ran with {replay.get(flag, 'the file')!r})"
+        for flag in given
+        if replay.get(flag) != given[flag]
+    ]
     if conflicts:
-        raise PlanError(f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop "
-                        + ", ".join(conflicts))
+        raise PlanError(
+            f"--resume {sweep}: a resumed sweep keeps its first run's settings; drop " + ", ".join(conflicts)
+        )
     from ray.tune import Tuner  # deferred on purpose: the workers and `orchestrator.best` import the plan without Ray
 
     layout = SweepLayout(storage, sweep, args.retry_budget)
@@ -345,8 +405,9 @@ def _resumed_sweep(args: Any, space: SearchSpace, storage: str, given: Mapping[s
     return sweep, dict(replay)
 
 
-def _datasets(space_file: str, space: SearchSpace,
-              data_root: str) -> tuple[str, tuple[Target, ...], tuple[Target, ...], dict[str, dict]]:
+def _datasets(
+    space_file: str, space: SearchSpace, data_root: str
+) -> tuple[str, tuple[Target, ...], tuple[Target, ...], dict[str, dict]]:
     """Resolve and open every dataset the space names: the source, the select and report targets, and the
     versions (manifest and file hashes) a sweep records."""
     uris = [space.targets.source, *space.targets.select, *space.targets.report]
@@ -354,18 +415,28 @@ def _datasets(space_file: str, space: SearchSpace,
     shards = {resolved[u]: ShardSet.open(resolved[u]) for u in uris}
     source = resolved[space.targets.source]
     if source in [resolved[u] for u in space.targets.select + space.targets.report]:
-        raise PlanError(f"targets: {space.targets.source} resolves to the source itself; direct transfer is scored "
-                        "on other datasets")
+        raise PlanError(
+            f"targets: {space.targets.source} resolves to the source itself; direct transfer is scored "
+            "on other datasets"
+        )
     check_nuisance_labels(space, shards[source])
     taken: set[str] = set()
     select = _targets(tuple(resolved[u] for u in space.targets.select), shards, taken)
     report = _targets(tuple(resolved[u] for u in space.targets.report), shards, taken)
     metric = space.objective.metric
     if metric.startswith("select/") and metric.split("/")[1] not in {t.name for t in select}:
-        raise PlanError(f"{space_file}: objective.metric {metric!r} names no select target; they are "
-                        f"{sorted(t.name for t in select)}")
-    versions = {u: {"dataset": s.manifest["dataset"], "version": s.manifest["version"],
-                    "files": dict(sorted(s.file_hashes().items()))} for u, s in shards.items()}
+        raise PlanError(
+            f"{space_file}: objective.metric {metric!r} names no select target; they are "
+            f"{sorted(t.name for t in select)}"
+        )
+    versions = {
+        u: {
+            "dataset": s.manifest["dataset"],
+            "version": s.manifest["version"],
+            "files": dict(sorted(s.file_hashes().items())),
+        }
+        for u, s in shards.items()
+    }
     return source, select, report, versions
 
 

@@ -81,12 +81,18 @@ def pretraining_epochs(config: TrainConfig) -> float:
 
 def snapshot_key(plan: SweepPlan, config: TrainConfig, evaluate: bool) -> str:
     """What determines the snapshot of `config`'s seed for this sweep (see the module docstring)."""
-    spec = {"format": FORMAT, "pretraining": pretraining_key(config.replace(seed=0)),  # the seed: the folder's
-            "source": plan.source,
-            "data": plan.data_versions.get(plan.source, {}).get("files"), "workers": plan.space.resources.workers,
-            "evaluate": evaluate and {"select": [(t.uri, t.name, plan.data_versions.get(t.uri, {}).get("files"))
-                                                 for t in plan.select],
-                                      "every_epochs": plan.space.training.eval_every_epochs}}
+    spec = {
+        "format": FORMAT,
+        "pretraining": pretraining_key(config.replace(seed=0)),  # the seed: the folder's
+        "source": plan.source,
+        "data": plan.data_versions.get(plan.source, {}).get("files"),
+        "workers": plan.space.resources.workers,
+        "evaluate": evaluate
+        and {
+            "select": [(t.uri, t.name, plan.data_versions.get(t.uri, {}).get("files")) for t in plan.select],
+            "every_epochs": plan.space.training.eval_every_epochs,
+        },
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -171,11 +177,18 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
     slots = max(1, min(len(jobs), plan.space.search.max_concurrent))
     groups = [[job.__dict__ for job in jobs[g::slots]] for g in range(slots)]
     tuner = tune.Tuner(
-        trainable, param_space={"jobs": tune.grid_search(groups)},
+        trainable,
+        param_space={"jobs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs,
-                                  verbose=0, callbacks=[JsonLoggerCallback(), *callbacks],
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            verbose=0,
+            callbacks=[JsonLoggerCallback(), *callbacks],
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
     tuner.fit()
     result.seconds = time.perf_counter() - t0
     for job in jobs:
@@ -210,8 +223,12 @@ def pretrain_worker(loop_config: dict[str, Any]) -> None:
         if key not in data:
             data[key] = ShardSet.open(plan.source).training_data(config.nuisance, size)
         if job.evaluate and evaluator is None:
-            evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs
-                                                           * data[key].steps_per_epoch(config.batch_size, world))))
+            evaluator = Evaluator(
+                every_steps=max(
+                    1,
+                    round(plan.space.training.eval_every_epochs * data[key].steps_per_epoch(config.batch_size, world)),
+                )
+            )
             if rank == 0:
                 evaluator.select = [open_target(t, size) for t in plan.select]
                 evaluator.source = source_target(plan.source, size)
@@ -223,21 +240,45 @@ def _pretrain_one(plan: SweepPlan, job: Job, config: TrainConfig, data, evaluato
     trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
     reports: list[dict[str, Any]] = []
     if evaluator is not None:
+
         def keep(_trainer, _report, metrics: dict[str, Any], _final: bool) -> None:
             if rank == 0:
                 reports.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+
         trainer.hooks.append(EvaluationHook(evaluator, keep, rank=rank))
     t0 = time.perf_counter()
     state = trainer.pretrain()
     if rank == 0:
-        record = {"key": job.key, "seed": job.seed, "pretraining_key": state["pretraining_key"],
-                  "step": state["schedule"]["step"], "epochs": pretraining_epochs(config), "world_size": world,
-                  "seconds": round(time.perf_counter() - t0, 2), "reports": reports, "serves": job.consumers,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "key": job.key,
+            "seed": job.seed,
+            "pretraining_key": state["pretraining_key"],
+            "step": state["schedule"]["step"],
+            "epochs": pretraining_epochs(config),
+            "world_size": world,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "reports": reports,
+            "serves": job.consumers,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         save(snapshot_location(plan, job.key, job.seed), state, record)
-        print(f"[pretraining] seed {job.seed}: {record['epochs']:g} epochs in {record['seconds']:.0f} s, stored for "
-              f"{job.consumers} trainings", flush=True)
+        print(
+            f"[pretraining] seed {job.seed}: {record['epochs']:g} epochs in {record['seconds']:.0f} s, stored for "
+            f"{job.consumers} trainings",
+            flush=True,
+        )
 
 
-__all__ = ["Job", "SnapshotError", "StageResult", "available", "jobs_for", "load", "pretraining_epochs",
-           "replay", "run_stage", "save", "snapshot_key"]
+__all__ = [
+    "Job",
+    "SnapshotError",
+    "StageResult",
+    "available",
+    "jobs_for",
+    "load",
+    "pretraining_epochs",
+    "replay",
+    "run_stage",
+    "save",
+    "snapshot_key",
+]

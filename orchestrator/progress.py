@@ -31,9 +31,17 @@ class ProgressTable(LiveCallback):
     """A Tune callback: in a terminal (`live`), the table redrawn in place when a trial ends and at most every
     `every_s` seconds otherwise; elsewhere a line per trial event."""
 
-    def __init__(self, sweep: str, metric: str, params: list[str], *, every_s: float = 15.0,
-                 waiting_reason: Callable[[], str | None] | None = None,
-                 log: Callable[[str], None] = print, live: bool | None = None) -> None:
+    def __init__(
+        self,
+        sweep: str,
+        metric: str,
+        params: list[str],
+        *,
+        every_s: float = 15.0,
+        waiting_reason: Callable[[], str | None] | None = None,
+        log: Callable[[str], None] = print,
+        live: bool | None = None,
+    ) -> None:
         self.metric, self.params, self.every_s = metric, params, every_s
         self.waiting_reason, self.log = waiting_reason, log
         self.live = sys.stdout.isatty() if live is None else live
@@ -47,8 +55,17 @@ class ProgressTable(LiveCallback):
             self.log(f"{time.strftime('%H:%M:%S')} trial {trial.trial_id} {what}")
 
     def _row(self, trial, status: str, result: dict | None = None) -> None:
-        row = self.rows.setdefault(trial.trial_id, {"status": "PENDING", "evals": 0, "obj": None, "probe": None,
-                                                    "config": trial.config, "since": time.monotonic()})
+        row = self.rows.setdefault(
+            trial.trial_id,
+            {
+                "status": "PENDING",
+                "evals": 0,
+                "obj": None,
+                "probe": None,
+                "config": trial.config,
+                "since": time.monotonic(),
+            },
+        )
         row["status"] = status
         if result:
             row["evals"] = schema.evaluation_of(result)
@@ -69,16 +86,25 @@ class ProgressTable(LiveCallback):
             row["status"] = "DIVERGED"
         elif self.metric in result:
             row["final"] = bool(result.get(schema.FINAL))
-            self._event(trial, f"evaluation {row['evals']}: {self.metric} {result[self.metric]:.4f}"
-                               + ("" if row["probe"] is None else f", camera probe {row['probe']:.3f}"))
+            self._event(
+                trial,
+                f"evaluation {row['evals']}: {self.metric} {result[self.metric]:.4f}"
+                + ("" if row["probe"] is None else f", camera probe {row['probe']:.3f}"),
+            )
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self.rows.get(trial.trial_id, {})
         status = "DIVERGED" if row.get("status") == "DIVERGED" else ("FINISHED" if row.get("final") else "PRUNED")
         self._row(trial, status)
-        self._event(trial, {"FINISHED": "finished", "PRUNED": f"stopped early (pruned) at evaluation {row.get('evals')}",
-                            "DIVERGED": "diverged (its weights went non-finite)"}[status])
+        self._event(
+            trial,
+            {
+                "FINISHED": "finished",
+                "PRUNED": f"stopped early (pruned) at evaluation {row.get('evals')}",
+                "DIVERGED": "diverged (its weights went non-finite)",
+            }[status],
+        )
         self._print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -94,9 +120,17 @@ class ProgressTable(LiveCallback):
 
     def table(self) -> str:
         head = ["trial", "status", "evals", self.metric, "probe camera", *self.params]
-        lines = [[tid, r["status"], r["evals"], "-" if r["obj"] is None else f"{r['obj']:.4f}",
-                  "-" if r["probe"] is None else f"{r['probe']:.3f}", *[r["config"].get(p, "") for p in self.params]]
-                 for tid, r in list(self.rows.items())[:30]]
+        lines = [
+            [
+                tid,
+                r["status"],
+                r["evals"],
+                "-" if r["obj"] is None else f"{r['obj']:.4f}",
+                "-" if r["probe"] is None else f"{r['probe']:.3f}",
+                *[r["config"].get(p, "") for p in self.params],
+            ]
+            for tid, r in list(self.rows.items())[:30]
+        ]
         return format_table(head, lines)
 
     def _print(self, force: bool = False) -> None:
@@ -105,8 +139,11 @@ class ProgressTable(LiveCallback):
         self.last = time.monotonic()
         out = self.table()
         now = time.monotonic()
-        waiting = [tid for tid, r in self.rows.items()
-                   if r["status"] in ("PENDING", "RUNNING") and r["evals"] == 0 and now - r["since"] > WAIT_WARNING_S]
+        waiting = [
+            tid
+            for tid, r in self.rows.items()
+            if r["status"] in ("PENDING", "RUNNING") and r["evals"] == 0 and now - r["since"] > WAIT_WARNING_S
+        ]
         reason = self.waiting_reason() if waiting and self.waiting_reason is not None else None
         if reason:
             oldest = max(now - self.rows[t]["since"] for t in waiting)

@@ -35,9 +35,16 @@ MAX_WORKER_FAILURES = 2  # Train restarts a run's worker group this often from i
 
 
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED",
-                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S",
+)
 
 
 def forwarded_env(plan: SweepPlan) -> dict[str, str]:
@@ -50,12 +57,18 @@ def forwarded_env(plan: SweepPlan) -> dict[str, str]:
         return {}
     job_env = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env", {}) or {}
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    out = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in job_env.get("env_vars", {})
-           and not (in_job and k in CREDENTIAL_ENV)}
+    out = {
+        k: os.environ[k]
+        for k in FORWARDED_ENV
+        if k in os.environ and k not in job_env.get("env_vars", {}) and not (in_job and k in CREDENTIAL_ENV)
+    }
     if any(k in out for k in CREDENTIAL_ENV):
-        print("note: the AWS credentials of this shell go to the cluster's workers in Ray's runtime env, which Ray "
-              "writes to its logs on the nodes (runtime_env_agent.log); to keep them out, give the nodes their own "
-              "(an instance role, IRSA or their environment) and unset them here", file=sys.stderr)
+        print(
+            "note: the AWS credentials of this shell go to the cluster's workers in Ray's runtime env, which Ray "
+            "writes to its logs on the nodes (runtime_env_agent.log); to keep them out, give the nodes their own "
+            "(an instance role, IRSA or their environment) and unset them here",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -73,8 +86,12 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     """ray.init, bound to this sweep; returns what to log about it."""
     _keep_credentials_out_of_trial_runtime_envs()
     if plan.ray_address:  # make_plan has checked that it answers
-        ctx = ray.init(address=plan.ray_address, runtime_env={"env_vars": env_vars} if env_vars else None,
-                       log_to_driver=False, logging_level=logging.WARNING)
+        ctx = ray.init(
+            address=plan.ray_address,
+            runtime_env={"env_vars": env_vars} if env_vars else None,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         if ctx.dashboard_url and "RAY_API_SERVER_ADDRESS" not in os.environ:
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{ctx.dashboard_url}"
         return {"ray": plan.ray_address}
@@ -94,12 +111,22 @@ def start(plan: SweepPlan, env_vars: dict[str, str]) -> dict[str, Any]:
     # always a Ray of the sweep's own, never one a user started on this host with `ray start` (ray.init would join
     # that one, and refuse num_cpus there).
     with _ray_processes_in_their_own_groups():
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=port, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.WARNING,
-                 runtime_env={"env_vars": {**local_train_env(), **env_vars, "RAY_API_SERVER_ADDRESS": api}})
-    note = (f"; another Ray runs on this host ({', '.join(sorted(others))}): not used, pass --ray-address to join it"
-            if others else "")
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {**local_train_env(), **env_vars, "RAY_API_SERVER_ADDRESS": api}},
+        )
+    note = (
+        f"; another Ray runs on this host ({', '.join(sorted(others))}): not used, pass --ray-address to join it"
+        if others
+        else ""
+    )
     return {"ray": f"a local Ray of its own, dashboard {api}{note}"}
 
 
@@ -148,21 +175,37 @@ def local_train_env() -> dict[str, str]:
     return {key: os.environ.get(key, LOCAL_HEALTH_CHECK_INTERVAL_S)}
 
 
-def torch_trainer(plan: SweepPlan, loop, loop_config: dict[str, Any], name: str, callbacks: list,
-                  checkpoints_to_keep: int | None = None):
+def torch_trainer(
+    plan: SweepPlan,
+    loop,
+    loop_config: dict[str, Any],
+    name: str,
+    callbacks: list,
+    checkpoints_to_keep: int | None = None,
+):
     """A Ray Train run on the trial's workers (gloo on CPU, NCCL on GPU) under the sweep's train-runs folder, named
     so that a restarted trial or stage finds its own run and continues from its last checkpoint."""
     res = plan.space.resources
     use_gpu = res.gpus_per_worker > 0
     storage_path, storage_fs = plan.layout.train_runs()
     return TorchTrainer(
-        loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}),
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})},
+        ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=callbacks,
-                             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
-                             failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES)))
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES),
+        ),
+    )
 
 
 def trial_needs(plan: SweepPlan) -> dict[str, float]:
@@ -183,20 +226,28 @@ def check_resources(plan: SweepPlan) -> None:
     if r.cpus_per_worker > per_node["CPU"]:
         problems.append(f"{r.cpus_per_worker:g} CPUs per worker, but the largest node has {per_node['CPU']:g}")
     if r.gpus_per_worker > per_node["GPU"]:
-        problems.append(f"{r.gpus_per_worker:g} GPUs per worker, but the largest node has {per_node['GPU']:g}"
-                        + (" (no GPU here)" if not per_node["GPU"] else ""))
+        problems.append(
+            f"{r.gpus_per_worker:g} GPUs per worker, but the largest node has {per_node['GPU']:g}"
+            + (" (no GPU here)" if not per_node["GPU"] else "")
+        )
     for key, amount in trial_needs(plan).items():
         if amount > total.get(key, 0.0) + 1e-9:
-            problems.append(f"{amount:g} {key} for one trial ({r.workers} workers), but the cluster has "
-                            f"{total.get(key, 0.0):g}")
+            problems.append(
+                f"{amount:g} {key} for one trial ({r.workers} workers), but the cluster has {total.get(key, 0.0):g}"
+            )
     if not problems:
         return
     if plan.wait_for_resources:
-        print(f"warning: the cluster cannot hold a trial yet ({'; '.join(problems)}); waiting for the autoscaler "
-              "(--wait-for-resources)", flush=True)
+        print(
+            f"warning: the cluster cannot hold a trial yet ({'; '.join(problems)}); waiting for the autoscaler "
+            "(--wait-for-resources)",
+            flush=True,
+        )
         return
-    raise PlanError(f"resources: {'; '.join(problems)}. Lower --workers/--cpus-per-worker/--gpus-per-worker, or "
-                    "pass --wait-for-resources if the cluster autoscales")
+    raise PlanError(
+        f"resources: {'; '.join(problems)}. Lower --workers/--cpus-per-worker/--gpus-per-worker, or "
+        "pass --wait-for-resources if the cluster autoscales"
+    )
 
 
 def waiting_reason(plan: SweepPlan) -> str | None:
@@ -210,6 +261,9 @@ def waiting_reason(plan: SweepPlan) -> str | None:
     if not pending:
         return None
     need, free = trial_needs(plan), ray.available_resources()
-    return (f"{len(pending)} worker group(s) wait for resources: one trial needs "
-            + ", ".join(f"{v:g} {k}" for k, v in need.items()) + "; free now: "
-            + ", ".join(f"{free.get(k, 0.0):g} {k}" for k in need))
+    return (
+        f"{len(pending)} worker group(s) wait for resources: one trial needs "
+        + ", ".join(f"{v:g} {k}" for k, v in need.items())
+        + "; free now: "
+        + ", ".join(f"{free.get(k, 0.0):g} {k}" for k in need)
+    )

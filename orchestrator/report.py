@@ -28,10 +28,23 @@ def leaderboard(plan: SweepPlan, rows: Sequence[TrialRow]) -> None:
     names, metric = [p.name for p in space.params], space.objective.metric
     seeds = f"; mean over {space.search.seeds} seeds +/- standard error" if space.search.seeds > 1 else ""
     print(f"\nleaderboard ({metric}, {space.objective.mode}{seeds})")
-    print(format_table(["trial", "outcome", "evals", metric, "probe camera", *names, "start"],
-                       [[r.trial, r.outcome, r.evals, _objective_cell(r), "-" if r.probe is None else f"{r.probe:.3f}",
-                         *[r.params.get(n, "") for n in names], r.start_point or "-"]
-                        for r in rank(rows, space.objective)]))
+    print(
+        format_table(
+            ["trial", "outcome", "evals", metric, "probe camera", *names, "start"],
+            [
+                [
+                    r.trial,
+                    r.outcome,
+                    r.evals,
+                    _objective_cell(r),
+                    "-" if r.probe is None else f"{r.probe:.3f}",
+                    *[r.params.get(n, "") for n in names],
+                    r.start_point or "-",
+                ]
+                for r in rank(rows, space.objective)
+            ],
+        )
+    )
     for r in rows:
         if r.note:
             print(f"  {r.trial} {r.outcome}: {r.note}")
@@ -50,15 +63,21 @@ def faults(summary: dict[str, Any]) -> None:
 
 def interrupted(plan: SweepPlan, rows: Sequence[TrialRow], code: int) -> None:
     done = sum(r.outcome in ("finished", "pruned", "diverged") for r in rows)
-    print(f"\ninterrupted (exit {code}) with {done} of {plan.space.search.num_samples} trials done; the sweep is "
-          f"marked partial. Continue with:\n  {plan.resume_command()}", file=sys.stderr)
+    print(
+        f"\ninterrupted (exit {code}) with {done} of {plan.space.search.num_samples} trials done; the sweep is "
+        f"marked partial. Continue with:\n  {plan.resume_command()}",
+        file=sys.stderr,
+    )
 
 
 def no_winner(plan: SweepPlan, rows: Sequence[TrialRow]) -> None:
     failed = sum(r.outcome == "failed" for r in rows)
     diverged = sum(r.outcome == "diverged" for r in rows)
-    print(f"\nerror: no trial finished ({failed} failed, {diverged} diverged, {len(rows) - failed - diverged} stopped "
-          f"early); nothing to export. The trials' errors are in {plan.sweep_uri}/*/error.txt", file=sys.stderr)
+    print(
+        f"\nerror: no trial finished ({failed} failed, {diverged} diverged, {len(rows) - failed - diverged} stopped "
+        f"early); nothing to export. The trials' errors are in {plan.sweep_uri}/*/error.txt",
+        file=sys.stderr,
+    )
 
 
 def winner(plan: SweepPlan, choice: WinnerChoice) -> None:
@@ -82,27 +101,47 @@ class Timings:
     tracking_waits: list[float] = field(default_factory=list)  # seconds each result held Tune's loop in tracking
 
     def metrics(self) -> dict[str, float]:
-        out = {f"timing/{k}_s": getattr(self, k) for k in ("checks", "ray_start", "pretraining", "trials",
-                                                           "verification", "wrap_up", "total")}
-        out.update({"pretraining/seed_epochs_trained": self.epochs_pretrained,
-                    "pretraining/seed_epochs_saved": self.epochs_shared - self.epochs_pretrained})
+        out = {
+            f"timing/{k}_s": getattr(self, k)
+            for k in ("checks", "ray_start", "pretraining", "trials", "verification", "wrap_up", "total")
+        }
+        out.update(
+            {
+                "pretraining/seed_epochs_trained": self.epochs_pretrained,
+                "pretraining/seed_epochs_saved": self.epochs_shared - self.epochs_pretrained,
+            }
+        )
         waits = sorted(self.tracking_waits)
         if waits:
-            out.update({"timing/tracking_result_ms_median": 1000 * waits[len(waits) // 2],
-                        "timing/tracking_result_ms_max": 1000 * waits[-1]})
+            out.update(
+                {
+                    "timing/tracking_result_ms_median": 1000 * waits[len(waits) // 2],
+                    "timing/tracking_result_ms_max": 1000 * waits[-1],
+                }
+            )
         return out
 
     def line(self, seeds: int) -> str:
         m, waits = self.metrics(), sorted(self.tracking_waits)
-        sharing = (f"shared pretraining {self.pretraining:.1f} s ({self.seeds_pretrained} seed(s) pretrained once in "
-                   f"all, {self.epochs_pretrained:g} seed-epochs; the trainings that started from them did not "
-                   f"retrain {m['pretraining/seed_epochs_saved']:g} seed-epochs), " if self.epochs_shared else "")
-        tracking = (f"; MLflow tracking held Tune's loop {m['timing/tracking_result_ms_median']:.1f} ms a result "
-                    f"(median of {len(waits)}, max {m['timing/tracking_result_ms_max']:.1f} ms)" if waits else "")
-        return (f"times: input checks {self.checks:.1f} s, Ray start {self.ray_start:.1f} s, {sharing}trials "
-                f"{self.trials:.1f} s (repeats: {100 * (seeds - 1) / seeds:.0f}% of it, {seeds} seeds a trial), "
-                f"verification {self.verification:.1f} s ({100 * self.verification / max(self.total, 1e-9):.0f}% "
-                f"of the sweep), wrap-up {self.wrap_up:.1f} s, total {self.total:.0f} s{tracking}")
+        sharing = (
+            f"shared pretraining {self.pretraining:.1f} s ({self.seeds_pretrained} seed(s) pretrained once in "
+            f"all, {self.epochs_pretrained:g} seed-epochs; the trainings that started from them did not "
+            f"retrain {m['pretraining/seed_epochs_saved']:g} seed-epochs), "
+            if self.epochs_shared
+            else ""
+        )
+        tracking = (
+            f"; MLflow tracking held Tune's loop {m['timing/tracking_result_ms_median']:.1f} ms a result "
+            f"(median of {len(waits)}, max {m['timing/tracking_result_ms_max']:.1f} ms)"
+            if waits
+            else ""
+        )
+        return (
+            f"times: input checks {self.checks:.1f} s, Ray start {self.ray_start:.1f} s, {sharing}trials "
+            f"{self.trials:.1f} s (repeats: {100 * (seeds - 1) / seeds:.0f}% of it, {seeds} seeds a trial), "
+            f"verification {self.verification:.1f} s ({100 * self.verification / max(self.total, 1e-9):.0f}% "
+            f"of the sweep), wrap-up {self.wrap_up:.1f} s, total {self.total:.0f} s{tracking}"
+        )
 
 
 def hints(plan: SweepPlan, experiment_id: str) -> None:
@@ -111,28 +150,48 @@ def hints(plan: SweepPlan, experiment_id: str) -> None:
     if uri.startswith(("http://", "https://")):
         print(f"\nthe sweep in MLflow:  {ui_url(uri, experiment_id, plan.sweep)}")
     else:
-        print(f"\nthe sweep in MLflow:  mlflow ui --backend-store-uri {uri} --workers 1   then open\n"
-              f"                      {ui_url('http://127.0.0.1:5000', experiment_id, plan.sweep)}")
+        print(
+            f"\nthe sweep in MLflow:  mlflow ui --backend-store-uri {uri} --workers 1   then open\n"
+            f"                      {ui_url('http://127.0.0.1:5000', experiment_id, plan.sweep)}"
+        )
     print(f"the study in Optuna:  optuna-dashboard {plan.study_storage}")
     tracking = "" if uri == absolute_tracking_uri(DEFAULT_TRACKING_URI) else f" --tracking-uri {uri}"
-    print(f"export the winner:    python -m orchestrator.best --export runs/winner-{plan.sweep} --sweep "
-          f"{plan.sweep}{tracking}")
+    print(
+        f"export the winner:    python -m orchestrator.best --export runs/winner-{plan.sweep} --sweep "
+        f"{plan.sweep}{tracking}"
+    )
 
 
 def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification: dict) -> str:
     metric, names = plan.space.objective.metric, [p.name for p in plan.space.params]
-    board = ["| trial | outcome | " + metric + " | " + " | ".join(names) + " | start |",
-             "|" + " --- |" * (4 + len(names))]
+    board = [
+        "| trial | outcome | " + metric + " | " + " | ".join(names) + " | start |",
+        "|" + " --- |" * (4 + len(names)),
+    ]
     for r in rank(rows, plan.space.objective)[:8]:
         obj = "-" if r.objective is None else f"{r.objective:.4f}" + (f" ± {r.spread:.4f}" if r.spread else "")
-        board.append(f"| {r.trial} | {r.outcome} | {obj} | " + " | ".join(str(r.params.get(n, "")) for n in names)
-                     + f" | {r.start_point or '-'} |")
+        board.append(
+            f"| {r.trial} | {r.outcome} | {obj} | "
+            + " | ".join(str(r.params.get(n, "")) for n in names)
+            + f" | {r.start_point or '-'} |"
+        )
     verdict = verification.get("summary") or ["not verified"]
-    return "\n".join([f"**Winner: trial `{row.trial}`** ({metric} {row.objective:.4f}); exported with "
-                      f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`", "",
-                      "**Verification** (report-target mAP, fresh seeds):", "", *[f"- {line}" for line in verdict],
-                      "", f"**Leaderboard** ({metric}, best first):", "", *board, "",
-                      "The winner's model card: artifact `card/model_card.md`."])
+    return "\n".join(
+        [
+            f"**Winner: trial `{row.trial}`** ({metric} {row.objective:.4f}); exported with "
+            f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`",
+            "",
+            "**Verification** (report-target mAP, fresh seeds):",
+            "",
+            *[f"- {line}" for line in verdict],
+            "",
+            f"**Leaderboard** ({metric}, best first):",
+            "",
+            *board,
+            "",
+            "The winner's model card: artifact `card/model_card.md`.",
+        ]
+    )
 
 
 def publish_verdict(plan: SweepPlan, parent, rows: Sequence[TrialRow], row: TrialRow, folder: str) -> None:
@@ -154,9 +213,12 @@ def publish_verdict(plan: SweepPlan, parent, rows: Sequence[TrialRow], row: Tria
     parent.set_tags({S.NOTE: _note(plan, rows, row, verification)})
     if verification.get("lost_to_baseline"):
         base = verification["winner_minus_baseline"]
-        print(f"\nWARNING: the winner scored below the identity-only baseline on {base['seeds'] - base['positive']} "
-              f"of {base['seeds']} fresh seeds ({base['mean']:+.3f} mAP): the search found no setting that beats not "
-              "using ADIN here", file=sys.stderr)
+        print(
+            f"\nWARNING: the winner scored below the identity-only baseline on {base['seeds'] - base['positive']} "
+            f"of {base['seeds']} fresh seeds ({base['mean']:+.3f} mAP): the search found no setting that beats not "
+            "using ADIN here",
+            file=sys.stderr,
+        )
 
 
 __all__ = ["Timings", "faults", "hints", "interrupted", "leaderboard", "no_winner", "publish_verdict", "winner"]

@@ -54,18 +54,27 @@ class WinnerChoice:
         if self.incumbent is None:
             return "the best finished trial (no start point finished)"
         if self.row is self.incumbent:
-            held = (f"; {len(self.held_back)} trial(s) ahead of it by less than {promote_se:g} standard errors of their "
-                    f"paired lead stay behind it: {', '.join(self.held_back)}" if self.held_back else "")
+            held = (
+                f"; {len(self.held_back)} trial(s) ahead of it by less than {promote_se:g} standard errors of their "
+                f"paired lead stay behind it: {', '.join(self.held_back)}"
+                if self.held_back
+                else ""
+            )
             return f"the start point `{self.incumbent.start_point}`{held}"
-        return (f"ahead of the start point `{self.incumbent.start_point}` by {self.lead:+.4f} (standard error "
-                f"{self.se:.4f} over the paired seeds: more than {promote_se:g} of them)")
+        return (
+            f"ahead of the start point `{self.incumbent.start_point}` by {self.lead:+.4f} (standard error "
+            f"{self.se:.4f} over the paired seeds: more than {promote_se:g} of them)"
+        )
 
 
 def _eligible(rows: Iterable[TrialRow]) -> list[TrialRow]:
     """Trials that trained their whole budget (a pruned trial's objective is from an earlier rung, not comparable),
     left a checkpoint and a finite objective (a diverged trial reports none)."""
-    return [r for r in rows if r.outcome == "finished" and r.objective is not None and r.checkpoint
-            and math.isfinite(r.objective)]
+    return [
+        r
+        for r in rows
+        if r.outcome == "finished" and r.objective is not None and r.checkpoint and math.isfinite(r.objective)
+    ]
 
 
 def choose_winner(rows: Iterable[TrialRow], objective: Objective, promote_se: float = 0.0) -> WinnerChoice:
@@ -88,8 +97,11 @@ def choose_winner(rows: Iterable[TrialRow], objective: Objective, promote_se: fl
     incumbent = starts[0]
     sign = 1.0 if objective.mode == "max" else -1.0
     k = len(incumbent.per_seed)
-    leads = {r.trial: [sign * (a - b) for a, b in zip(r.per_seed, incumbent.per_seed)] for r in eligible
-             if r is not incumbent and len(r.per_seed) == k}
+    leads = {
+        r.trial: [sign * (a - b) for a, b in zip(r.per_seed, incumbent.per_seed)]
+        for r in eligible
+        if r is not incumbent and len(r.per_seed) == k
+    }
     if k < 2 or not leads:
         return WinnerChoice(eligible[0], incumbent, sign * (eligible[0].objective - incumbent.objective))
     variances = {t: float(np_var(d)) for t, d in leads.items()}
@@ -139,15 +151,22 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
         else:
             outcome = "pruned"
         ckpt = m.get("checkpoint_path")
-        rows.append(TrialRow(trial=str(m.get("trial_id") or (r.path or "?").rsplit("_", 1)[-1]),
-                             objective=m.get(space.objective.metric), outcome=outcome,
-                             evals=schema.evaluation_of(m), params=space.sampled(r.config or {}),
-                             checkpoint=checkpoint_uri(ckpt) if ckpt else None,
-                             order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
-                             probe=m.get("probe/camera_acc"), spread=m.get(f"{space.objective.metric}_se"),
-                             note=str(m.get(schema.DIVERGED_WHY, "")),
-                             per_seed=per_seed_values(m, space.objective.metric),
-                             start_point=str((r.config or {}).get(schema.START_POINT_KEY, ""))))
+        rows.append(
+            TrialRow(
+                trial=str(m.get("trial_id") or (r.path or "?").rsplit("_", 1)[-1]),
+                objective=m.get(space.objective.metric),
+                outcome=outcome,
+                evals=schema.evaluation_of(m),
+                params=space.sampled(r.config or {}),
+                checkpoint=checkpoint_uri(ckpt) if ckpt else None,
+                order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
+                probe=m.get("probe/camera_acc"),
+                spread=m.get(f"{space.objective.metric}_se"),
+                note=str(m.get(schema.DIVERGED_WHY, "")),
+                per_seed=per_seed_values(m, space.objective.metric),
+                start_point=str((r.config or {}).get(schema.START_POINT_KEY, "")),
+            )
+        )
     return rows
 
 
@@ -171,10 +190,16 @@ def study_of(rows: Sequence[TrialRow], space: SearchSpace):
         params = {k: v for k, v in row.params.items() if k in dists}
         states = {"finished": optuna.trial.TrialState.COMPLETE, "failed": optuna.trial.TrialState.FAIL}
         state = states.get(row.outcome, optuna.trial.TrialState.PRUNED)
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dists[k] for k in params}, state=state,
-            value=row.objective if state == optuna.trial.TrialState.COMPLETE else None,
-            intermediate_values={max(0, row.evals - 1): row.objective}, user_attrs={"trial": row.trial}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                state=state,
+                value=row.objective if state == optuna.trial.TrialState.COMPLETE else None,
+                intermediate_values={max(0, row.evals - 1): row.objective},
+                user_attrs={"trial": row.trial},
+            )
+        )
     return study
 
 
@@ -182,9 +207,13 @@ PNG_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
 HTML_PLOTS = ("optimization_history", "intermediate_values", "timeline", "param_importances", "parallel_coordinate")
 
 
-PLOT_TITLES = {"optimization_history": "the objective in trial order", "param_importances": "parameter importance",
-               "parallel_coordinate": "parallel coordinates", "intermediate_values": "every trial's evaluations",
-               "timeline": "the trials in time"}
+PLOT_TITLES = {
+    "optimization_history": "the objective in trial order",
+    "param_importances": "parameter importance",
+    "parallel_coordinate": "parallel coordinates",
+    "intermediate_values": "every trial's evaluations",
+    "timeline": "the trials in time",
+}
 
 
 def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> list[str]:
@@ -204,9 +233,14 @@ def save_plots(study, out_dir: str, log=print, metric: str | None = None) -> lis
     done = states.count(optuna.trial.TrialState.COMPLETE)
     pruned = states.count(optuna.trial.TrialState.PRUNED)
     label = metric or "objective"
-    rests = {name: (f"{done} trials that trained their whole budget" + (f"; {pruned} pruned left out" if pruned else "")
-                    if name in ("param_importances", "parallel_coordinate") else
-                    f"{len(states)} trials ({done} finished, {pruned} pruned)") for name in PLOT_TITLES}
+    rests = {
+        name: (
+            f"{done} trials that trained their whole budget" + (f"; {pruned} pruned left out" if pruned else "")
+            if name in ("param_importances", "parallel_coordinate")
+            else f"{len(states)} trials ({done} finished, {pruned} pruned)"
+        )
+        for name in PLOT_TITLES
+    }
     with warnings.catch_warnings():  # few trials: Optuna and matplotlib warn about what a plot can show
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -252,5 +286,14 @@ def _figure(interactive, study, name: str, label: str, rests: str, log):
         return None
 
 
-__all__ = ["TrialRow", "WinnerChoice", "choose_winner", "per_seed_values", "pick_winner", "rank", "rows_from_results",
-           "save_plots", "study_of"]
+__all__ = [
+    "TrialRow",
+    "WinnerChoice",
+    "choose_winner",
+    "per_seed_values",
+    "pick_winner",
+    "rank",
+    "rows_from_results",
+    "save_plots",
+    "study_of",
+]

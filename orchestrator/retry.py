@@ -27,7 +27,7 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, attempt: int) -> float:
-        base = min(self.max_s, self.first_s * 2 ** attempt)
+        base = min(self.max_s, self.first_s * 2**attempt)
         return base * (1 + self.jitter * (2 * random.random() - 1))
 
 
@@ -52,10 +52,18 @@ class RetryStats:
         return out
 
 
-def call_with_backoff(fn: Callable[[], T], *, service: str, what: str, retry_on: tuple[type[BaseException], ...],
-                      transient: Callable[[BaseException], bool] = lambda exc: True,
-                      backoff: Backoff | None = None, stats: RetryStats | None = None,
-                      log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> T:
+def call_with_backoff(
+    fn: Callable[[], T],
+    *,
+    service: str,
+    what: str,
+    retry_on: tuple[type[BaseException], ...],
+    transient: Callable[[BaseException], bool] = lambda exc: True,
+    backoff: Backoff | None = None,
+    stats: RetryStats | None = None,
+    log: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """fn(), retried on `retry_on` errors that `transient` accepts, until it succeeds or `backoff.budget_s` of
     waiting is spent."""
     backoff = backoff or Backoff()
@@ -72,8 +80,10 @@ def call_with_backoff(fn: Callable[[], T], *, service: str, what: str, retry_on:
                 raise
             if stats is not None:
                 stats.add(service, delay, exc)
-            log(f"[retry] {what} failed ({type(exc).__name__}: {str(exc)[:200]}); attempt {attempt + 2} "
-                f"in {delay:.1f} s")
+            log(
+                f"[retry] {what} failed ({type(exc).__name__}: {str(exc)[:200]}); attempt {attempt + 2} "
+                f"in {delay:.1f} s"
+            )
             sleep(delay)
             waited += delay
             attempt += 1

@@ -37,8 +37,14 @@ class StudySearch(OptunaSearch):
       so the winner rule knows its incumbent and the scheduler never stops one early.
     """
 
-    def __init__(self, *args: Any, start_points: Sequence[tuple[str, Mapping[str, Any]]] = (),
-                 study_attrs: Mapping[str, str] | None = None, tracking_key: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        start_points: Sequence[tuple[str, Mapping[str, Any]]] = (),
+        study_attrs: Mapping[str, str] | None = None,
+        tracking_key: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, points_to_evaluate=[dict(p) for _, p in start_points] or None, **kwargs)
         self._start_points = [(name, dict(point)) for name, point in start_points]
         self._handed = 0  # start points given out so far (Optuna hands enqueued trials out first, in order)
@@ -121,8 +127,9 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     if settings.sampler == "tpe":
         # constant liar: a trial still running counts as a poor one, so parallel workers do not all sample the
         # same promising point (Optuna's advice for TPE with concurrent trials)
-        return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.random_start,
-                                          constant_liar=settings.max_concurrent > 1)
+        return optuna.samplers.TPESampler(
+            seed=settings.seed, n_startup_trials=settings.random_start, constant_liar=settings.max_concurrent > 1
+        )
     cls = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[settings.sampler]
     return cls(seed=settings.seed, n_startup_trials=settings.random_start)
 
@@ -131,8 +138,9 @@ def make_scheduler(plan: SweepPlan) -> TrialScheduler:
     s = plan.space.scheduler
     if s.type != "asha":
         return FIFOScheduler()
-    return StartPointASHA(time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period,
-                          reduction_factor=s.reduction_factor)
+    return StartPointASHA(
+        time_attr=schema.EVALUATION, max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+    )
 
 
 def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | None = None) -> tune.Tuner:
@@ -142,17 +150,39 @@ def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     path, fs, name = plan.layout.search_experiment()
     if plan.resume:
-        return tune.Tuner.restore(plan.layout.experiment_path(path, fs, name), trainable=trainable,
-                                  resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    searcher = StudySearch(space=space.define_by_run(), metric=space.objective.metric, mode=space.objective.mode,
-                           sampler=make_sampler(space.search), study_name=plan.sweep,
-                           storage=open_study_storage(plan.study_storage), start_points=space.search.start_from,
-                           study_attrs=study_attrs, tracking_key=f"tracking:{plan.sweep}")
+        return tune.Tuner.restore(
+            plan.layout.experiment_path(path, fs, name),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=fs,
+        )
+    searcher = StudySearch(
+        space=space.define_by_run(),
+        metric=space.objective.metric,
+        mode=space.objective.mode,
+        sampler=make_sampler(space.search),
+        study_name=plan.sweep,
+        storage=open_study_storage(plan.study_storage),
+        start_points=space.search.start_from,
+        study_attrs=study_attrs,
+        tracking_key=f"tracking:{plan.sweep}",
+    )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
-                                    scheduler=make_scheduler(plan), num_samples=space.search.num_samples,
-                                    metric=space.objective.metric, mode=space.objective.mode),
-        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
-                                  callbacks=[JsonLoggerCallback(), *callbacks],
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
+            scheduler=make_scheduler(plan),
+            num_samples=space.search.num_samples,
+            metric=space.objective.metric,
+            mode=space.objective.mode,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            verbose=0,
+            callbacks=[JsonLoggerCallback(), *callbacks],
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )

@@ -54,6 +54,7 @@ class StopSignals:
         def wrapped(signum, frame):
             self.received = self.received or signum
             tune_handler(signum, frame)
+
         wrapped._adin_wrapped = True  # type: ignore[attr-defined]
         signal.signal(signal.SIGINT, wrapped)
 
@@ -68,6 +69,7 @@ class StopSignals:
         class WatchSignals(LiveCallback):
             def setup(self, **info) -> None:
                 stops.watch_tune()
+
         return WatchSignals().register(f"signals:{sweep}")
 
 

@@ -50,8 +50,20 @@ from adin_core.evaluation import OBJECTIVE, PROBE_KINDS
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 SCHEDULERS = ("asha", "none")
 PARAM_TYPES = ("float", "int", "categorical")
-TOP_KEYS = {"name", "description", "objective", "source", "targets", "search", "scheduler", "resources", "training",
-            "verify", "parameters", "fixed"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "objective",
+    "source",
+    "targets",
+    "search",
+    "scheduler",
+    "resources",
+    "training",
+    "verify",
+    "parameters",
+    "fixed",
+}
 TRAIN_FIELDS = frozenset(TrainConfig.__dataclass_fields__)
 RESERVED_FIXED = {"epochs"}  # set through training.epochs
 RANK_METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
@@ -84,8 +96,7 @@ class SpaceError(ValueError):
 def make_train_config(fixed: Mapping[str, Any], sampled: Mapping[str, Any], epochs: float) -> TrainConfig:
     """A trial's TrainConfig: fixed values, then sampled ones, then the training budget. The one rule shared by
     the corner check (before Ray starts), the trials, their tracking and the verification of the winner."""
-    return TrainConfig.from_dict({**fixed, **{k: v for k, v in sampled.items() if k in TRAIN_FIELDS},
-                                  "epochs": epochs})
+    return TrainConfig.from_dict({**fixed, **{k: v for k, v in sampled.items() if k in TRAIN_FIELDS}, "epochs": epochs})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,8 +212,7 @@ class Param:
         if self.type == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.name, list(self.choices))
 
     def corners(self) -> list[Any]:
@@ -291,7 +301,7 @@ class SearchSpace:
             for key, flag in flags.items():
                 prefix = f"{self.path}: {key}"
                 if msg.startswith(prefix):
-                    raise SpaceError(f"{flag}{msg[len(prefix):]}") from None
+                    raise SpaceError(f"{flag}{msg[len(prefix) :]}") from None
             given = " ".join(f"{flag} {_plain(changes[k][1])}" for k, flag in flags.items())
             raise SpaceError(f"{msg} (with the command line's {given})") from None
 
@@ -363,8 +373,16 @@ def _section(raw: Mapping, path: str, key: str, allowed: set[str], required: fro
     return sec
 
 
-def _number(path: str, key: str, value: Any, *, integer: bool = False, low: float | None = None,
-            low_open: bool = False, high: float | None = None) -> float:
+def _number(
+    path: str,
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
         raise _err(path, key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
@@ -392,22 +410,29 @@ def _check_metric(path: str, metric: Any) -> str:
     if not isinstance(metric, str) or not metric:
         raise _err(path, "objective.metric", "must be a metric name")
     parts = metric.split("/")
-    ok = (metric == OBJECTIVE
-          or (len(parts) == 2 and parts[0] == "source" and parts[1] in RANK_METRICS)
-          or (len(parts) == 2 and parts[0] == "probe" and parts[1] in {f"{k}_acc" for k in PROBE_KINDS})
-          or (len(parts) == 3 and parts[0] == "select" and parts[1] and parts[2] in RANK_METRICS))
+    ok = (
+        metric == OBJECTIVE
+        or (len(parts) == 2 and parts[0] == "source" and parts[1] in RANK_METRICS)
+        or (len(parts) == 2 and parts[0] == "probe" and parts[1] in {f"{k}_acc" for k in PROBE_KINDS})
+        or (len(parts) == 3 and parts[0] == "select" and parts[1] and parts[2] in RANK_METRICS)
+    )
     if not ok:
-        raise _err(path, "objective.metric", f"{metric!r} is not a metric a trial reports; choose {OBJECTIVE}, "
-                                             f"source/<{'|'.join(RANK_METRICS)}>, probe/<camera|time>_acc or "
-                                             "select/<target>/<metric>")
+        raise _err(
+            path,
+            "objective.metric",
+            f"{metric!r} is not a metric a trial reports; choose {OBJECTIVE}, "
+            f"source/<{'|'.join(RANK_METRICS)}>, probe/<camera|time>_acc or "
+            "select/<target>/<metric>",
+        )
     return metric
 
 
 def _parse_param(path: str, name: str, spec: Any, earlier: dict[str, Param]) -> Param:
     key = f"parameters.{name}"
     if name not in TRAIN_FIELDS or name in RESERVED_FIXED:
-        raise _err(path, key, f"is not a searchable TrainConfig field; choose from "
-                              f"{sorted(TRAIN_FIELDS - RESERVED_FIXED)}")
+        raise _err(
+            path, key, f"is not a searchable TrainConfig field; choose from {sorted(TRAIN_FIELDS - RESERVED_FIXED)}"
+        )
     if not isinstance(spec, dict):
         raise _err(path, key, "must be a mapping like {type: float, low: 0.1, high: 10}")
     allowed = {"type", "low", "high", "log", "step", "choices", "when"}
@@ -436,8 +461,9 @@ def _when(path: str, key: str, cond: Any, earlier: Mapping[str, Param]) -> tuple
         vals = tuple(vals) if isinstance(vals, list) else (vals,)
         bad = [v for v in vals if v not in earlier[other].choices]
         if bad:
-            raise _err(path, f"{key}.when.{other}", f"{bad[0]!r} is not one of its choices "
-                                                    f"{list(earlier[other].choices)}")
+            raise _err(
+                path, f"{key}.when.{other}", f"{bad[0]!r} is not one of its choices {list(earlier[other].choices)}"
+            )
         when.append((other, vals))
     return tuple(when)
 
@@ -454,8 +480,9 @@ def _choices(path: str, key: str, spec: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(choices)
 
 
-def _numeric_param(path: str, key: str, name: str, ptype: str, spec: Mapping[str, Any],
-                   when: tuple[tuple[str, tuple[Any, ...]], ...]) -> Param:
+def _numeric_param(
+    path: str, key: str, name: str, ptype: str, spec: Mapping[str, Any], when: tuple[tuple[str, tuple[Any, ...]], ...]
+) -> Param:
     for k in ("low", "high"):
         if k not in spec:
             raise _err(path, f"{key}.{k}", "is required")
@@ -474,8 +501,12 @@ def _numeric_param(path: str, key: str, name: str, ptype: str, spec: Mapping[str
         if log:
             raise _err(path, f"{key}.step", "cannot be combined with log: true")
         if step > high - low:
-            raise _err(path, f"{key}.step", f"{step:g} is wider than the range {low:g}..{high:g}: the parameter "
-                                            "would take one value only; use a smaller step, or put it in fixed")
+            raise _err(
+                path,
+                f"{key}.step",
+                f"{step:g} is wider than the range {low:g}..{high:g}: the parameter "
+                "would take one value only; use a smaller step, or put it in fixed",
+            )
     return Param(name, ptype, low, high, log, step, when=when)
 
 
@@ -493,18 +524,36 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     fixed = _fixed(raw, path, params)
     scheduler = _scheduler(raw, path, params, fixed, training)
     if verify.seeds and fixed.get("adv_loss") == "none":
-        raise _err(path, "verify.seeds", "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
-                                         "verify against (set verify.seeds: 0)")
+        raise _err(
+            path,
+            "verify.seeds",
+            "the space fixes adv_loss: none, so its winner is the baseline; nothing to "
+            "verify against (set verify.seeds: 0)",
+        )
     start_from = (raw.get("search") or {}).get("start_from")
     if start_from is not None:
-        search = dataclasses.replace(search, start_from=_start_points(path, start_from, params, fixed,
-                                                                      training.epochs))
+        search = dataclasses.replace(search, start_from=_start_points(path, start_from, params, fixed, training.epochs))
         if len(search.start_from) > search.num_samples:
-            raise _err(path, "search.start_from", f"names {len(search.start_from)} points, more than the "
-                                                  f"{search.num_samples} trials of the search (num_samples)")
-    space = SearchSpace(path=path, name=raw["name"], objective=objective, targets=targets, search=search,
-                        scheduler=scheduler, resources=resources, training=training, verify=verify,
-                        params=tuple(params.values()), fixed=FrozenDict(fixed), raw=FrozenDict(raw))
+            raise _err(
+                path,
+                "search.start_from",
+                f"names {len(search.start_from)} points, more than the "
+                f"{search.num_samples} trials of the search (num_samples)",
+            )
+    space = SearchSpace(
+        path=path,
+        name=raw["name"],
+        objective=objective,
+        targets=targets,
+        search=search,
+        scheduler=scheduler,
+        resources=resources,
+        training=training,
+        verify=verify,
+        params=tuple(params.values()),
+        fixed=FrozenDict(fixed),
+        raw=FrozenDict(raw),
+    )
     _check_corners(space)
     return space
 
@@ -535,12 +584,18 @@ def _targets(raw: Mapping[str, Any], path: str) -> Targets:
     if not isinstance(raw["source"], str) or not raw["source"]:
         raise _err(path, "source", "must be a shard-set URI")
     tsec = _section(raw, path, "targets", {"select", "report"}, frozenset({"select"}))
-    targets = Targets(raw["source"], _uri_list(path, "targets.select", tsec["select"], required=True),
-                      _uri_list(path, "targets.report", tsec.get("report", [])))
+    targets = Targets(
+        raw["source"],
+        _uri_list(path, "targets.select", tsec["select"], required=True),
+        _uri_list(path, "targets.report", tsec.get("report", [])),
+    )
     overlap = sorted(set(targets.select) & set(targets.report))
     if overlap:
-        raise _err(path, "targets.report", f"{overlap[0]} is also a select target: a target used to choose "
-                                            "cannot report generalisation")
+        raise _err(
+            path,
+            "targets.report",
+            f"{overlap[0]} is also a select target: a target used to choose cannot report generalisation",
+        )
     if targets.source in targets.select + targets.report:
         raise _err(path, "targets", f"{targets.source} is the source: direct transfer is scored on other datasets")
     return targets
@@ -548,21 +603,31 @@ def _targets(raw: Mapping[str, Any], path: str) -> Targets:
 
 def _search(raw: Mapping[str, Any], path: str) -> SearchSettings:
     """`search`, less `start_from`, which needs the parameters and is read once they are."""
-    s = _section(raw, path, "search", {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials",
-                                       "start_from", "promote_se"})
+    s = _section(
+        raw,
+        path,
+        "search",
+        {"sampler", "num_samples", "max_concurrent", "seed", "seeds", "startup_trials", "start_from", "promote_se"},
+    )
     if s.get("sampler", "tpe") not in SAMPLERS:
         raise _err(path, "search.sampler", f"{s['sampler']!r} is not allowed; choose one of {list(SAMPLERS)}")
 
     def count(key: str, default: int, high: int | None = None) -> int:
-        return _number(path, f"search.{key}", s.get(key, default), integer=True, low=0 if key == "seed" else 1,
-                       high=high)
+        return _number(
+            path, f"search.{key}", s.get(key, default), integer=True, low=0 if key == "seed" else 1, high=high
+        )
 
-    search = SearchSettings(s.get("sampler", "tpe"), count("num_samples", 8, MAX_SAMPLES),
-                            count("max_concurrent", 2, MAX_CONCURRENT), count("seed", 0, MAX_SAMPLER_SEED),
-                            count("seeds", 1, MAX_SEEDS),
-                            None if s.get("startup_trials") is None else
-                            _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0),
-                            promote_se=_number(path, "search.promote_se", s.get("promote_se", 2.0), low=0, high=100))
+    search = SearchSettings(
+        s.get("sampler", "tpe"),
+        count("num_samples", 8, MAX_SAMPLES),
+        count("max_concurrent", 2, MAX_CONCURRENT),
+        count("seed", 0, MAX_SAMPLER_SEED),
+        count("seeds", 1, MAX_SEEDS),
+        None
+        if s.get("startup_trials") is None
+        else _number(path, "search.startup_trials", s["startup_trials"], integer=True, low=0),
+        promote_se=_number(path, "search.promote_se", s.get("promote_se", 2.0), low=0, high=100),
+    )
     if search.startup_trials is not None and search.sampler == "random":
         raise _err(path, "search.startup_trials", "has no meaning for sampler random (every trial is random)")
     return search
@@ -573,14 +638,17 @@ def _training(raw: Mapping[str, Any], path: str) -> TrainingSettings:
     return TrainingSettings(
         _number(path, "training.epochs", t.get("epochs", 8), low=0, low_open=True),
         _number(path, "training.eval_every_epochs", t.get("eval_every_epochs", 1), low=0, low_open=True),
-        _number(path, "training.checkpoints_to_keep", t.get("checkpoints_to_keep", 2), integer=True, low=1))
+        _number(path, "training.checkpoints_to_keep", t.get("checkpoints_to_keep", 2), integer=True, low=1),
+    )
 
 
 def _resources(raw: Mapping[str, Any], path: str) -> Resources:
     r = _section(raw, path, "resources", {"workers", "cpus_per_worker", "gpus_per_worker"})
-    return Resources(_number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
-                     _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0, low_open=True),
-                     _number(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), low=0))
+    return Resources(
+        _number(path, "resources.workers", r.get("workers", 1), integer=True, low=1),
+        _number(path, "resources.cpus_per_worker", r.get("cpus_per_worker", 1), low=0, low_open=True),
+        _number(path, "resources.gpus_per_worker", r.get("gpus_per_worker", 0), low=0),
+    )
 
 
 def _params(raw: Mapping[str, Any], path: str) -> dict[str, Param]:
@@ -599,31 +667,40 @@ def _fixed(raw: Mapping[str, Any], path: str, params: Mapping[str, Param]) -> di
         raise _err(path, "fixed", "must map TrainConfig fields to values")
     for k in fixed:
         if k not in TRAIN_FIELDS or k in RESERVED_FIXED:
-            raise _err(path, f"fixed.{k}", "is not a TrainConfig field" if k not in TRAIN_FIELDS else
-                       "is set by training.epochs")
+            raise _err(
+                path,
+                f"fixed.{k}",
+                "is not a TrainConfig field" if k not in TRAIN_FIELDS else "is set by training.epochs",
+            )
         if k in params:
             raise _err(path, f"fixed.{k}", "is also a searched parameter")
     return fixed
 
 
-def _scheduler(raw: Mapping[str, Any], path: str, params: Mapping[str, Param], fixed: Mapping[str, Any],
-               training: TrainingSettings) -> SchedulerSettings:
+def _scheduler(
+    raw: Mapping[str, Any], path: str, params: Mapping[str, Param], fixed: Mapping[str, Any], training: TrainingSettings
+) -> SchedulerSettings:
     sched = _section(raw, path, "scheduler", {"type", "grace_period", "reduction_factor"})  # max_t: the epochs
     stype = sched.get("type", "asha")
     if stype not in SCHEDULERS:
         raise _err(path, "scheduler.type", f"{stype!r} is not allowed; choose one of {list(SCHEDULERS)}")
     if stype == "none" and len(sched) > 1:
         raise _err(path, "scheduler", "type 'none' takes no other settings")
-    grace = (None if sched.get("grace_period") is None else
-             _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1))
+    grace = (
+        None
+        if sched.get("grace_period") is None
+        else _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1)
+    )
     reduction = _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True)
     evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))  # ASHA's max_t
-    return SchedulerSettings(stype, _grace_period(path, stype, grace, params, fixed, training, evaluations),
-                             reduction, evaluations)
+    return SchedulerSettings(
+        stype, _grace_period(path, stype, grace, params, fixed, training, evaluations), reduction, evaluations
+    )
 
 
-def _start_points(path: str, raw: Any, params: Mapping[str, Param], fixed: Mapping[str, Any],
-                  epochs: float) -> tuple[tuple[str, FrozenDict], ...]:
+def _start_points(
+    path: str, raw: Any, params: Mapping[str, Param], fixed: Mapping[str, Any], epochs: float
+) -> tuple[tuple[str, FrozenDict], ...]:
     """`search.start_from`: a list of `defaults` (TrainConfig's defaults of the searched parameters, what the project
     ships) and explicit points ({parameter: value}, unnamed ones at their defaults); each must lie inside the space
     and make a valid config."""
@@ -646,7 +723,7 @@ def _start_points(path: str, raw: Any, params: Mapping[str, Param], fixed: Mappi
         for p in params.values():
             if not p.active(point):
                 if p.name in given:
-                    raise _err(path, f"{key}.{p.name}", f"does not apply: its `when:` condition does not hold there")
+                    raise _err(path, f"{key}.{p.name}", "does not apply: its `when:` condition does not hold there")
                 continue
             value = given.get(p.name, defaults[p.name])
             where = f"{key}.{p.name}" if p.name in given else f"{key} ({name}: {p.name}'s default)"
@@ -669,12 +746,19 @@ def _inside(path: str, key: str, p: Param, value: Any) -> Any:
         if value not in p.choices:
             raise _err(path, key, f"{value!r} is not among its choices {list(p.choices)}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (p.type == "int" and
-                                                                          not float(value).is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (p.type == "int" and not float(value).is_integer())
+    ):
         raise _err(path, key, f"must be {'an integer' if p.type == 'int' else 'a number'}, got {value!r}")
     if not p.low <= value <= p.high:
-        raise _err(path, key, f"{value!r} lies outside the searched range {p.low:g}..{p.high:g}; widen "
-                              f"parameters.{p.name} or start elsewhere")
+        raise _err(
+            path,
+            key,
+            f"{value!r} lies outside the searched range {p.low:g}..{p.high:g}; widen "
+            f"parameters.{p.name} or start elsewhere",
+        )
     if p.step is not None and abs((value - p.low) / p.step - round((value - p.low) / p.step)) > 1e-9:
         raise _err(path, key, f"{value!r} is not on the grid of step {p.step:g} from {p.low:g}")
     return int(value) if p.type == "int" else float(value)
@@ -684,8 +768,7 @@ def _verify(path: str, v: Mapping[str, Any]) -> VerifySettings:
     seeds = _number(path, "verify.seeds", v.get("seeds", 0), integer=True, low=0, high=MAX_VERIFY_SEEDS)
     if seeds == 1:
         raise _err(path, "verify.seeds", "must be 0 (off) or >= 2: one seed gives no interval")
-    max_seeds = _number(path, "verify.max_seeds", v.get("max_seeds", seeds), integer=True, low=0,
-                        high=MAX_VERIFY_SEEDS)
+    max_seeds = _number(path, "verify.max_seeds", v.get("max_seeds", seeds), integer=True, low=0, high=MAX_VERIFY_SEEDS)
     if max_seeds < seeds:
         raise _err(path, "verify.max_seeds", f"{max_seeds} is fewer than verify.seeds ({seeds}), the first round")
     step = _number(path, "verify.step", v.get("step", 2), integer=True, low=1, high=MAX_VERIFY_SEEDS)
@@ -697,35 +780,55 @@ def _verify(path: str, v: Mapping[str, Any]) -> VerifySettings:
     return VerifySettings(seeds, max(max_seeds, seeds), step, tuple(arms))
 
 
-def _grace_period(path: str, stype: str, grace: int | None, params: Mapping[str, Param], fixed: Mapping[str, Any],
-                  training: TrainingSettings, evaluations: int) -> int:
+def _grace_period(
+    path: str,
+    stype: str,
+    grace: int | None,
+    params: Mapping[str, Param],
+    fixed: Mapping[str, Any],
+    training: TrainingSettings,
+    evaluations: int,
+) -> int:
     """ASHA's first rung, in evaluations (never beyond a trial's last). When every searched parameter is one that
     acts only after pretraining
     (ADVERSARIAL_PHASE_FIELDS), all trials train the same encoder until then, so a rung inside pretraining ranks
     identical models (ties, or thread noise) and stops trials for nothing the search chose. The default is then
     the first evaluation after pretraining, and an earlier one is refused; otherwise the default is 1."""
     if grace is not None and grace > evaluations:
-        raise _err(path, "scheduler.grace_period", f"{grace} evaluations is beyond a trial's last: it has "
-                                                   f"{evaluations} ({training.epochs:g} epochs, one evaluation every "
-                                                   f"{training.eval_every_epochs:g})")
+        raise _err(
+            path,
+            "scheduler.grace_period",
+            f"{grace} evaluations is beyond a trial's last: it has "
+            f"{evaluations} ({training.epochs:g} epochs, one evaluation every "
+            f"{training.eval_every_epochs:g})",
+        )
     if stype != "asha" or not set(params) <= ADVERSARIAL_PHASE_FIELDS:
         return 1 if grace is None else grace
     defaults = TrainConfig.__dataclass_fields__
     try:
-        pretraining = sum(float(fixed.get(k, defaults[k].default)) for k in ("pretrain_id_epochs",
-                                                                             "pretrain_nuisance_epochs"))
+        pretraining = sum(
+            float(fixed.get(k, defaults[k].default)) for k in ("pretrain_id_epochs", "pretrain_nuisance_epochs")
+        )
     except (TypeError, ValueError):  # not a number: the corner check names the field
         return 1 if grace is None else grace
     first = math.floor(pretraining / training.eval_every_epochs + 1e-9) + 1  # first evaluation after it
     acting = f"every searched parameter ({', '.join(params)}) acts only after pretraining ({pretraining:g} epochs)"
     if first >= evaluations:
-        raise _err(path, "scheduler", f"ASHA has no rung between the end of pretraining and the end of training: "
-                                      f"{acting}, and a trial has {evaluations} evaluations of "
-                                      f"{training.eval_every_epochs:g} epochs; use type: none or train longer")
+        raise _err(
+            path,
+            "scheduler",
+            f"ASHA has no rung between the end of pretraining and the end of training: "
+            f"{acting}, and a trial has {evaluations} evaluations of "
+            f"{training.eval_every_epochs:g} epochs; use type: none or train longer",
+        )
     if grace is not None and grace < first:
-        raise _err(path, "scheduler.grace_period", f"{grace} evaluations ({grace * training.eval_every_epochs:g} "
-                                                   f"epochs) is not after pretraining, so that rung would rank "
-                                                   f"identical models: {acting}; use >= {first}")
+        raise _err(
+            path,
+            "scheduler.grace_period",
+            f"{grace} evaluations ({grace * training.eval_every_epochs:g} "
+            f"epochs) is not after pretraining, so that rung would rank "
+            f"identical models: {acting}; use >= {first}",
+        )
     return first if grace is None else grace
 
 
@@ -738,5 +841,6 @@ def _check_corners(space: SearchSpace) -> None:
         try:
             space.train_config(active)
         except ConfigError as exc:
-            raise SpaceError(f"{space.path}: parameters/fixed: a corner of the space is not a valid config "
-                             f"({exc}); values: {active}") from None
+            raise SpaceError(
+                f"{space.path}: parameters/fixed: a corner of the space is not a valid config ({exc}); values: {active}"
+            ) from None

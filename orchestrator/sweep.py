@@ -57,11 +57,18 @@ from adin_core.train import model_from_state  # noqa: E402
 from orchestrator import pretraining, ray_session, report, search, verify  # noqa: E402
 from orchestrator.best import write_model_files  # noqa: E402
 from orchestrator.checkpoints import load_state  # noqa: E402
-from orchestrator.plan import (DEFAULT_DATA_ROOT, DEFAULT_STORAGE, PLAN_ERRORS, PlanError, SweepPlan,  # noqa: E402
-                               make_plan, open_study_storage, write_sweep_file)
+from orchestrator.plan import (  # noqa: E402
+    DEFAULT_DATA_ROOT,
+    DEFAULT_STORAGE,
+    PLAN_ERRORS,
+    PlanError,
+    SweepPlan,
+    make_plan,
+    open_study_storage,
+    write_sweep_file,
+)
 from orchestrator.progress import ProgressTable  # noqa: E402
-from orchestrator.results import (TrialRow, WinnerChoice, choose_winner, rows_from_results, save_plots,  # noqa: E402
-                                  study_of)
+from orchestrator.results import TrialRow, WinnerChoice, choose_winner, rows_from_results, save_plots, study_of  # noqa: E402
 from orchestrator.retry import DEFAULT_BUDGET_S, Backoff  # noqa: E402
 from orchestrator.signals import StopSignals  # noqa: E402
 from orchestrator.targets import open_target, score_targets  # noqa: E402
@@ -80,19 +87,50 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = _Parser(prog="python -m orchestrator.sweep", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(
+        prog="python -m orchestrator.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--space", required=True, help="search-space YAML file")
     ap.add_argument("--name", help="sweep name (default: <space name>-<UTC time>-<random>)")
-    ap.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
-                    help="continue an interrupted sweep (default: the latest of this space)")
+    ap.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="continue an interrupted sweep (default: the latest of this space)",
+    )
     ap.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"))
     ap.add_argument("--storage", default=os.environ.get("ADIN_STORAGE", DEFAULT_STORAGE))
     ap.add_argument("--data-root", default=os.environ.get("ADIN_DATA_ROOT", DEFAULT_DATA_ROOT))
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
-    ap.add_argument("--study-storage", default=os.environ.get("ADIN_STUDY_STORAGE"), metavar="URL",
-                    help="the Optuna study of record: an SQLAlchemy URL or a journal file (default: optuna.db beside "
-                    "an SQLite tracking database, else runs/optuna.db; ADIN_STUDY_STORAGE)")
+    ap.add_argument(
+        "--study-storage",
+        default=os.environ.get("ADIN_STUDY_STORAGE"),
+        metavar="URL",
+        help="the Optuna study of record: an SQLAlchemy URL or a journal file (default: optuna.db beside "
+        "an SQLite tracking database, else runs/optuna.db; ADIN_STUDY_STORAGE)",
+    )
+    _add_overrides(ap)
+    ap.add_argument(
+        "--retry-budget",
+        type=_seconds("--retry-budget"),
+        default=os.environ.get("ADIN_RETRY_BUDGET_S", DEFAULT_BUDGET_S),
+        metavar="SECONDS",
+        help="how long a storage or tracking outage is waited out (with backoff) "
+        "before the trial or the write fails (default 300; ADIN_RETRY_BUDGET_S)",
+    )
+    ap.add_argument(
+        "--wait-for-resources",
+        action="store_true",
+        help="the cluster autoscales: start even if it cannot hold a trial yet",
+    )
+    ap.add_argument("--quiet", action="store_true", help="no live trial table")
+    return ap.parse_args(argv)
+
+
+def _add_overrides(ap: argparse.ArgumentParser) -> None:
+    """The flags that override the space file's own settings for this sweep (recorded with it, kept on --resume)."""
     ap.add_argument("--source")
     ap.add_argument("--select", help="comma-separated shard URIs")
     ap.add_argument("--report", help="comma-separated shard URIs")
@@ -103,28 +141,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-concurrent", type=int)
     ap.add_argument("--epochs", type=float)
     ap.add_argument("--seeds", type=int, help="training seeds per trial (the space's search.seeds)")
-    ap.add_argument("--verify-seeds", type=int, help="fresh seeds to verify the winner on (the space's verify.seeds; "
-                    "0: off)")
-    ap.add_argument("--scheduler", choices=["asha", "none"],
-                    help="early stopping: the space's ASHA settings (or defaults), or none (every trial runs out)")
-    ap.add_argument("--retry-budget", type=_seconds("--retry-budget"),
-                    default=os.environ.get("ADIN_RETRY_BUDGET_S", DEFAULT_BUDGET_S), metavar="SECONDS", help="how long a storage or tracking outage is waited out (with backoff) "
-                    "before the trial or the write fails (default 300; ADIN_RETRY_BUDGET_S)")
-    ap.add_argument("--wait-for-resources", action="store_true",
-                    help="the cluster autoscales: start even if it cannot hold a trial yet")
-    ap.add_argument("--quiet", action="store_true", help="no live trial table")
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--verify-seeds", type=int, help="fresh seeds to verify the winner on (the space's verify.seeds; 0: off)"
+    )
+    ap.add_argument(
+        "--scheduler",
+        choices=["asha", "none"],
+        help="early stopping: the space's ASHA settings (or defaults), or none (every trial runs out)",
+    )
 
 
 def _seconds(flag: str):
     """argparse type for a duration: a number; the message names the flag (argparse also runs it on a default
     read from the environment, so ADIN_RETRY_BUDGET_S=abc is named too)."""
+
     def parse(text: str) -> float:
         try:
             return float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (from {flag} or "
-                                             "ADIN_RETRY_BUDGET_S)") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds (from {flag} or ADIN_RETRY_BUDGET_S)"
+            ) from None
+
     parse.__name__ = "seconds"
     return parse
 
@@ -160,8 +198,12 @@ class Stage:
     epochs_shared: float = 0.0  # seed-epochs trainings did not train: they started from shared pretraining
 
     def add(self, other: "Stage") -> "Stage":
-        return Stage(self.seconds + other.seconds, self.seeds_pretrained + other.seeds_pretrained,
-                     self.epochs_pretrained + other.epochs_pretrained, self.epochs_shared + other.epochs_shared)
+        return Stage(
+            self.seconds + other.seconds,
+            self.seeds_pretrained + other.seeds_pretrained,
+            self.epochs_pretrained + other.epochs_pretrained,
+            self.epochs_shared + other.epochs_shared,
+        )
 
 
 @dataclass
@@ -210,9 +252,12 @@ class Sweep:
             shutil.rmtree(folder, ignore_errors=True)
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_TRACKING
-        print(f"sweep {plan.sweep}: {plan.space.search.num_samples} trials of {plan.space.resources.workers} "
-              f"worker(s); space {plan.space_file}; storage {plan.storage}; tracking {plan.tracking_uri}; "
-              f"{ray_info['ray']}", flush=True)
+        print(
+            f"sweep {plan.sweep}: {plan.space.search.num_samples} trials of {plan.space.resources.workers} "
+            f"worker(s); space {plan.space_file}; storage {plan.storage}; tracking {plan.tracking_uri}; "
+            f"{ray_info['ray']}",
+            flush=True,
+        )
         status, code = "FAILED", EXIT_NO_TRIAL
         try:
             status, code = self._stages(parent, folder, ray_started)
@@ -230,8 +275,11 @@ class Sweep:
             parent.set_tags({S.SWEEP_STATE: {"FINISHED": "complete", "KILLED": "partial"}.get(status, "failed")})
             parent.finish(status)
         except TrackingError as exc:
-            print(f"\nerror: {exc}\nthe trials' results and checkpoints are kept in {self.plan.sweep_uri}; "
-                  f"`{self.plan.resume_command()}` sends the queued writes", file=sys.stderr)
+            print(
+                f"\nerror: {exc}\nthe trials' results and checkpoints are kept in {self.plan.sweep_uri}; "
+                f"`{self.plan.resume_command()}` sends the queued writes",
+                file=sys.stderr,
+            )
             return EXIT_TRACKING if code == EXIT_OK else code
         return code
 
@@ -249,8 +297,11 @@ class Sweep:
         t_verify = time.perf_counter()
         verification = self._verify(parent, found.choice.row) if plan.space.verify.seeds else Stage()
         if self.stops.received:
-            print(f"\ninterrupted during the verification (exit {self.stops.exit_code}); the search is done. "
-                  f"Continue with:\n  {plan.resume_command()}", file=sys.stderr)
+            print(
+                f"\ninterrupted during the verification (exit {self.stops.exit_code}); the search is done. "
+                f"Continue with:\n  {plan.resume_command()}",
+                file=sys.stderr,
+            )
             return "KILLED", self.stops.exit_code
         timings = self._timings(found, verification, ray_started, time.perf_counter() - t_verify)
         parent.log_metrics(timings.metrics(), step=int(time.time()))  # a resumed sweep adds a point
@@ -259,17 +310,24 @@ class Sweep:
         report.publish_verdict(plan, parent, found.rows, found.choice.row, folder)
         return "FINISHED", EXIT_OK
 
-    def _timings(self, found: SearchOutcome, verification: Stage, ray_started: float,
-                 verify_s: float) -> report.Timings:
+    def _timings(
+        self, found: SearchOutcome, verification: Stage, ray_started: float, verify_s: float
+    ) -> report.Timings:
         shared = found.pretraining.add(found.trials).add(verification)
         end = time.perf_counter()
         return report.Timings(
-            checks=self.t_checked - self.t_start, ray_start=ray_started - self.t_checked,
-            pretraining=found.pretraining.seconds, trials=found.trials.seconds, verification=verify_s,
+            checks=self.t_checked - self.t_start,
+            ray_start=ray_started - self.t_checked,
+            pretraining=found.pretraining.seconds,
+            trials=found.trials.seconds,
+            verification=verify_s,
             wrap_up=end - ray_started - found.pretraining.seconds - found.trials.seconds - verify_s,
-            total=end - self.t_start, seeds_pretrained=shared.seeds_pretrained,
-            epochs_pretrained=shared.epochs_pretrained, epochs_shared=shared.epochs_shared,
-            tracking_waits=found.tracking_waits)
+            total=end - self.t_start,
+            seeds_pretrained=shared.seeds_pretrained,
+            epochs_pretrained=shared.epochs_pretrained,
+            epochs_shared=shared.epochs_shared,
+            tracking_waits=found.tracking_waits,
+        )
 
     # --- the search ----------------------------------------------------------------------------------------------
     def _search(self, parent: SweepRun) -> SearchOutcome:
@@ -278,29 +336,48 @@ class Sweep:
         pretrained = Stage()
         if space.shares_pretraining:
             config = space.some_config()
-            pretrained = self._pretrain([(config, seed_list(config, space.search.seeds))] * space.search.num_samples,
-                                         evaluate=True, name="pretrain-search")
-        tracking = MLflowTrialCallback(parent.queue, parent.experiment_id, plan.sweep, trial_params=self._trial_params,
-                                       run_name=self._run_name, checkpoint_uri=plan.layout.checkpoint_uri,
-                                       inputs=dataset_inputs(plan, "trial"), metric=space.objective.metric)
+            pretrained = self._pretrain(
+                [(config, seed_list(config, space.search.seeds))] * space.search.num_samples,
+                evaluate=True,
+                name="pretrain-search",
+            )
+        tracking = MLflowTrialCallback(
+            parent.queue,
+            parent.experiment_id,
+            plan.sweep,
+            trial_params=self._trial_params,
+            run_name=self._run_name,
+            checkpoint_uri=plan.layout.checkpoint_uri,
+            inputs=dataset_inputs(plan, "trial"),
+            metric=space.objective.metric,
+        )
         callbacks = [tracking, self.stops.watcher(plan.sweep)]
         if not plan.quiet:
-            callbacks.append(ProgressTable(plan.sweep, space.objective.metric, [p.name for p in space.params],
-                                           waiting_reason=lambda: ray_session.waiting_reason(plan)))
+            callbacks.append(
+                ProgressTable(
+                    plan.sweep,
+                    space.objective.metric,
+                    [p.name for p in space.params],
+                    waiting_reason=lambda: ray_session.waiting_reason(plan),
+                )
+            )
         t0 = time.perf_counter()
         if self.stops.received:
             raise KeyboardInterrupt
         results = search.build_tuner(plan, callbacks, self._study_attrs(parent)).fit()
-        trials = Stage(time.perf_counter() - t0, epochs_shared=sum(
-            float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results))
+        trials = Stage(
+            time.perf_counter() - t0,
+            epochs_shared=sum(float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results),
+        )
         return self._outcome(results, tracking, pretrained, trials)
 
     def _outcome(self, results, tracking, pretrained: Stage, trials: Stage) -> SearchOutcome:
         plan = self.plan
         rows = rows_from_results(results, plan.space, plan.layout.checkpoint_uri)
         if self.stops.received:  # a trial the stop cut short has no final report either: it was killed, not pruned
-            rows = [r if r.trial in tracking.ended or r.outcome == "failed" else replace(r, outcome="killed")
-                    for r in rows]
+            rows = [
+                r if r.trial in tracking.ended or r.outcome == "failed" else replace(r, outcome="killed") for r in rows
+            ]
             tracking.close_unfinished()
         report.leaderboard(plan, rows)
         report.faults(tracking.queue.faults_summary())
@@ -309,21 +386,28 @@ class Sweep:
 
     def _study_attrs(self, parent: SweepRun) -> dict[str, str]:
         plan = self.plan
-        return {"sweep": plan.sweep, "mlflow_tracking_uri": plan.tracking_uri,
-                "mlflow_experiment_id": parent.experiment_id, "mlflow_parent_run_id": parent.run_id,
-                "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})"}
+        return {
+            "sweep": plan.sweep,
+            "mlflow_tracking_uri": plan.tracking_uri,
+            "mlflow_experiment_id": parent.experiment_id,
+            "mlflow_parent_run_id": parent.run_id,
+            "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})",
+        }
 
     def _pretrain(self, consumers: list, evaluate: bool, name: str) -> Stage:
         """The snapshots these trainings (config, seeds) can share (orchestrator.pretraining)."""
         jobs = pretraining.jobs_for(self.plan, consumers, evaluate)
         if not jobs:
             return Stage()
-        print(f"shared pretraining: {len(jobs)} seed(s), each for {max(j.consumers for j in jobs)} trainings",
-              flush=True)
+        print(
+            f"shared pretraining: {len(jobs)} seed(s), each for {max(j.consumers for j in jobs)} trainings", flush=True
+        )
         done = pretraining.run_stage(self.plan, jobs, name, [self.stops.watcher(self.plan.sweep)])
         if done.failed and not self.stops.received:
-            print(f"warning: shared pretraining failed for {', '.join(done.failed)}; those trainings pretrain "
-                  "themselves", file=sys.stderr)
+            print(
+                f"warning: shared pretraining failed for {', '.join(done.failed)}; those trainings pretrain themselves",
+                file=sys.stderr,
+            )
         return Stage(done.seconds, done.made, done.seed_epochs)
 
     def _trial_params(self, tune_config: dict[str, Any]) -> dict[str, Any]:
@@ -347,8 +431,12 @@ class Sweep:
         for name, s in scores.items():
             print(f"  report target {name}: mAP {s['mAP']:.4f}  rank-1 {s['rank1']:.4f}")
         parent.set_tags({S.BEST_TRIAL: winner.trial, S.BEST_CHECKPOINT: winner.checkpoint})
-        parent.log_metrics({plan.space.objective.metric: winner.objective,
-                            **{f"report/{n}/{k}": v for n, s in scores.items() for k, v in s.items()}})
+        parent.log_metrics(
+            {
+                plan.space.objective.metric: winner.objective,
+                **{f"report/{n}/{k}": v for n, s in scores.items() for k, v in s.items()},
+            }
+        )
         out = os.path.join(folder, "winner")
         os.makedirs(out, exist_ok=True)
         write_model_files(out, state)
@@ -376,12 +464,14 @@ class Sweep:
         stages: list[Stage] = []
 
         def pretrain(indices: list[int]) -> None:
-            stages.append(self._pretrain(verify.consumers(plan, winner.params, indices), evaluate=False,
-                                         name="pretrain-verify"))
+            stages.append(
+                self._pretrain(verify.consumers(plan, winner.params, indices), evaluate=False, name="pretrain-verify")
+            )
 
         try:
-            outcome = verify.run(plan, winner.params, callbacks, stopped=lambda: bool(self.stops.received),
-                                 pretrain=pretrain, log=print)
+            outcome = verify.run(
+                plan, winner.params, callbacks, stopped=lambda: bool(self.stops.received), pretrain=pretrain, log=print
+            )
         except verify.VerificationError as exc:
             print(f"\nwarning: {exc}; the winner stays unverified", file=sys.stderr)
             parent.set_tags({S.VERIFICATION: json.dumps({"error": str(exc)})})

@@ -24,8 +24,9 @@ def source_target(uri: str, image_size: tuple[int, int]) -> EvalTarget:
     return ShardSet.open(uri).eval_target(image_size, name="source")
 
 
-def score_targets(model: ADINModel, targets: list[EvalTarget], config: TrainConfig,
-                  device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+def score_targets(
+    model: ADINModel, targets: list[EvalTarget], config: TrainConfig, device: torch.device | str = "cpu"
+) -> dict[str, dict[str, float]]:
     """Rank-1/5/10, mAP and mINP per target."""
     return {t.name: score_target(model, t, config, device)[0] for t in targets}
 

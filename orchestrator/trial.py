@@ -85,16 +85,18 @@ class TrialProgress:
             self.resumed_from_step = step
             self.restarts = int(previous.get("restarts", 0)) + 1
             self.redone_steps = int(previous.get("redone_steps", 0)) + redone
-            print(f"[trial] restart {self.restarts}: resumed from step {step}; the last attempt had "
-                  f"reached step {previous['step']}, so {redone} steps are redone", flush=True)
+            print(
+                f"[trial] restart {self.restarts}: resumed from step {step}; the last attempt had "
+                f"reached step {previous['step']}, so {redone} steps are redone",
+                flush=True,
+            )
         self.write(step, force=True)
 
     def write(self, step: int, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last_write < PROGRESS_EVERY_S:
             return
-        record = {"step": step, "restarts": self.restarts, "redone_steps": self.redone_steps,
-                  "time": time.time()}
+        record = {"step": step, "restarts": self.restarts, "redone_steps": self.redone_steps, "time": time.time()}
         try:
             with self.fs.open_output_stream(self.path) as fh:
                 fh.write(json.dumps(record).encode())
@@ -103,8 +105,11 @@ class TrialProgress:
             self.missed_writes += 1
 
     def metrics(self) -> dict[str, float]:
-        return {"faults/restarts": float(self.restarts), "faults/redone_steps": float(self.redone_steps),
-                "faults/resumed_from_step": float(self.resumed_from_step)}
+        return {
+            "faults/restarts": float(self.restarts),
+            "faults/redone_steps": float(self.redone_steps),
+            "faults/resumed_from_step": float(self.resumed_from_step),
+        }
 
 
 class RaySink:
@@ -133,8 +138,9 @@ class RaySink:
         if self.progress is not None:
             self.progress.write(report.step)
 
-    def __call__(self, trainers: list[ADINTrainer], reports: list[CheckReport], metrics: dict[str, Any],
-                 final: bool) -> None:
+    def __call__(
+        self, trainers: list[ADINTrainer], reports: list[CheckReport], metrics: dict[str, Any], final: bool
+    ) -> None:
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
@@ -164,8 +170,12 @@ class RaySink:
         from the same checkpoint, so the trial ends here instead of failing."""
         metrics: dict[str, Any] = {}
         if self.rank == 0:
-            metrics = {schema.DIVERGED: 1.0, schema.DIVERGED_STEP: float(exc.step), schema.DIVERGED_WHY: str(exc),
-                       schema.FINAL: 0.0}
+            metrics = {
+                schema.DIVERGED: 1.0,
+                schema.DIVERGED_STEP: float(exc.step),
+                schema.DIVERGED_WHY: str(exc),
+                schema.FINAL: 0.0,
+            }
             print(f"[trial] {exc}; the trial stops here", flush=True)
         ray.train.report(metrics)
 
@@ -176,8 +186,7 @@ class RaySink:
         if self.rank == 0:
             self.history = list(history)
             self.extra = {k: v for k, v in history[-1].items() if k.startswith(SHARED_PREFIX)}
-            metrics = dict(history[-1], checkpoint_path=checkpoint.path,
-                           **{schema.REPLAY: json.dumps(history[:-1])})
+            metrics = dict(history[-1], checkpoint_path=checkpoint.path, **{schema.REPLAY: json.dumps(history[:-1])})
             if self.progress is not None:
                 metrics.update(self.progress.metrics())
         ray.train.report(metrics)
@@ -213,35 +222,35 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     size = (config.image_height, config.image_width)
     stats = RetryStats()
-    storage_retry = functools.partial(call_with_backoff, service="storage", retry_on=STORAGE_TRANSIENT,
-                                      backoff=Backoff(budget_s=plan.retry_budget_s), stats=stats)
-    data = storage_retry(lambda: ShardSet.open(plan.source).training_data(config.nuisance, size),
-                         what=f"reading the training data {plan.source}")
-    evaluator = _evaluator(plan, data.steps_per_epoch(config.batch_size, world), size, rank, storage_retry,
-                           report=bool(loop_config.get("report")))
-    storage = ctx.get_storage()
+    storage_retry = _storage_retry(plan, stats)
+    data = storage_retry(
+        lambda: ShardSet.open(plan.source).training_data(config.nuisance, size),
+        what=f"reading the training data {plan.source}",
+    )
+    evaluator = _evaluator(
+        plan,
+        data.steps_per_epoch(config.batch_size, world),
+        size,
+        rank,
+        storage_retry,
+        report=bool(loop_config.get("report")),
+    )
     progress = TrialProgress.for_current_run() if rank == 0 else None
-
-    def upload(checkpoint, dir_name: str):
-        return storage_retry(functools.partial(_persist, storage, checkpoint, dir_name),
-                             what=f"uploading checkpoint {dir_name}")
-
-    sink = RaySink(rank, progress, stats, upload)
+    sink = RaySink(rank, progress, stats, _uploader(ctx.get_storage(), storage_retry))
     device = ray.train.torch.get_device()
-    trainers = [ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank,
-                            world_size=world) for seed in seeds]
+    trainers = [
+        ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank, world_size=world)
+        for seed in seeds
+    ]
     group = SeedGroup(trainers, evaluator, sink, objective=plan.space.objective.metric, rank=rank)
     checkpoint = ray.train.get_checkpoint()
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
-        states, history = storage_retry(lambda: load_checkpoint(checkpoint, len(seeds)),
-                                        what="restoring the checkpoint")
-        for trainer, state in zip(trainers, states):
-            trainer.load_state_dict(state)
-        group.restored()
+        history = _restore(checkpoint, trainers, group, storage_retry)
     else:
-        _start_from_shared_pretraining(plan, config, seeds, trainers, group, sink, storage_retry,
-                                       evaluate=not loop_config.get("report"))
+        _start_from_shared_pretraining(
+            plan, config, seeds, trainers, group, sink, storage_retry, evaluate=not loop_config.get("report")
+        )
     if progress is not None:
         progress.start(trainers[0].schedule.step, storage_retry(progress.read, what="reading the trial's progress"))
     if history:  # every rank read the same checkpoint, so every rank makes this report
@@ -252,31 +261,74 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sink.diverged(exc)
 
 
-def _evaluator(plan: SweepPlan, steps_per_epoch: int, size: tuple[int, int], rank: int, storage_retry,
-               report: bool) -> Evaluator:
+def _uploader(storage, storage_retry) -> Callable[[Any, str], Any]:
+    """The sink's checkpoint upload: Ray's copy into the run's storage, retried through an outage."""
+
+    def upload(checkpoint, dir_name: str):
+        return storage_retry(
+            functools.partial(_persist, storage, checkpoint, dir_name), what=f"uploading checkpoint {dir_name}"
+        )
+
+    return upload
+
+
+def _storage_retry(plan: SweepPlan, stats: RetryStats | None = None) -> Callable[..., Any]:
+    """call_with_backoff for the sweep storage: `f(fn, what=...)`, an outage waited out for the plan's budget."""
+    return functools.partial(
+        call_with_backoff,
+        service="storage",
+        retry_on=STORAGE_TRANSIENT,
+        backoff=Backoff(budget_s=plan.retry_budget_s),
+        stats=stats,
+    )
+
+
+def _restore(checkpoint, trainers: list[ADINTrainer], group: SeedGroup, storage_retry) -> list[dict[str, Any]]:
+    """Every seed's state from the trial's checkpoint; returns the reports made before it, to be sent again."""
+    states, history = storage_retry(lambda: load_checkpoint(checkpoint, len(trainers)), what="restoring the checkpoint")
+    for trainer, state in zip(trainers, states):
+        trainer.load_state_dict(state)
+    group.restored()
+    return history
+
+
+def _evaluator(
+    plan: SweepPlan, steps_per_epoch: int, size: tuple[int, int], rank: int, storage_retry, report: bool
+) -> Evaluator:
     """Rank 0 evaluates: the select targets, and the source's own test split with the probe. A verification trial
     (`report`) is scored once, at the end, report targets included; its reports before that only checkpoint."""
     evaluator = Evaluator(every_steps=max(1, round(plan.space.training.eval_every_epochs * steps_per_epoch)))
     if rank != 0:
         return evaluator
-    evaluator.select = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
-                        for t in plan.select]
-    evaluator.source = storage_retry(lambda: source_target(plan.source, size),
-                                     what=f"reading {plan.source}'s test split")
+    evaluator.select = [
+        storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}") for t in plan.select
+    ]
+    evaluator.source = storage_retry(
+        lambda: source_target(plan.source, size), what=f"reading {plan.source}'s test split"
+    )
     if report:
-        evaluator.report = [storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}")
-                            for t in plan.report]
+        evaluator.report = [
+            storage_retry(functools.partial(open_target, t, size), what=f"reading target {t.uri}") for t in plan.report
+        ]
         evaluator.score_during = False
     return evaluator
 
 
-def _start_from_shared_pretraining(plan: SweepPlan, config: TrainConfig, seeds: list[int],
-                                   trainers: list[ADINTrainer], group: SeedGroup, sink: RaySink, storage_retry,
-                                   evaluate: bool) -> None:
+def _start_from_shared_pretraining(
+    plan: SweepPlan,
+    config: TrainConfig,
+    seeds: list[int],
+    trainers: list[ADINTrainer],
+    group: SeedGroup,
+    sink: RaySink,
+    storage_retry,
+    evaluate: bool,
+) -> None:
     """Every seed starts from its stored pretraining when all of them have one (orchestrator.pretraining); else
     the trial pretrains itself, as it always could."""
-    locs = storage_retry(lambda: pretraining.available(plan, config, seeds, evaluate),
-                         what="looking for shared pretraining")
+    locs = storage_retry(
+        lambda: pretraining.available(plan, config, seeds, evaluate), what="looking for shared pretraining"
+    )
     if not locs:
         return
     try:
@@ -290,8 +342,10 @@ def _start_from_shared_pretraining(plan: SweepPlan, config: TrainConfig, seeds: 
     group.restored()
     epochs = sum(record["epochs"] for _, record in loaded)
     sink.adopted(replayed, {f"{SHARED_PREFIX}shared_seeds": float(len(seeds)), f"{SHARED_PREFIX}shared_epochs": epochs})
-    print(f"[trial] started from shared pretraining: {len(seeds)} seed(s), {epochs:g} seed-epochs not retrained",
-          flush=True)
+    print(
+        f"[trial] started from shared pretraining: {len(seeds)} seed(s), {epochs:g} seed-epochs not retrained",
+        flush=True,
+    )
 
 
 def train_run_name(trial_id: str) -> str:
@@ -309,8 +363,12 @@ def train_trial(plan: SweepPlan, config: TrainConfig, seeds: list[int], *, repor
     """Train `config` on `seeds` in the current Tune trial's Ray Train run; `report`: a verification trial, scored
     on the report targets at its end only."""
     trial_id = ray.tune.get_context().get_trial_id()
-    call_with_backoff(plan.layout.train_runs, service="storage", retry_on=STORAGE_TRANSIENT,
-                      what=f"opening the sweep storage {plan.storage}", backoff=Backoff(budget_s=plan.retry_budget_s))
-    torch_trainer(plan, train_worker, {"config": config, "plan": plan, "seeds": seeds, "report": report},
-                  train_run_name(trial_id), [TuneReportCallback()],
-                  checkpoints_to_keep=plan.space.training.checkpoints_to_keep).fit()
+    _storage_retry(plan)(plan.layout.train_runs, what=f"opening the sweep storage {plan.storage}")
+    torch_trainer(
+        plan,
+        train_worker,
+        {"config": config, "plan": plan, "seeds": seeds, "report": report},
+        train_run_name(trial_id),
+        [TuneReportCallback()],
+        checkpoints_to_keep=plan.space.training.checkpoints_to_keep,
+    ).fit()

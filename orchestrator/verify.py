@@ -17,17 +17,16 @@ over the planned looks): the verdict keeps a 5% error rate however many rounds i
 smallest gain its seeds could have shown (80% power at that level, at the measured seed-to-seed sd): "not
 distinguishable" then says how small an effect could have hidden.
 
-A round's trials spread the arms' seeds over the trial slots (`jobs`): on 2 slots an arm's seeds train in one
-trial, in turns, saving Ray's start-up per trial; a cluster with a slot for every (arm, seed) verifies a round in
-the time of one training. A verification trial is scored once, at its end (`Evaluator.score_during`); its reports before that
-only checkpoint, so a lost worker resumes where it was. Shared pretraining (orchestrator.pretraining) serves the
-arms of a seed that pretrain alike: the winner, its baseline and, in a thresholds space, the default.
+A round's trials spread the arms' seeds over the trial slots (`jobs`): on 2 slots an arm's seeds train in one trial, in
+turns, saving Ray's start-up per trial; a cluster with a slot for every (arm, seed) verifies a round in the time of one
+training. A verification trial is scored once, at its end (`Evaluator.score_during`); its reports before that only
+checkpoint, so a lost worker resumes where it was. Shared pretraining (orchestrator.pretraining) serves the arms of a
+seed that pretrain alike: the winner, its baseline and, in a thresholds space, the default.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -71,9 +70,12 @@ def plan_line(plan: SweepPlan, params: dict[str, Any]) -> str:
     """What the verification will do, in one line."""
     settings = plan.space.verify
     arms = ", ".join(ARM_NAMES[a] for a in trained_arms(plan, params))
-    more = (f", then {settings.step} more at a time up to {settings.max_seeds} until winner - baseline is "
-            f"distinguishable ({100 * settings.level:.4g}% intervals: {settings.looks} looks)"
-            if settings.max_seeds > settings.seeds else "")
+    more = (
+        f", then {settings.step} more at a time up to {settings.max_seeds} until winner - baseline is "
+        f"distinguishable ({100 * settings.level:.4g}% intervals: {settings.looks} looks)"
+        if settings.max_seeds > settings.seeds
+        else ""
+    )
     return f"{arms} on {settings.seeds} fresh seeds{more}; scored on the report targets"
 
 
@@ -108,8 +110,7 @@ class Verification:
     @property
     def detectable(self) -> float:
         """The smallest winner - baseline gain these seeds would show 80% of the time at this look's level."""
-        return detectable_effect(self.versus_baseline.sd, self.seeds, alpha=1 - self.versus_baseline.level,
-                                 power=POWER)
+        return detectable_effect(self.versus_baseline.sd, self.seeds, alpha=1 - self.versus_baseline.level, power=POWER)
 
     @property
     def lost_to_baseline(self) -> bool:
@@ -126,28 +127,53 @@ class Verification:
             else:
                 out.append(f"{label} {paired.summary()}")
         looks = f" over {len(self.rounds)} of up to {self.looks} looks" if self.looks > 1 else ""
-        out.append(f"{self.seeds} fresh seeds{looks}: a gain over the baseline of {self.detectable:.3f} mAP or more "
-                   f"would have shown {POWER:.0%} of the time (seed-to-seed sd {self.versus_baseline.sd:.3f})")
+        out.append(
+            f"{self.seeds} fresh seeds{looks}: a gain over the baseline of {self.detectable:.3f} mAP or more "
+            f"would have shown {POWER:.0%} of the time (seed-to-seed sd {self.versus_baseline.sd:.3f})"
+        )
         if self.lost_to_baseline:
-            out.insert(0, f"WARNING: the winner scored below the identity-only baseline on {len(self.per_seed['winner']) - self.versus_baseline.positive} of "
-                          f"{self.seeds} fresh seeds")
+            out.insert(
+                0,
+                f"WARNING: the winner scored below the identity-only baseline on "
+                f"{len(self.per_seed['winner']) - self.versus_baseline.positive} of {self.seeds} fresh seeds",
+            )
         return out
 
     def metrics(self) -> dict[str, float]:
         out = {f"verify/{arm}/{REPORT_MAP}": sum(v) / len(v) for arm, v in self.per_seed.items()}
         for arm, p in self.versus.items():
             name = f"winner_minus_{arm}"
-            out.update({f"verify/{name}": p.mean, f"verify/{name}_low": p.low, f"verify/{name}_high": p.high,
-                        f"verify/{name}_positive": float(p.positive)})
-        out.update({"verify/seeds": float(self.seeds), "verify/looks": float(len(self.rounds)),
-                    "verify/detectable_mAP": self.detectable})
+            out.update(
+                {
+                    f"verify/{name}": p.mean,
+                    f"verify/{name}_low": p.low,
+                    f"verify/{name}_high": p.high,
+                    f"verify/{name}_positive": float(p.positive),
+                }
+            )
+        out.update(
+            {
+                "verify/seeds": float(self.seeds),
+                "verify/looks": float(len(self.rounds)),
+                "verify/detectable_mAP": self.detectable,
+            }
+        )
         return out
 
     def record(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "metric": REPORT_MAP, "per_seed": self.per_seed, "rounds": self.rounds,
-                "planned_looks": self.looks, "level": self.versus_baseline.level, "detectable": self.detectable,
-                "default_is_winner": self.default_is_winner, "lost_to_baseline": self.lost_to_baseline,
-                **{f"winner_minus_{arm}": p.as_dict() for arm, p in self.versus.items()}, "summary": self.lines()}
+        return {
+            "seeds": self.seeds,
+            "metric": REPORT_MAP,
+            "per_seed": self.per_seed,
+            "rounds": self.rounds,
+            "planned_looks": self.looks,
+            "level": self.versus_baseline.level,
+            "detectable": self.detectable,
+            "default_is_winner": self.default_is_winner,
+            "lost_to_baseline": self.lost_to_baseline,
+            **{f"winner_minus_{arm}": p.as_dict() for arm, p in self.versus.items()},
+            "summary": self.lines(),
+        }
 
 
 def jobs(arms: tuple[str, ...], seed_indices: list[int], slots: int) -> list[str]:
@@ -165,23 +191,35 @@ def parse_job(job: str) -> tuple[str, list[int]]:
     return arm, [int(k) for k in seeds.split(",")]
 
 
-def build_round(plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int],
-                callbacks: list):
+def build_round(
+    plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int], callbacks: list
+):
     """One round's Tuner: its trials (`jobs`), restored if a resumed sweep had started it."""
     trainable = tune.with_resources(tune.with_parameters(run_verification, plan=plan), TRIAL_DRIVER_RESOURCES)
     path, fs, name = plan.layout.sweep_experiment(f"{EXPERIMENT}-r{round_index}")
     exp = plan.layout.experiment_path(path, fs, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
-        return tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                  storage_filesystem=fs)
+        return tune.Tuner.restore(
+            exp, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
     return tune.Tuner(
-        trainable, param_space={"job": tune.grid_search(jobs(trained_arms(plan, winner_params), seed_indices,
-                                                             plan.space.search.max_concurrent)),
-                                "params": dict(winner_params)},
+        trainable,
+        param_space={
+            "job": tune.grid_search(
+                jobs(trained_arms(plan, winner_params), seed_indices, plan.space.search.max_concurrent)
+            ),
+            "params": dict(winner_params),
+        },
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(name=name, storage_path=path, storage_filesystem=fs, verbose=0,
-                                  callbacks=[JsonLoggerCallback(), *callbacks],
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            verbose=0,
+            callbacks=[JsonLoggerCallback(), *callbacks],
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
 
 
 def run_verification(tune_config: dict[str, Any], plan: SweepPlan) -> None:
@@ -201,35 +239,53 @@ def collect(results, per_seed: dict[str, dict[int, float]]) -> float:
         m, config = r.metrics or {}, r.config or {}
         arm, seeds = parse_job(str(config.get("job", ":0")))
         if r.error or arm not in VERIFY_ARMS or not m.get("final"):
-            why = (str(r.error).splitlines()[0][:300] if r.error else m.get("diverged_reason", "stopped early"))
-            raise VerificationError(f"verification arm {arm!r}, seed {', '.join(map(str, seeds))}, did not "
-                                    f"finish: {why}")
+            why = str(r.error).splitlines()[0][:300] if r.error else m.get("diverged_reason", "stopped early")
+            raise VerificationError(
+                f"verification arm {arm!r}, seed {', '.join(map(str, seeds))}, did not finish: {why}"
+            )
         for j, k in enumerate(seeds):
             per_seed.setdefault(arm, {})[k] = float(m[REPORT_MAP] if len(seeds) == 1 else m[f"seed{j}/{REPORT_MAP}"])
         shared += float(m.get("pretraining/shared_epochs", 0.0))
     return shared
 
 
-def verdict(plan: SweepPlan, winner_params: dict[str, Any], per_seed: dict[str, dict[int, float]],
-            rounds: list[int], shared_epochs: float = 0.0) -> Verification:
+def verdict(
+    plan: SweepPlan,
+    winner_params: dict[str, Any],
+    per_seed: dict[str, dict[int, float]],
+    rounds: list[int],
+    shared_epochs: float = 0.0,
+) -> Verification:
     """The paired differences over the seeds run so far, at this look's level."""
     settings = plan.space.verify
     n = rounds[-1]
     default_is_winner = "default" in settings.arms and "default" not in trained_arms(plan, winner_params)
-    missing = [f"{arm} seed {k}" for arm in trained_arms(plan, winner_params) for k in range(n)
-               if k not in per_seed.get(arm, {})]
+    missing = [
+        f"{arm} seed {k}"
+        for arm in trained_arms(plan, winner_params)
+        for k in range(n)
+        if k not in per_seed.get(arm, {})
+    ]
     if missing:
         raise VerificationError(f"verification has no result for {', '.join(missing)}")
     values = {arm: [per_seed[arm][k] for k in range(n)] for arm in trained_arms(plan, winner_params)}
     if default_is_winner:
         values["default"] = list(values["winner"])
-    versus = {arm: Paired.of(values["winner"], values[arm], level=settings.level)
-              for arm in settings.arms if arm != "winner"}
+    versus = {
+        arm: Paired.of(values["winner"], values[arm], level=settings.level) for arm in settings.arms if arm != "winner"
+    }
     return Verification(n, values, versus, settings.looks, default_is_winner, list(rounds), shared_epochs)
 
 
-def run(plan: SweepPlan, winner_params: dict[str, Any], callbacks: list, *, stopped: Callable[[], bool],
-        pretrain: Callable[[list[int]], None], log=print) -> Verification | None:
+def run(
+    plan: SweepPlan,
+    winner_params: dict[str, Any],
+    callbacks: list,
+    *,
+    stopped: Callable[[], bool],
+    pretrain: Callable[[list[int]], None],
+    log=print,
+) -> Verification | None:
     """The rounds: each trains its new seeds' arms (their shared pretraining first), then reads the verdict; None
     when a stop signal ended a round (the search's result stands, unverified)."""
     settings = plan.space.verify
@@ -250,8 +306,10 @@ def run(plan: SweepPlan, winner_params: dict[str, Any], callbacks: list, *, stop
         outcome = verdict(plan, winner_params, per_seed, rounds, shared)
         if outcome.versus_baseline.distinguishable or done >= settings.max_seeds:
             return outcome
-        log(f"  after {done} seeds: winner - baseline {outcome.versus_baseline.summary()}; "
-            f"{min(settings.step, settings.max_seeds - done)} more seeds")
+        log(
+            f"  after {done} seeds: winner - baseline {outcome.versus_baseline.summary()}; "
+            f"{min(settings.step, settings.max_seeds - done)} more seeds"
+        )
     return verdict(plan, winner_params, per_seed, rounds, shared)
 
 
@@ -263,5 +321,18 @@ def to_json(v: Verification) -> str:
     return json.dumps(v.record())
 
 
-__all__ = ["EXPERIMENT", "VERIFY_SEED_OFFSET", "Verification", "VerificationError", "arm_config", "build_round",
-           "collect", "jobs", "parse_job", "run", "trained_arms", "verdict", "verification_seeds"]
+__all__ = [
+    "EXPERIMENT",
+    "VERIFY_SEED_OFFSET",
+    "Verification",
+    "VerificationError",
+    "arm_config",
+    "build_round",
+    "collect",
+    "jobs",
+    "parse_job",
+    "run",
+    "trained_arms",
+    "verdict",
+    "verification_seeds",
+]

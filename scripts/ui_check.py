@@ -94,8 +94,7 @@ def chromedriver() -> str | None:
 
 
 def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def _wait_http(url: str, what: str, timeout: float = 120.0) -> None:
@@ -132,11 +131,23 @@ class Browser:
         self.base = f"http://127.0.0.1:{port}"
         try:
             _wait_http(f"{self.base}/status", "chromedriver", 60)
-            args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-quic", f"--window-size={width},{height}"]
-            caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-                "binary": chromium(), "args": args}}}}
+            args = [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                f"--window-size={width},{height}",
+            ]
+            caps = {
+                "capabilities": {
+                    "alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": chromium(), "args": args}}
+                }
+            }
             self.session = self._call("POST", "/session", caps)["sessionId"]
             self._call("POST", f"/session/{self.session}/window/rect", {"width": width, "height": height})
         except BaseException:
@@ -145,8 +156,9 @@ class Browser:
 
     def _call(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=180) as resp:
             return json.loads(resp.read() or b"{}").get("value")
 
@@ -176,9 +188,11 @@ def adin(run) -> bool:
 def metric_chart_url(base: str, experiment_id: str, run_id: str, metric: str) -> str:
     """MLflow's metric page for one run (what "Plot chart" on a metric opens): one chart, drawn on load."""
     key = urllib.parse.quote(json.dumps([metric]))
-    return (f"{base}/#/metric?runs={json.dumps([run_id])}&metric={urllib.parse.quote(json.dumps(metric))}"
-            f"&experiments={json.dumps([experiment_id])}&plot_metric_keys={key}&plot_layout={{}}&x_axis=step"
-            "&y_axis_scale=linear&line_smoothness=1&show_point=false&deselected_curves=[]&last_linear_y_axis_range=[]")
+    return (
+        f"{base}/#/metric?runs={json.dumps([run_id])}&metric={urllib.parse.quote(json.dumps(metric))}"
+        f"&experiments={json.dumps([experiment_id])}&plot_metric_keys={key}&plot_layout={{}}&x_axis=step"
+        "&y_axis_scale=linear&line_smoothness=1&show_point=false&deselected_curves=[]&last_linear_y_axis_range=[]"
+    )
 
 
 # MLflow 3.17 opens its Assistant panel by itself on a browser's first visit (a quarter of a 1400 px window); a
@@ -194,8 +208,9 @@ return false;
 """
 
 
-def look(browser: Browser, url: str, texts: list[str], shot: str, *, chart: bool = False,
-         timeout: float = 60.0) -> list[str]:
+def look(
+    browser: Browser, url: str, texts: list[str], shot: str, *, chart: bool = False, timeout: float = 60.0
+) -> list[str]:
     """Open `url` and wait (up to `timeout`) until every text is on screen (and a chart drawn); what is not."""
     browser.open(url)
     deadline = time.time() + timeout
@@ -216,8 +231,21 @@ def look(browser: Browser, url: str, texts: list[str], shot: str, *, chart: bool
 def start_mlflow(tracking_uri: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     exe = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = _start([exe, "server", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", "1"], env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    proc = _start(
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", "the MLflow server")
     except RuntimeError:
@@ -229,7 +257,7 @@ def start_mlflow(tracking_uri: str) -> tuple[subprocess.Popen, str]:
 def start_dashboard(study_storage: str) -> tuple[subprocess.Popen, str]:
     exe = shutil.which("optuna-dashboard") or os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
     if not os.path.exists(exe):
-        raise RuntimeError("optuna-dashboard is not installed (pip install -e \".[dashboard]\")")
+        raise RuntimeError('optuna-dashboard is not installed (pip install -e ".[dashboard]")')
     port = free_port()
     proc = _start([exe, study_storage, "--host", "127.0.0.1", "--port", str(port)])
     try:
@@ -271,30 +299,61 @@ def check(tracking_uri: str, sweep: str | None, out: str, log=print, study_stora
         proc, base = start_mlflow(tracking_uri)
         started.append(proc)
         pages = [
-            ("the runs table (the sweep's saved view)", ui_url(base, exp, name), "runs.png",
-             [name[:16], metric, *([f"{metric}_se"] if any(f"{metric}_se" in c.data.metrics for c in children) else
-                                   []), *[c.data.tags[S.TRIAL] for c in children]], False),
-            ("the sweep's run: its verdict", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}"
-             "?workflowType=machine_learning", "verdict.png", ["Winner:", "winner - baseline"], False),
-            ("the sweep's artifacts", f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts"
-             "?workflowType=machine_learning", "sweep.png", ["card", "winner", "plots"], False),
-            ("a trial's run: its summary", f"{base}/#/experiments/{exp}/runs/{shown.info.run_id}"
-             "?workflowType=machine_learning", "trial.png",
-             [metric, "camera probe", *(["grip"] if adin(shown) else [])], False),
-            ("a trial's objective chart", metric_chart_url(base, exp, shown.info.run_id, metric), "charts.png",
-             [metric], True),
+            (
+                "the runs table (the sweep's saved view)",
+                ui_url(base, exp, name),
+                "runs.png",
+                [
+                    name[:16],
+                    metric,
+                    *([f"{metric}_se"] if any(f"{metric}_se" in c.data.metrics for c in children) else []),
+                    *[c.data.tags[S.TRIAL] for c in children],
+                ],
+                False,
+            ),
+            (
+                "the sweep's run: its verdict",
+                f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}?workflowType=machine_learning",
+                "verdict.png",
+                ["Winner:", "winner - baseline"],
+                False,
+            ),
+            (
+                "the sweep's artifacts",
+                f"{base}/#/experiments/{exp}/runs/{parent.info.run_id}/artifacts?workflowType=machine_learning",
+                "sweep.png",
+                ["card", "winner", "plots"],
+                False,
+            ),
+            (
+                "a trial's run: its summary",
+                f"{base}/#/experiments/{exp}/runs/{shown.info.run_id}?workflowType=machine_learning",
+                "trial.png",
+                [metric, "camera probe", *(["grip"] if adin(shown) else [])],
+                False,
+            ),
+            (
+                "a trial's objective chart",
+                metric_chart_url(base, exp, shown.info.run_id, metric),
+                "charts.png",
+                [metric],
+                True,
+            ),
         ]
         if study_storage:
             dproc, dbase = start_dashboard(study_storage)
             started.append(dproc)
             study_id = optuna.load_study(study_name=name, storage=study_storage)._study_id
-            pages.append(("the study in optuna-dashboard", f"{dbase}/dashboard/studies/{study_id}", "study.png",
-                          [metric], False))
+            pages.append(
+                ("the study in optuna-dashboard", f"{dbase}/dashboard/studies/{study_id}", "study.png", [metric], False)
+            )
         browser = Browser(*WINDOW)
         for what, url, shot, expected, chart in pages:
             lost = look(browser, url, expected, os.path.join(out, shot), chart=chart)
-            log(f"{what}: {url}\n  {'all there' if not lost else 'NOT ON SCREEN: ' + ', '.join(lost)}  "
-                f"(screenshot {os.path.join(out, shot)})")
+            log(
+                f"{what}: {url}\n  {'all there' if not lost else 'NOT ON SCREEN: ' + ', '.join(lost)}  "
+                f"(screenshot {os.path.join(out, shot)})"
+            )
             missing += [f"{what}: {e}" for e in lost]
     finally:
         if browser is not None:
@@ -309,12 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
     ap.add_argument("--sweep", help="the sweep to look at (default: the latest)")
     ap.add_argument("--out", default=os.path.join("runs", "ui-check"))
-    ap.add_argument("--study-storage", help="the Optuna study's storage, when the sweep's run holds it without its "
-                    "password")
+    ap.add_argument(
+        "--study-storage", help="the Optuna study's storage, when the sweep's run holds it without its password"
+    )
     args = ap.parse_args(argv)
     try:
-        missing = check(absolute_tracking_uri(args.tracking_uri), args.sweep, args.out,
-                        study_storage=args.study_storage)
+        missing = check(
+            absolute_tracking_uri(args.tracking_uri), args.sweep, args.out, study_storage=args.study_storage
+        )
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,9 +17,12 @@ REHEARSAL_HOW = "pytest --rehearsal tests/ (or ADIN_REHEARSAL=1)"
 
 
 def pytest_addoption(parser) -> None:
-    parser.addoption("--rehearsal", action="store_true",
-                     help="also run the fault rehearsals (killed workers and nodes, a cancelled job, SIGTERM beside "
-                          "another Ray, ...): about 15 more minutes on 2 cores")
+    parser.addoption(
+        "--rehearsal",
+        action="store_true",
+        help="also run the fault rehearsals (killed workers and nodes, a cancelled job, SIGTERM beside "
+        "another Ray, ...): about 15 more minutes on 2 cores",
+    )
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -38,8 +41,9 @@ def s3_server():
     """moto_server on 127.0.0.1, stopped by the process id recorded here."""
     exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     port = free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
@@ -66,5 +70,3 @@ def s3_env(s3_server, monkeypatch):
     bucket = f"adin-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     return bucket
-
-

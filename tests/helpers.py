@@ -38,12 +38,23 @@ def write_tree(base: str, names: dict[str, list[str]]) -> None:
 def make_market(root: str) -> str:
     base = os.path.join(root, "Market-1501-v15.09.15")
     names = {
-        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0002_c3s1_000601_02.jpg",
-                               "0007_c2s3_070952_01.jpg", "0007_c6s1_013521_03.jpg", "0010_c1s1_002301_02.jpg",
-                               "0010_c4s1_003276_01.jpg"],
+        "bounding_box_train": [
+            "0002_c1s1_000451_03.jpg",
+            "0002_c2s1_000551_01.jpg",
+            "0002_c3s1_000601_02.jpg",
+            "0007_c2s3_070952_01.jpg",
+            "0007_c6s1_013521_03.jpg",
+            "0010_c1s1_002301_02.jpg",
+            "0010_c4s1_003276_01.jpg",
+        ],
         "query": ["0001_c1s1_001051_00.jpg", "0003_c3s3_075694_00.jpg"],
-        "bounding_box_test": ["-1_c1s1_000401_03.jpg", "0000_c1s1_000151_01.jpg", "0001_c2s1_000301_01.jpg",
-                              "0001_c1s1_001251_02.jpg", "0003_c1s2_037821_01.jpg"],
+        "bounding_box_test": [
+            "-1_c1s1_000401_03.jpg",
+            "0000_c1s1_000151_01.jpg",
+            "0001_c2s1_000301_01.jpg",
+            "0001_c1s1_001251_02.jpg",
+            "0003_c1s2_037821_01.jpg",
+        ],
     }
     write_tree(base, names)
     os.makedirs(os.path.join(base, "gt_bbox"), exist_ok=True)  # other folders of the archive are ignored
@@ -53,8 +64,12 @@ def make_market(root: str) -> str:
 def make_duke(root: str) -> str:
     base = os.path.join(root, "DukeMTMC-reID")
     names = {
-        "bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg", "0003_c1_f0044158.jpg",
-                               "0003_c8_f0040436.jpg"],
+        "bounding_box_train": [
+            "0001_c2_f0046182.jpg",
+            "0001_c5_f0051341.jpg",
+            "0003_c1_f0044158.jpg",
+            "0003_c8_f0040436.jpg",
+        ],
         "query": ["0005_c2_f0046985.jpg"],
         "bounding_box_test": ["0005_c5_f0051781.jpg", "0019_c1_f0056049.jpg"],
     }
@@ -66,8 +81,12 @@ def make_msmt(root: str, version: str = "MSMT17_V1") -> str:
     train_dir, test_dir = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}[version]
     base = os.path.join(root, version)
     lists = {
-        "train": [("0000/0000_000_01_0303morning_0015_0.jpg", 0), ("0000/0000_001_05_0303noon_0036_1.jpg", 0),
-                  ("0001/0001_000_12_0113afternoon_0790_0.jpg", 1), ("0001/0001_003_12_0113morning_0811_0.jpg", 1)],
+        "train": [
+            ("0000/0000_000_01_0303morning_0015_0.jpg", 0),
+            ("0000/0000_001_05_0303noon_0036_1.jpg", 0),
+            ("0001/0001_000_12_0113afternoon_0790_0.jpg", 1),
+            ("0001/0001_003_12_0113morning_0811_0.jpg", 1),
+        ],
         "val": [("0000/0000_004_05_0303noon_0100_0.jpg", 0), ("0001/0001_005_03_0113afternoon_0900_1.jpg", 1)],
         "query": [("0000/0000_000_15_0302afternoon_1020_0.jpg", 0)],
         "gallery": [("0000/0000_003_02_0302noon_0911_1.jpg", 0), ("0001/0001_000_07_0302morning_0001_0.jpg", 1)],
@@ -84,8 +103,12 @@ def make_msmt(root: str, version: str = "MSMT17_V1") -> str:
 def make_veri(root: str) -> str:
     base = os.path.join(root, "VeRi")
     names = {
-        "image_train": ["0001_c001_00016450_0.jpg", "0001_c002_00018375_1.jpg", "0002_c002_00030600_0.jpg",
-                        "0002_c020_00081265_1.jpg"],
+        "image_train": [
+            "0001_c001_00016450_0.jpg",
+            "0001_c002_00018375_1.jpg",
+            "0002_c002_00030600_0.jpg",
+            "0002_c020_00081265_1.jpg",
+        ],
         "image_query": ["0005_c003_00077810_0.jpg"],
         "image_test": ["0005_c010_00085190_1.jpg", "0006_c004_00011070_0.jpg"],
     }
@@ -108,8 +131,13 @@ def make_vehicleid(root: str) -> str:
     return root
 
 
-LAYOUT_BUILDERS = {"market1501": make_market, "dukemtmc": make_duke, "msmt17": make_msmt, "veri776": make_veri,
-                   "vehicleid": make_vehicleid}
+LAYOUT_BUILDERS = {
+    "market1501": make_market,
+    "dukemtmc": make_duke,
+    "msmt17": make_msmt,
+    "veri776": make_veri,
+    "vehicleid": make_vehicleid,
+}
 
 
 # --- loopback services ----------------------------------------------------------------------------------------

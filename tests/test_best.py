@@ -13,21 +13,26 @@ from adin_core.features import extract_features
 from adin_core.models import ADINModel
 from orchestrator.best import Winner, load_export, model_card, write_export
 
-
-VERIFIED = ('{"seeds": 3, "summary": ["winner - baseline:      +0.031 mAP [+0.012, +0.050], 3/3 seeds", '
-            '"winner - paper default: +0.004 mAP [-0.020, +0.028], 2/3 seeds: not distinguishable"]}')
+VERIFIED = (
+    '{"seeds": 3, "summary": ["winner - baseline:      +0.031 mAP [+0.012, +0.050], 3/3 seeds", '
+    '"winner - paper default: +0.004 mAP [-0.020, +0.028], 2/3 seeds: not distinguishable"]}'
+)
 
 
 def _winner(state: str, verification: str | None = VERIFIED) -> Winner:
     tags = {"adin.state": state, **({"adin.verification": verification} if verification else {})}
-    return Winner("s1", "p", "r", "t7", "transfer_mAP", 0.31, "s3://b/sweeps/s1/train/trial-t7/checkpoint_000003",
-                  {}, {}, tags)
+    return Winner(
+        "s1", "p", "r", "t7", "transfer_mAP", 0.31, "s3://b/sweeps/s1/train/trial-t7/checkpoint_000003", {}, {}, tags
+    )
 
 
 def test_card_says_what_a_user_needs(tmp_path):
     cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
-    data = {os.path.abspath("runs/data/synthetic-tiny-select/g2-x"): "synthetic-tiny-select/g2-x",
-            "/tmp/elsewhere/data/synthetic-tiny/g2-y": "synthetic-tiny/g2-y", "s3://b/data/market/v1": "market/v1"}
+    data = {
+        os.path.abspath("runs/data/synthetic-tiny-select/g2-x"): "synthetic-tiny-select/g2-x",
+        "/tmp/elsewhere/data/synthetic-tiny/g2-y": "synthetic-tiny/g2-y",
+        "s3://b/data/market/v1": "market/v1",
+    }
     scores = {"rank1": 0.5, "rank5": 0.7, "rank10": 0.8, "mAP": 0.31, "mINP": 0.2}
     probe = {"probe/camera_acc": 0.41, "probe/camera_chance": 0.34}
     card, md = model_card(_winner("complete"), cfg, {"sel": scores}, {"rep": scores}, data, probe)
@@ -45,8 +50,11 @@ def test_card_says_what_a_user_needs(tmp_path):
 def test_export_loads_and_model_call_is_the_retrieval_feature(tmp_path):
     cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
     model = ADINModel(cfg, 5, {"camera": 3})
-    state = {"config": cfg.to_dict(), "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
-             "model": model.state_dict()}
+    state = {
+        "config": cfg.to_dict(),
+        "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
+        "model": model.state_dict(),
+    }
     write_export(str(tmp_path / "x"), state, {"k": 1}, "# card\n")
     loaded, config = load_export(str(tmp_path / "x"))
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 16, 3), dtype=np.uint8)
@@ -59,8 +67,11 @@ def test_export_loads_and_model_call_is_the_retrieval_feature(tmp_path):
 def _state():
     cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
     model = ADINModel(cfg, 5, {"camera": 3})
-    return {"config": cfg.to_dict(), "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
-            "model": model.state_dict()}
+    return {
+        "config": cfg.to_dict(),
+        "model_meta": {"num_identities": 5, "nuisance_classes": {"camera": 3}},
+        "model": model.state_dict(),
+    }
 
 
 def test_a_damaged_model_file_is_refused_by_its_recorded_digest(tmp_path):
@@ -84,8 +95,9 @@ def test_a_diverged_models_weights_are_never_exported():
 
     state = _state()
     check_finite_weights(state, "trial t")
-    state["model"]["backbone.stem.0.weight" if "backbone.stem.0.weight" in state["model"] else
-                   next(iter(state["model"]))].fill_(float("nan"))
+    state["model"][
+        "backbone.stem.0.weight" if "backbone.stem.0.weight" in state["model"] else next(iter(state["model"]))
+    ].fill_(float("nan"))
     with pytest.raises(ExportError, match="trial t: 1 of .* weight tensors hold NaN"):
         check_finite_weights(state, "trial t")
 
@@ -103,10 +115,17 @@ def test_the_card_says_whose_weights_it_holds_and_warns_first_when_the_winner_lo
     cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16)
     own = {"sel": {"rank1": 0.5, "rank5": 0.7, "rank10": 0.8, "mAP": 0.3872, "mINP": 0.2}}
     mean = {"sel": {"rank1": 0.52, "rank5": 0.71, "rank10": 0.81, "mAP": 0.4049, "mINP": 0.21}}
-    lost = _json.dumps({"seeds": 6, "lost_to_baseline": True, "level": 0.975,
-                        "winner_minus_baseline": {"mean": -0.04, "seeds": 6, "positive": 1},
-                        "summary": ["winner - baseline: -0.040 mAP [-0.09, +0.01] (97.5% interval), 1/6 seeds: not "
-                                    "distinguishable"]})
+    lost = _json.dumps(
+        {
+            "seeds": 6,
+            "lost_to_baseline": True,
+            "level": 0.975,
+            "winner_minus_baseline": {"mean": -0.04, "seeds": 6, "positive": 1},
+            "summary": [
+                "winner - baseline: -0.040 mAP [-0.09, +0.01] (97.5% interval), 1/6 seeds: not distinguishable"
+            ],
+        }
+    )
     card, md = model_card(_winner("complete", lost), cfg, own, {}, {}, {}, select_mean=mean, seeds=2)
     first = md.splitlines()[2]
     assert first.startswith("> **Warning: this winner scored below the identity-only baseline on 5 of 6 fresh seeds**")

@@ -42,8 +42,16 @@ def _job_resources(entrypoint: str):
 
 def test_aws_cluster_config():
     (cfg,) = _load("cluster/aws.yaml")
-    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands", "file_mounts"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "file_mounts",
+    ):
         assert key in cfg, key
     assert cfg["provider"]["type"] == "aws"
     types = cfg["available_node_types"]
@@ -95,24 +103,38 @@ def test_kuberay_manifests():
 # --- faults at start: a clear error within seconds, before any trial ------------------------------------------
 def _sweep(*args: str, env: dict | None = None, timeout: int = 120) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", "--space", "search_spaces/smoke.yaml", *args],
-                          cwd=REPO, env=env or dict(os.environ), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--space", "search_spaces/smoke.yaml", *args],
+        cwd=REPO,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, time.perf_counter() - t0
 
 
 def test_s3_down_at_start_fails_fast(tmp_path):
-    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="k",
-               AWS_SECRET_ACCESS_KEY="s")
-    proc, seconds = _sweep("--storage", "s3://adin-sweeps/sweeps", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                           env=env)
+    env = dict(
+        os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s"
+    )
+    proc, seconds = _sweep(
+        "--storage", "s3://adin-sweeps/sweeps", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", env=env
+    )
     assert proc.returncode == 2 and seconds < 30
     assert "AWS_ENDPOINT_URL" in proc.stderr and "unreachable" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
 
 
 def test_mlflow_down_at_start_fails_fast(tmp_path):
-    proc, seconds = _sweep("--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
-                           "--tracking-uri", f"http://127.0.0.1:{free_port()}")
+    proc, seconds = _sweep(
+        "--storage",
+        str(tmp_path / "s"),
+        "--data-root",
+        str(tmp_path / "d"),
+        "--tracking-uri",
+        f"http://127.0.0.1:{free_port()}",
+    )
     assert proc.returncode == 2 and seconds < 30
     assert "MLflow tracking server" in proc.stderr and "unreachable" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
@@ -124,8 +146,13 @@ def local_cluster():
     """cluster/local up.sh ... down.sh; yields (state dir, environment for clients, recorded process ids)."""
     state = tempfile.mkdtemp(prefix="adincl", dir="/tmp")
     cluster = os.path.join(REPO, "cluster", "local")
-    up = subprocess.run(["bash", os.path.join(cluster, "up.sh"), "--state", state], cwd=REPO, capture_output=True,
-                        text=True, timeout=400)
+    up = subprocess.run(
+        ["bash", os.path.join(cluster, "up.sh"), "--state", state],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     info = {"pids": {}}
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
@@ -157,10 +184,29 @@ def _pg_databases() -> set[str]:
 
 def _submit(state: str, env: dict, *sweep_args: str, wait: bool = True) -> subprocess.CompletedProcess:
     runtime_env = open(os.path.join(state, "runtime_env.json")).read()
-    return subprocess.run(["ray", "job", "submit", *([] if wait else ["--no-wait"]), "--runtime-env-json",
-                           runtime_env, "--", "python", "-m", "orchestrator.sweep", "--space",
-                           "search_spaces/smoke.yaml", "--quiet", *sweep_args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [
+            "ray",
+            "job",
+            "submit",
+            *([] if wait else ["--no-wait"]),
+            "--runtime-env-json",
+            runtime_env,
+            "--",
+            "python",
+            "-m",
+            "orchestrator.sweep",
+            "--space",
+            "search_spaces/smoke.yaml",
+            "--quiet",
+            *sweep_args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def wait_for(pred, timeout: float, what: str = "condition") -> float:
@@ -174,19 +220,21 @@ def wait_for(pred, timeout: float, what: str = "condition") -> float:
 
 def _job_id(sub: subprocess.CompletedProcess) -> str:
     assert "raysubmit_" in sub.stdout, sub.stdout[-2000:] + sub.stderr[-2000:]
-    return sub.stdout[sub.stdout.find("raysubmit_"):].split()[0].strip("'\"")
+    return sub.stdout[sub.stdout.find("raysubmit_") :].split()[0].strip("'\"")
 
 
 def _job_status(env: dict, job_id: str) -> str:
-    out = subprocess.run(["ray", "job", "status", job_id], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        ["ray", "job", "status", job_id], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     text = (out.stdout + out.stderr).lower()  # "Job 'raysubmit_…' succeeded", "… failed", "… was stopped"
     return next((s.upper() for s in ("succeeded", "failed", "stopped") if s in text), "RUNNING")
 
 
 def _job_logs(env: dict, job_id: str) -> str:
-    return subprocess.run(["ray", "job", "logs", job_id], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60).stdout
+    return subprocess.run(
+        ["ray", "job", "logs", job_id], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 def _wait_job(env: dict, job_id: str, timeout: float) -> str:
@@ -301,8 +349,14 @@ def test_two_node_cluster_end_to_end(local_cluster):
     assert all(c.data.tags["adin.checkpoint"].startswith("s3://adin-sweeps/sweeps/") for c in children)
     # the exported winner (checkpoint fetched from the S3 endpoint)
     out = os.path.join(state, "export")
-    best = subprocess.run([sys.executable, "-m", "orchestrator.best", "--export", out], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    best = subprocess.run(
+        [sys.executable, "-m", "orchestrator.best", "--export", out],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert best.returncode == 0, best.stderr[-3000:]
     assert {"model.pt", "config.json", "model_card.md", "model_card.json"} <= set(os.listdir(out))
     # no secret in MLflow params/tags, the job's log or the model card
@@ -310,8 +364,10 @@ def test_two_node_cluster_end_to_end(local_cluster):
     for r in runs:
         assert secret not in json.dumps(r.data.params) + json.dumps(r.data.tags)
     assert secret not in job.stdout + job.stderr
-    assert all(secret not in open(os.path.join(out, f), errors="ignore").read()
-               for f in ("model_card.md", "model_card.json", "config.json"))
+    assert all(
+        secret not in open(os.path.join(out, f), errors="ignore").read()
+        for f in ("model_card.md", "model_card.json", "config.json")
+    )
     # runs and the study of record in the cluster's own database: PostgreSQL where the machine runs one
     import optuna
 
@@ -339,8 +395,9 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
     job_id = _job_id(sub)
     wait_for(lambda: train_workers() >= 2, 240)  # a trial is training
     t0 = time.perf_counter()
-    stop = subprocess.run(["ray", "job", "stop", job_id], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    stop = subprocess.run(
+        ["ray", "job", "stop", job_id], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert stop.returncode == 0, stop.stderr
     stop_s = time.perf_counter() - t0
 
@@ -348,10 +405,16 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
     left: dict[str, list] = {}
 
     def nothing_left() -> bool:  # of the cancelled job (other jobs may share the cluster)
-        left["pgs"] = [p for p in _ray_list(env, "placement-groups") if p.get("creator_job_id") == ray_job
-                       and p["state"] in ("CREATED", "PENDING", "RESCHEDULING")]
-        left["actors"] = [a["class_name"] for a in _ray_list(env, "actors", "state=ALIVE")
-                          if a.get("job_id") == ray_job and not a.get("is_detached")]
+        left["pgs"] = [
+            p
+            for p in _ray_list(env, "placement-groups")
+            if p.get("creator_job_id") == ray_job and p["state"] in ("CREATED", "PENDING", "RESCHEDULING")
+        ]
+        left["actors"] = [
+            a["class_name"]
+            for a in _ray_list(env, "actors", "state=ALIVE")
+            if a.get("job_id") == ray_job and not a.get("is_detached")
+        ]
         return not left["pgs"] and not left["actors"]
 
     try:
@@ -366,9 +429,11 @@ def test_cancelled_job_leaves_nothing_and_the_next_starts_at_once(local_cluster)
         started_s = wait_for(lambda: train_workers() >= 2, 120)
     finally:
         subprocess.run(["ray", "job", "stop", next_job], cwd=REPO, env=env, capture_output=True, timeout=120)
-    print(f"\njob stop {stop_s:.1f} s; no placement group or job actor left {cleaned_s:.1f} s later; "
-          f"the next sweep's workers ran {started_s:.1f} s after its submission (submitted {t1 - t0:.1f} s "
-          "after the stop)")
+    print(
+        f"\njob stop {stop_s:.1f} s; no placement group or job actor left {cleaned_s:.1f} s later; "
+        f"the next sweep's workers ran {started_s:.1f} s after its submission (submitted {t1 - t0:.1f} s "
+        "after the stop)"
+    )
 
 
 # --- faults while a sweep runs on the cluster ------------------------------------------------------------------
@@ -380,8 +445,7 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(local_cluster):
     job = _job_id(_submit(state, env, "--name", sweep, "--num-samples", "1", "--epochs", "8", wait=False))
     wait_for(lambda: _reported(env, sweep) >= 2, 300, "two reports")
     time.sleep(1.0)  # some steps past the checkpoint of the last report
-    (victim,) = [a for a in _ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE")
-                 if a.get("pid")][-1:]
+    (victim,) = [a for a in _ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE") if a.get("pid")][-1:]
     t_kill = time.perf_counter()
     os.kill(victim["pid"], signal.SIGKILL)
     status = _wait_job(env, job, 600)
@@ -395,10 +459,12 @@ def test_killed_train_worker_resumes_from_its_last_checkpoint(local_cluster):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     history = client.get_metric_history(child.info.run_id, "step")
     steps_per_epoch = max(h.value for h in history) / 8
-    print(f"\nworker pid {victim['pid']} killed ({len(history)} reports in all): resumed from step "
-          f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone "
-          f"({m['faults/redone_steps'] / steps_per_epoch:.2f} epochs); job finished {time.perf_counter() - t_kill:.0f} s "
-          "after the kill")
+    print(
+        f"\nworker pid {victim['pid']} killed ({len(history)} reports in all): resumed from step "
+        f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone "
+        f"({m['faults/redone_steps'] / steps_per_epoch:.2f} epochs); job finished {time.perf_counter() - t_kill:.0f} s "
+        "after the kill"
+    )
 
 
 @pytest.mark.slow
@@ -409,13 +475,33 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
     worker_node = next(n["node_id"] for n in _ray_list(env, "nodes", "state=ALIVE") if not n["is_head_node"])
     # one 0.6-CPU worker per trial: two trials run at once only one per node, so one is on the worker node;
     # no early stopping, so that trial is still training when its node goes
-    job = _job_id(_submit(state, env, "--name", sweep, "--num-samples", "2", "--max-concurrent", "2", "--workers",
-                          "1", "--cpus-per-worker", "0.6", "--scheduler", "none", "--epochs", "8", wait=False))
+    job = _job_id(
+        _submit(
+            state,
+            env,
+            "--name",
+            sweep,
+            "--num-samples",
+            "2",
+            "--max-concurrent",
+            "2",
+            "--workers",
+            "1",
+            "--cpus-per-worker",
+            "0.6",
+            "--scheduler",
+            "none",
+            "--epochs",
+            "8",
+            wait=False,
+        )
+    )
 
     def training_on_worker_node() -> bool:
         return _reported(env, sweep) >= 2 and any(
-            a.get("node_id") == worker_node for a in _ray_list(env, "actors", "class_name=RayTrainWorker",
-                                                                "state=ALIVE"))
+            a.get("node_id") == worker_node
+            for a in _ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE")
+        )
 
     wait_for(training_on_worker_node, 300, "a trial training on the worker node")
     t_kill = time.perf_counter()
@@ -433,9 +519,11 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
     restarted = [c for c in children if c.data.metrics.get("faults/restarts", 0) >= 1]
     assert restarted, [c.data.metrics for c in children]
     m = restarted[0].data.metrics
-    print(f"\nworker node killed; {len(restarted)} trial(s) restarted on the head (resumed from step "
-          f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone); the sweep finished "
-          f"{finished_s:.0f} s after the kill")
+    print(
+        f"\nworker node killed; {len(restarted)} trial(s) restarted on the head (resumed from step "
+        f"{m['faults/resumed_from_step']:.0f}, {m['faults/redone_steps']:.0f} steps redone); the sweep finished "
+        f"{finished_s:.0f} s after the kill"
+    )
 
 
 @pytest.mark.slow
@@ -463,16 +551,23 @@ def test_two_sweeps_at_once_on_the_same_storage(local_cluster):
     # the dataset both sharded at once: complete, and nothing on the store but the parts its manifest lists
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     from adin_core.data.datasets import SyntheticURI
 
     for domain in ("source", "select", "report"):
         spec = SyntheticURI.parse(f"synthetic:tiny/{domain}")
         prefix = f"two-sweeps/{spec.dataset}/{spec.version}/"
-        keys = {o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket="adin-data", Prefix=prefix)["Contents"]}
+        keys = {o["Key"][len(prefix) :] for o in s3.list_objects_v2(Bucket="adin-data", Prefix=prefix)["Contents"]}
         manifest = json.loads(s3.get_object(Bucket="adin-data", Key=prefix + "manifest.json")["Body"].read())
         listed = {f["path"] for split in manifest["splits"].values() for f in split["files"]}
         assert keys - {"manifest.json"} == listed, (domain, keys, listed)
-    print(f"\ntwo sweeps at once: {names}, distinct runs and checkpoints; the dataset both sharded is "
-          "complete, with no stray part")
+    print(
+        f"\ntwo sweeps at once: {names}, distinct runs and checkpoints; the dataset both sharded is "
+        "complete, with no stray part"
+    )

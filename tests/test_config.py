@@ -12,21 +12,24 @@ def test_defaults_are_valid_and_round_trip():
     assert (c.adv_loss, c.calibration, c.beta, c.freeze_encoder_for_nuisance) == ("kl", "none", 0.1, False)
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("backbone", "vgg", "backbone='vgg' is not allowed"),
-    ("adv_loss", "focal", "adv_loss"),
-    ("nuisance", "weather", "nuisance"),
-    ("beta", 0.0, r"beta=0.0 is out of range \(0.0"),
-    ("beta", "big", "beta must be a number"),
-    ("label_smoothing", 1.0, "label_smoothing"),
-    ("batch_size", 0, "batch_size must be a positive integer"),
-    ("i_trigger", 1.0, "i_trigger must be < i_target"),
-    ("epochs", -1, "epochs"),
-    ("prior_temperature", -0.5, "prior_temperature"),
-    ("calibration", "inverse", "calibration='inverse' is not allowed"),
-    ("adv_loss", "cane", "adv_loss='cane' is not allowed"),  # CaNE is adv_loss=ne, calibration=class_prior
-    ("shuffle_nuisance", "yes", "shuffle_nuisance must be true or false"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("backbone", "vgg", "backbone='vgg' is not allowed"),
+        ("adv_loss", "focal", "adv_loss"),
+        ("nuisance", "weather", "nuisance"),
+        ("beta", 0.0, r"beta=0.0 is out of range \(0.0"),
+        ("beta", "big", "beta must be a number"),
+        ("label_smoothing", 1.0, "label_smoothing"),
+        ("batch_size", 0, "batch_size must be a positive integer"),
+        ("i_trigger", 1.0, "i_trigger must be < i_target"),
+        ("epochs", -1, "epochs"),
+        ("prior_temperature", -0.5, "prior_temperature"),
+        ("calibration", "inverse", "calibration='inverse' is not allowed"),
+        ("adv_loss", "cane", "adv_loss='cane' is not allowed"),  # CaNE is adv_loss=ne, calibration=class_prior
+        ("shuffle_nuisance", "yes", "shuffle_nuisance must be true or false"),
+    ],
+)
 def test_bad_values_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict({"backbone": "small_cnn", field: value})
@@ -38,7 +41,9 @@ def test_unknown_key_is_an_error():
 
 
 def test_coercion_from_yaml_and_samplers():
-    c = TrainConfig.from_dict({"beta": 2, "batch_size": 32.0, "i_target": np.float64(0.9), "i_trigger": 0.8, "backbone": "small_cnn"})
+    c = TrainConfig.from_dict(
+        {"beta": 2, "batch_size": 32.0, "i_target": np.float64(0.9), "i_trigger": 0.8, "backbone": "small_cnn"}
+    )
     assert isinstance(c.beta, float) and c.batch_size == 32 and isinstance(c.i_target, float)
 
 

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from adin_core.data.datasets import shard_dataset, write_synthetic
 from adin_core.data.layouts import LayoutError, read_layout
 from adin_core.data.memory import ImageDecodeError
 from adin_core.data.shards import ShardError, ShardSet, write_shards
@@ -12,7 +13,6 @@ from adin_core.data.storage import StorageError
 from adin_core.data.synthetic import generate_benchmark, write_layout
 from adin_core.nuisance import NuisanceError
 from orchestrator.data import main as data_cli
-from adin_core.data.datasets import shard_dataset, write_synthetic
 from tests.helpers import LAYOUT_BUILDERS, make_market, make_msmt
 
 
@@ -102,8 +102,14 @@ def _round_trip(records, dest, name):
     total = sum(t.num_rows for t in back.values())
     assert total == len(records)
     pairs = sorted((r.pid, r.camid, r.timeperiod if r.timeperiod is not None else -1) for r in records)
-    got = sorted(zip(*(np.concatenate([t.column(c).fill_null(-1).to_numpy() for t in back.values()])
-                       for c in ("pid", "camid", "timeperiod"))))
+    got = sorted(
+        zip(
+            *(
+                np.concatenate([t.column(c).fill_null(-1).to_numpy() for t in back.values()])
+                for c in ("pid", "camid", "timeperiod")
+            )
+        )
+    )
     assert [tuple(map(int, p)) for p in got] == pairs
     # image bytes are the original files
     row = back[shards.splits[0]].slice(0, 1).to_pylist()[0]
@@ -170,13 +176,16 @@ def test_synthetic_shards_hold_exactly_the_generated_pixels(tmp_path):
     assert other_seed != again
 
 
-@pytest.mark.parametrize("uri,match", [
-    ("synthetic:huge/source", "expected synthetic:<preset>"),
-    ("synthetic:tiny/train", "expected synthetic:<preset>"),
-    ("synthetic:tiny/source?seed=-1", "seed must be an integer >= 0"),
-    ("synthetic:tiny/source?colour=red", "'colour' is neither seed nor a generator setting"),
-    ("synthetic:tiny/source?tint=2", "tint must be in"),
-])
+@pytest.mark.parametrize(
+    "uri,match",
+    [
+        ("synthetic:huge/source", "expected synthetic:<preset>"),
+        ("synthetic:tiny/train", "expected synthetic:<preset>"),
+        ("synthetic:tiny/source?seed=-1", "seed must be an integer >= 0"),
+        ("synthetic:tiny/source?colour=red", "'colour' is neither seed nor a generator setting"),
+        ("synthetic:tiny/source?tint=2", "tint must be in"),
+    ],
+)
 def test_bad_synthetic_uris_name_the_problem(tmp_path, uri, match):
     from adin_core.data.datasets import resolve_dataset
 
@@ -206,8 +215,11 @@ def test_market_layout_refuses_more_than_six_cameras(tmp_path):
 
 
 def files_on_disk(shards: ShardSet) -> set[str]:
-    return {os.path.relpath(os.path.join(d, f), shards.location.path)
-            for d, _, fs in os.walk(shards.location.path) for f in fs}
+    return {
+        os.path.relpath(os.path.join(d, f), shards.location.path)
+        for d, _, fs in os.walk(shards.location.path)
+        for f in fs
+    }
 
 
 # --- shards: bad input and no damage -------------------------------------------------------------------------
@@ -257,8 +269,10 @@ def test_interrupted_run_leaves_no_complete_looking_dataset(tmp_path):
         ShardSet.open(os.path.join(dest, "market1501", "v1"))
 
 
-@pytest.mark.parametrize("tree,fmt", [("market1501", "dukemtmc"), ("dukemtmc", "market1501"),
-                                      ("market1501", "veri776"), ("veri776", "market1501")])
+@pytest.mark.parametrize(
+    "tree,fmt",
+    [("market1501", "dukemtmc"), ("dukemtmc", "market1501"), ("market1501", "veri776"), ("veri776", "market1501")],
+)
 def test_a_tree_read_with_the_wrong_format_is_refused(tmp_path, tree, fmt):
     src = LAYOUT_BUILDERS[tree](str(tmp_path / "src"))
     if tree != fmt:  # give the reader the folder names it looks for, so only the file names can tell
@@ -274,8 +288,13 @@ def test_a_tree_read_with_the_wrong_format_is_refused(tmp_path, tree, fmt):
         read_layout(fmt, src)
 
 
-@pytest.mark.parametrize("fmt,missing", [("msmt17", "MSMT17_V1/test/0000/0000_000_15_0302afternoon_1020_0.jpg"),
-                                         ("vehicleid", "VehicleID_V1.0/image/0000011.jpg")])
+@pytest.mark.parametrize(
+    "fmt,missing",
+    [
+        ("msmt17", "MSMT17_V1/test/0000/0000_000_15_0302afternoon_1020_0.jpg"),
+        ("vehicleid", "VehicleID_V1.0/image/0000011.jpg"),
+    ],
+)
 def test_a_listed_file_that_is_missing_is_named_before_any_image_is_read(tmp_path, fmt, missing):
     src = LAYOUT_BUILDERS[fmt](str(tmp_path / "src"))
     os.remove(os.path.join(src, missing))
@@ -296,8 +315,9 @@ def test_two_writers_of_one_version_never_damage_it(tmp_path):
             done.append(write_shards(records, dest, "market1501", "v1", fmt="market1501", source=src))
 
     with pytest.raises(ShardError, match="completed by another run"):
-        write_shards(records, dest, "market1501", "v1", fmt="market1501", source=src,
-                     progress=other_writer_finishes_meanwhile)
+        write_shards(
+            records, dest, "market1501", "v1", fmt="market1501", source=src, progress=other_writer_finishes_meanwhile
+        )
     shards = ShardSet.open(os.path.join(dest, "market1501", "v1"))
     assert shards.manifest["created_at"] == done[0]["created_at"]
     for split in shards.splits:

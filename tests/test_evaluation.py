@@ -43,14 +43,25 @@ def test_the_hook_evaluates_at_its_cadence_with_probe_grip_and_objective(bench):
     train, val = held_out_val(bench.source.train)
     data = TrainingData(train, val, "camera", name="tiny")
     src, sel = bench.source, bench.targets["select"]
-    ev = Evaluator(select=[EvalTarget("sel", sel.query, sel.gallery)], source=EvalTarget("source", src.query,
-                                                                                           src.gallery),
-                   report=[EvalTarget("rep", bench.targets["report"].query, bench.targets["report"].gallery)],
-                   every_steps=10)
+    ev = Evaluator(
+        select=[EvalTarget("sel", sel.query, sel.gallery)],
+        source=EvalTarget("source", src.query, src.gallery),
+        report=[EvalTarget("rep", bench.targets["report"].query, bench.targets["report"].gallery)],
+        every_steps=10,
+    )
     seen = []
     hook = EvaluationHook(ev, lambda trainer, report, metrics, final: seen.append((report.step, metrics, final)))
-    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16, batch_size=32, epochs=3,
-                      pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5, check_every=5, refresh_steps=5)
+    cfg = TrainConfig(
+        backbone="small_cnn",
+        image_height=32,
+        image_width=16,
+        batch_size=32,
+        epochs=3,
+        pretrain_id_epochs=1,
+        pretrain_nuisance_epochs=0.5,
+        check_every=5,
+        refresh_steps=5,
+    )
     fit(cfg, data, hooks=[hook])
     steps = [s for s, _, _ in seen]
     assert steps == sorted(steps) and seen[-1][2] and all(not f for _, _, f in seen[:-1])
@@ -60,8 +71,9 @@ def test_the_hook_evaluates_at_its_cadence_with_probe_grip_and_objective(bench):
     assert {"source/mAP", "probe/camera_acc", "probe/camera_chance", "probe/time_acc", "phase", "final"} <= set(last)
     assert "report/rep/mAP" in last and not any(k.startswith("report/") for _, m, _ in seen[:-1] for k in m)
     assert any("grip/adv_to_id" in m for _, m, _ in seen)  # adversarial steps happened between evaluations
-    assert target_scores(last, "select") == {"sel": {k: last[f"select/sel/{k}"] for k in
-                                                     ("rank1", "rank5", "rank10", "mAP", "mINP")}}
+    assert target_scores(last, "select") == {
+        "sel": {k: last[f"select/sel/{k}"] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")}
+    }
     assert 0 <= last["probe/camera_chance"] <= 1 and np.isfinite(last["probe/camera_acc"])
 
 
@@ -72,13 +84,26 @@ def test_scoring_at_the_end_only_keeps_the_cadence_of_reports_and_the_same_final
     train, val = held_out_val(bench.source.train)
     data = TrainingData(train, val, "camera", name="tiny")
     sel, rep = bench.targets["select"], bench.targets["report"]
-    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16, batch_size=32, epochs=4,
-                      pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5, check_every=5, refresh_steps=5)
+    cfg = TrainConfig(
+        backbone="small_cnn",
+        image_height=32,
+        image_width=16,
+        batch_size=32,
+        epochs=4,
+        pretrain_id_epochs=1,
+        pretrain_nuisance_epochs=0.5,
+        check_every=5,
+        refresh_steps=5,
+    )
     runs = {}
     for during in (True, False):
-        ev = Evaluator(select=[EvalTarget("sel", sel.query, sel.gallery)],
-                       source=EvalTarget("source", bench.source.query, bench.source.gallery),
-                       report=[EvalTarget("rep", rep.query, rep.gallery)], every_steps=5, score_during=during)
+        ev = Evaluator(
+            select=[EvalTarget("sel", sel.query, sel.gallery)],
+            source=EvalTarget("source", bench.source.query, bench.source.gallery),
+            report=[EvalTarget("rep", rep.query, rep.gallery)],
+            every_steps=5,
+            score_during=during,
+        )
         seen = []
         fit(cfg, data, hooks=[EvaluationHook(ev, lambda t, r, m, f: seen.append((r.step, m, f)))])
         runs[during] = seen
@@ -90,8 +115,9 @@ def test_scoring_at_the_end_only_keeps_the_cadence_of_reports_and_the_same_final
     assert unscored["final"] == 1.0 and "report/rep/mAP" in unscored
     assert set(unscored) == set(scored)
     clock = ("phase_seconds/", "seconds", "time")  # wall-clock figures differ between any two runs
-    assert {k: v for k, v in unscored.items() if not k.startswith(clock)} == \
-        {k: v for k, v in scored.items() if not k.startswith(clock)}
+    assert {k: v for k, v in unscored.items() if not k.startswith(clock)} == {
+        k: v for k, v in scored.items() if not k.startswith(clock)
+    }
 
 
 def test_target_names_cannot_break_metric_keys(bench):

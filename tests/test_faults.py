@@ -22,11 +22,26 @@ def mlflow_server(tmp_path):
     """An MLflow tracking server (SQLite, local artifacts) on 127.0.0.1, stopped by its recorded process id."""
     port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([exe if os.path.exists(exe) else "mlflow", "server", "--host", "127.0.0.1", "--port",
-                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    proc = subprocess.Popen(
+        [
+            exe if os.path.exists(exe) else "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
     try:
         wait_for_port(port, timeout=120)
         yield port
@@ -39,8 +54,7 @@ def mlflow_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_path, s3_env, s3_server,
-                                                                          mlflow_server):
+def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_path, s3_env, s3_server, mlflow_server):
     """While a trial trains, MLflow and then S3 vanish for `outage_s` each: the tracking writes queue, the
     checkpoint upload waits (backoff); the sweep finishes, nothing is lost from MLflow, and both are recorded."""
     from mlflow.tracking import MlflowClient
@@ -55,10 +69,32 @@ def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_pa
     ray_root = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # this sweep's Ray writes its logs here (short: sockets)
     env = dict(os.environ, AWS_ENDPOINT_URL=s3_proxy.url, RAY_TMPDIR=ray_root)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.sweep", "--space", "search_spaces/smoke.yaml", "--quiet",
-         "--name", "outage", "--num-samples", "1", "--epochs", "60", "--storage", f"s3://{s3_env}/sweeps",
-         "--data-root", str(tmp_path / "data"), "--tracking-uri", ml_proxy.url],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--space",
+            "search_spaces/smoke.yaml",
+            "--quiet",
+            "--name",
+            "outage",
+            "--num-samples",
+            "1",
+            "--epochs",
+            "60",
+            "--storage",
+            f"s3://{s3_env}/sweeps",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--tracking-uri",
+            ml_proxy.url,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:  # the trial's first report reached MLflow
@@ -104,18 +140,24 @@ def test_storage_and_tracking_outage_mid_sweep_is_waited_out_and_recorded(tmp_pa
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_env)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_env)
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith("tuner.pkl") for k in keys) and any("search_gen_state" in k for k in keys), keys[:20]
     holding = [k for k in keys if secret in s3.get_object(Bucket=s3_env, Key=k)["Body"].read()]
-    local = [os.path.join(d, f) for folder in (ray_root, str(tmp_path)) for d, _, files in os.walk(folder)
-             for f in files]
+    local = [
+        os.path.join(d, f) for folder in (ray_root, str(tmp_path)) for d, _, files in os.walk(folder) for f in files
+    ]
     holding += [p for p in local if os.path.isfile(p) and secret in open(p, "rb").read()]
     assert not holding, holding
     assert any("runtime_env_agent" in p for p in local), "Ray's logs were not where the test looked"
     assert secret.decode() not in out
     shutil.rmtree(ray_root, ignore_errors=True)
     print(f"\nno secret in {len(keys)} objects of the bucket and {len(local)} local files")
-    print(f"\noutage {outage_s} s: MLflow outage recorded as {outage['seconds']} s ({outage['attempts']} retries); "
-          f"storage: {trial_faults['faults/storage_retries']:.0f} retries, {trial_faults['faults/storage_wait_s']:.1f}"
-          f" s waited; {len(steps)} reports, all in MLflow; sweep exit 0")
+    print(
+        f"\noutage {outage_s} s: MLflow outage recorded as {outage['seconds']} s ({outage['attempts']} retries); "
+        f"storage: {trial_faults['faults/storage_retries']:.0f} retries, {trial_faults['faults/storage_wait_s']:.1f}"
+        f" s waited; {len(steps)} reports, all in MLflow; sweep exit 0"
+    )

@@ -90,69 +90,112 @@ def _not_ray_address(_t) -> list[str]:
 
 
 SWEEP_CASES = {
-    "objective metric no trial reports": (lambda t: ["--space", _space(t, _metric_foo)],
-                                          "objective.metric: 'foo' is not a metric a trial reports"),
-    "a bound that is infinite": (lambda t: ["--space", _space(t, _infinite_high)],
-                                 "parameters.beta.high: must be a finite number"),
-    "a tracking URI of no known scheme": (lambda t: ["--space", SMOKE, "--tracking-uri", "foo://x"],
-                                          "scheme foo:// is not one MLflow stores runs in"),
-    "--resume of an unknown sweep": (lambda t: ["--space", SMOKE, "--resume", "smoke-nope"],
-                                     "--resume smoke-nope: no sweep of that name"),
+    "objective metric no trial reports": (
+        lambda t: ["--space", _space(t, _metric_foo)],
+        "objective.metric: 'foo' is not a metric a trial reports",
+    ),
+    "a bound that is infinite": (
+        lambda t: ["--space", _space(t, _infinite_high)],
+        "parameters.beta.high: must be a finite number",
+    ),
+    "a tracking URI of no known scheme": (
+        lambda t: ["--space", SMOKE, "--tracking-uri", "foo://x"],
+        "scheme foo:// is not one MLflow stores runs in",
+    ),
+    "--resume of an unknown sweep": (
+        lambda t: ["--space", SMOKE, "--resume", "smoke-nope"],
+        "--resume smoke-nope: no sweep of that name",
+    ),
     "the space is a folder": (lambda t: ["--space", str(t)], "is a folder; give a search-space YAML file"),
-    "the space is binary": (lambda t: ["--space", _write(t, "x.yaml", b"\xff\xfe\x00\x81binary")],
-                            "is not a text (YAML) file"),
-    "a parameter given twice": (lambda t: ["--space", _write(t, "d.yaml", open(SMOKE).read().replace(
-        "parameters:\n", "parameters:\n  beta: {type: float, low: 1, high: 2}\n"))], "key 'beta' is given twice"),
+    "the space is binary": (
+        lambda t: ["--space", _write(t, "x.yaml", b"\xff\xfe\x00\x81binary")],
+        "is not a text (YAML) file",
+    ),
+    "a parameter given twice": (
+        lambda t: [
+            "--space",
+            _write(
+                t,
+                "d.yaml",
+                open(SMOKE).read().replace("parameters:\n", "parameters:\n  beta: {type: float, low: 1, high: 2}\n"),
+            ),
+        ],
+        "key 'beta' is given twice",
+    ),
     "a select target that is the source": (lambda t: ["--space", _space(t, _select_is_source)], "is the source"),
     "--storage not writable": (lambda t: ["--space", SMOKE, "--storage", "/proc/adin"], "--storage /proc/adin"),
     "--storage a file": (lambda t: ["--space", SMOKE, "--storage", _write(t, "f", "x")], "is a file; give a folder"),
     "--data-root not writable": (lambda t: ["--space", SMOKE, "--data-root", "/proc/adin"], "--data-root /proc/adin"),
-    "--tracking-uri SQLite file not writable": (lambda t: ["--space", SMOKE, "--tracking-uri", "sqlite:////proc/x/m.db"],
-                                                "--tracking-uri sqlite:////proc/x/m.db"),
+    "--tracking-uri SQLite file not writable": (
+        lambda t: ["--space", SMOKE, "--tracking-uri", "sqlite:////proc/x/m.db"],
+        "--tracking-uri sqlite:////proc/x/m.db",
+    ),
     "--epochs negative": (lambda t: ["--space", SMOKE, "--epochs", "-1"], "--epochs: must be > 0, got -1"),
     "--workers zero": (lambda t: ["--space", SMOKE, "--workers", "0"], "--workers: must be >= 1, got 0"),
     "--retry-budget negative": (lambda t: ["--space", SMOKE, "--retry-budget", "-1"], "--retry-budget must be >= 0"),
-    "--name with a slash": (lambda t: ["--space", SMOKE, "--name", "a/b"], "--name 'a/b': a sweep name uses ASCII letters"),
-    "--ray-address that nothing answers": (lambda t: ["--space", SMOKE, "--ray-address", f"127.0.0.1:{free_port()}"],
-                                           "nothing answers at 127.0.0.1"),
-    "--select not a dataset": (lambda t: ["--space", SMOKE, "--select", str(t / "nothing")],
-                               "no manifest.json"),
-    "--study-storage neither URL nor journal": (lambda t: ["--space", SMOKE, "--study-storage", "study.txt"],
-                                                "study.txt': give an SQLAlchemy URL"),
-    "--study-storage that does not open": (lambda t: ["--space", SMOKE, "--study-storage",
-                                                      f"postgresql://127.0.0.1:{free_port()}/adin"],
-                                           "cannot open it"),
+    "--name with a slash": (
+        lambda t: ["--space", SMOKE, "--name", "a/b"],
+        "--name 'a/b': a sweep name uses ASCII letters",
+    ),
+    "--ray-address that nothing answers": (
+        lambda t: ["--space", SMOKE, "--ray-address", f"127.0.0.1:{free_port()}"],
+        "nothing answers at 127.0.0.1",
+    ),
+    "--select not a dataset": (lambda t: ["--space", SMOKE, "--select", str(t / "nothing")], "no manifest.json"),
+    "--study-storage neither URL nor journal": (
+        lambda t: ["--space", SMOKE, "--study-storage", "study.txt"],
+        "study.txt': give an SQLAlchemy URL",
+    ),
+    "--study-storage that does not open": (
+        lambda t: ["--space", SMOKE, "--study-storage", f"postgresql://127.0.0.1:{free_port()}/adin"],
+        "cannot open it",
+    ),
     # what a red-team run found failing late (after Ray started) or with a traceback
-    "grace_period beyond the evaluations": (lambda t: ["--space", _space(t, _grace_beyond)],
-                                            "scheduler.grace_period: 9 evaluations is beyond a trial's last: it has 4"),
+    "grace_period beyond the evaluations": (
+        lambda t: ["--space", _space(t, _grace_beyond)],
+        "scheduler.grace_period: 9 evaluations is beyond a trial's last: it has 4",
+    ),
     "--select of no URI": (lambda t: ["--space", SMOKE, "--select", ","], "--select: must name at least one target"),
     "search.seed beyond NumPy's": (lambda t: ["--space", _space(t, _seed_too_large)], "search.seed: must be <= "),
-    "a garbage journal study file": (lambda t: ["--space", SMOKE, "--study-storage",
-                                                _write(t, "s.journal", b"\x00\x01 not a journal {")],
-                                     "s.journal is not an Optuna journal entry"),
-    "a tracking URI that is not SQLite": (lambda t: ["--space", SMOKE, "--tracking-uri",
-                                                     f"sqlite:///{_write(t, 'notdb.db', 'hello, not a database')}"],
-                                          "notdb.db is not an SQLite database"),
+    "a garbage journal study file": (
+        lambda t: ["--space", SMOKE, "--study-storage", _write(t, "s.journal", b"\x00\x01 not a journal {")],
+        "s.journal is not an Optuna journal entry",
+    ),
+    "a tracking URI that is not SQLite": (
+        lambda t: ["--space", SMOKE, "--tracking-uri", f"sqlite:///{_write(t, 'notdb.db', 'hello, not a database')}"],
+        "notdb.db is not an SQLite database",
+    ),
     "a postgresql tracking URI without its driver": (
         lambda t: ["--space", SMOKE, "--tracking-uri", "postgresql://postgres@127.0.0.1:5432/postgres"],
-        "its database driver is not installed (No module named 'psycopg'); name an installed one"),
+        "its database driver is not installed (No module named 'psycopg'); name an installed one",
+    ),
     "a PostgreSQL tracking URI that does not answer": (
         lambda t: ["--space", SMOKE, "--tracking-uri", f"postgresql+psycopg2://u:pw@127.0.0.1:{free_port()}/x"],
-        "MLflow tracking database postgresql+psycopg2://u:***@127.0.0.1:"),
-    "ADIN_RETRY_BUDGET_S not a number": (lambda t: (os.environ.__setitem__("ADIN_RETRY_BUDGET_S", "abc"),
-                                                    ["--space", SMOKE])[1],
-                                         "'abc' is not a number of seconds (from --retry-budget or ADIN_RETRY_BUDGET_S)"),
+        "MLflow tracking database postgresql+psycopg2://u:***@127.0.0.1:",
+    ),
+    "ADIN_RETRY_BUDGET_S not a number": (
+        lambda t: (os.environ.__setitem__("ADIN_RETRY_BUDGET_S", "abc"), ["--space", SMOKE])[1],
+        "'abc' is not a number of seconds (from --retry-budget or ADIN_RETRY_BUDGET_S)",
+    ),
     "--ray-address at a port that is not Ray": (_not_ray_address, "something answers at 127.0.0.1:"),
-    "--resume outside the storage": (lambda t: ["--space", SMOKE, "--resume", "../../x"],
-                                     "--resume '../../x': a sweep name uses ASCII letters"),
+    "--resume outside the storage": (
+        lambda t: ["--space", SMOKE, "--resume", "../../x"],
+        "--resume '../../x': a sweep name uses ASCII letters",
+    ),
     "--name not ASCII": (lambda t: ["--space", SMOKE, "--name", "ñame"], "--name 'ñame': a sweep name uses ASCII"),
-    "a float step wider than its range": (lambda t: ["--space", _space(t, _step_too_wide)],
-                                          "parameters.lr_heads.step: 0.5 is wider than the range 0.01..0.3"),
+    "a float step wider than its range": (
+        lambda t: ["--space", _space(t, _step_too_wide)],
+        "parameters.lr_heads.step: 0.5 is wider than the range 0.01..0.3",
+    ),
     "--seeds past its bound": (lambda t: ["--space", SMOKE, "--seeds", "1000000000"], "--seeds: must be <= 32"),
-    "--verify-seeds past its bound": (lambda t: ["--space", SMOKE, "--verify-seeds", "1000"],
-                                      "--verify-seeds: must be <= 64"),
-    "--num-samples past its bound": (lambda t: ["--space", SMOKE, "--num-samples", "1000000000"],
-                                     "--num-samples: must be <= 100000"),
+    "--verify-seeds past its bound": (
+        lambda t: ["--space", SMOKE, "--verify-seeds", "1000"],
+        "--verify-seeds: must be <= 64",
+    ),
+    "--num-samples past its bound": (
+        lambda t: ["--space", SMOKE, "--num-samples", "1000000000"],
+        "--num-samples: must be <= 100000",
+    ),
     "an image size past its bound": (lambda t: ["--space", _space(t, _huge_image)], "image_height must be <= 2048"),
 }
 
@@ -166,8 +209,11 @@ def test_sweep_input_mistakes_fail_before_ray(tmp_path, capsys, monkeypatch, cas
 
     make_args, message = SWEEP_CASES[case]
     args = make_args(tmp_path)
-    base = {"--storage": str(tmp_path / "sweeps"), "--data-root": str(tmp_path / "data"),
-            "--tracking-uri": f"sqlite:///{tmp_path}/m.db"}
+    base = {
+        "--storage": str(tmp_path / "sweeps"),
+        "--data-root": str(tmp_path / "data"),
+        "--tracking-uri": f"sqlite:///{tmp_path}/m.db",
+    }
     for flag, value in base.items():
         if flag not in args:
             args += [flag, value]
@@ -183,15 +229,25 @@ def test_resume_refuses_different_settings_and_replays_its_own(tmp_path, capsys)
     from orchestrator.plan import SWEEP_FILE, make_plan, write_sweep_file
     from orchestrator.sweep import parse_args
 
-    base = ["--space", SMOKE, "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
-            "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    base = [
+        "--space",
+        SMOKE,
+        "--storage",
+        str(tmp_path / "s"),
+        "--data-root",
+        str(tmp_path / "d"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+    ]
     plan = make_plan(parse_args([*base, "--name", "smoke-r", "--epochs", "3", "--num-samples", "2"]))
     write_sweep_file(plan)
     assert os.path.exists(tmp_path / "s" / "smoke-r" / SWEEP_FILE)
     assert plan.space.training.epochs == 3 and plan.space.search.num_samples == 2
     from orchestrator.plan import PlanError
 
-    with pytest.raises(PlanError, match=r"keeps its first run's settings; drop --epochs 5.0 \(the sweep ran with 3.0\)"):
+    with pytest.raises(
+        PlanError, match=r"keeps its first run's settings; drop --epochs 5.0 \(the sweep ran with 3.0\)"
+    ):
         make_plan(parse_args([*base, "--resume", "smoke-r", "--epochs", "5"]))
     # the same value is accepted; no value replays the stored one (restorability is checked last: none here)
     with pytest.raises(PlanError, match="no restorable sweep state"):
@@ -208,14 +264,27 @@ def test_resume_refuses_an_edited_space_and_its_command_carries_every_store(tmp_
 
     space = str(tmp_path / "smoke.yaml")
     shutil.copy(SMOKE, space)
-    base = ["--space", space, "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
-            "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--study-storage", str(tmp_path / "study.journal")]
+    base = [
+        "--space",
+        space,
+        "--storage",
+        str(tmp_path / "s"),
+        "--data-root",
+        str(tmp_path / "d"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        "--study-storage",
+        str(tmp_path / "study.journal"),
+    ]
     plan = make_plan(parse_args([*base, "--name", "smoke-e"]))
     write_sweep_file(plan)
     command = plan.resume_command()
-    for flag, value in (("--storage", tmp_path / "s"), ("--data-root", tmp_path / "d"),
-                        ("--tracking-uri", f"sqlite:///{tmp_path}/m.db"),
-                        ("--study-storage", tmp_path / "study.journal")):
+    for flag, value in (
+        ("--storage", tmp_path / "s"),
+        ("--data-root", tmp_path / "d"),
+        ("--tracking-uri", f"sqlite:///{tmp_path}/m.db"),
+        ("--study-storage", tmp_path / "study.journal"),
+    ):
         assert f"{flag} {value}" in command, command
     with open(space, "a") as fh:
         fh.write("# edited\n")
@@ -240,24 +309,32 @@ def test_plan_paths_are_absolute(tmp_path, monkeypatch):
     from orchestrator.sweep import parse_args
 
     monkeypatch.chdir(tmp_path)
-    plan = make_plan(parse_args(["--space", SMOKE, "--storage", "rel/s", "--data-root", "rel/d",
-                                 "--tracking-uri", "sqlite:///rel/m.db"]))
+    plan = make_plan(
+        parse_args(
+            ["--space", SMOKE, "--storage", "rel/s", "--data-root", "rel/d", "--tracking-uri", "sqlite:///rel/m.db"]
+        )
+    )
     assert plan.storage == str(tmp_path / "rel" / "s") and plan.data_root == str(tmp_path / "rel" / "d")
     assert plan.tracking_uri == f"sqlite:///{tmp_path}/rel/m.db"
     assert all(os.path.isabs(u) for u in [plan.source, *[t.uri for t in plan.select + plan.report]])
     assert [t.name for t in plan.select] == ["synthetic-tiny-select"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--register", "a/b"], "--register 'a/b': a model name is letters"),
-    (["--export", "/proc/adin/x"], "--export /proc/adin/x: cannot create /proc/adin"),
-    (["--export", "/proc/x"], "--export /proc/x: cannot write in /proc"),
-    (["--sweep", "nope"], "no sweep named 'nope'"),
-    (["--tracking-uri", "sqlite:////tmp/adin-no-such-folder/m.db"], "no tracking database at /tmp/adin-no-such-folder"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--register", "a/b"], "--register 'a/b': a model name is letters"),
+        (["--export", "/proc/adin/x"], "--export /proc/adin/x: cannot create /proc/adin"),
+        (["--export", "/proc/x"], "--export /proc/x: cannot write in /proc"),
+        (["--sweep", "nope"], "no sweep named 'nope'"),
+        (
+            ["--tracking-uri", "sqlite:////tmp/adin-no-such-folder/m.db"],
+            "no tracking database at /tmp/adin-no-such-folder",
+        ),
+    ],
+)
 def test_best_input_mistakes_fail_before_any_export(tmp_path, capsys, args, message):
     from orchestrator.best import main
-
     from orchestrator.tracking import TrackingQueue
 
     TrackingQueue(f"sqlite:///{tmp_path}/m.db").client.search_experiments()  # an (empty) tracking database
@@ -266,7 +343,7 @@ def test_best_input_mistakes_fail_before_any_export(tmp_path, capsys, args, mess
         if args[i] in full:
             full[full.index(args[i]) + 1] = args[i + 1]
         else:
-            full += args[i:i + 2]
+            full += args[i : i + 2]
     assert main(full) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -284,8 +361,24 @@ def test_inspect_decodes_every_image_so_a_damaged_image_with_a_recomputed_hash_i
 
     assert main(["synth", "--preset", "tiny", "--out", str(tmp_path / "trees")]) == 0
     src = next(p for p in (tmp_path / "trees").iterdir() if "source" in p.name)
-    assert main(["shard", "--format", "market1501", "--src", str(src), "--dest", str(tmp_path / "store"),
-                 "--name", "tiny-src", "--version", "v1"]) == 0
+    assert (
+        main(
+            [
+                "shard",
+                "--format",
+                "market1501",
+                "--src",
+                str(src),
+                "--dest",
+                str(tmp_path / "store"),
+                "--name",
+                "tiny-src",
+                "--version",
+                "v1",
+            ]
+        )
+        == 0
+    )
     version = tmp_path / "store" / "tiny-src" / "v1"
     assert main(["inspect", str(version)]) == 0
     capsys.readouterr()
@@ -312,8 +405,10 @@ def test_data_cli_mistakes(tmp_path, capsys):
     dest_file = _write(tmp_path, "dest", "x")
     assert main(["shard", "--format", "market1501", "--src", src, "--dest", dest_file]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
-    for content, message in (("[1, 2]", "is not a manifest (a JSON object), it holds a list"),
-                             ('{"schema_version": 1}', "not a complete manifest (missing ['dataset'")):
+    for content, message in (
+        ("[1, 2]", "is not a manifest (a JSON object), it holds a list"),
+        ('{"schema_version": 1}', "not a complete manifest (missing ['dataset'"),
+    ):
         folder = tmp_path / "store" / "x" / "v1"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "manifest.json").write_text(content)
@@ -321,12 +416,15 @@ def test_data_cli_mistakes(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--set", "beta=[1,"], "cannot read value '[1,'"),
-    (["--set", "device=cuda"], "CUDA is not available"),
-    (["--set", "adv_loss=cane"], "the paper's CaNE is adv_loss=ne with calibration=class_prior"),
-    (["--gen", "colour=red"], "colour"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "beta=[1,"], "cannot read value '[1,'"),
+        (["--set", "device=cuda"], "CUDA is not available"),
+        (["--set", "adv_loss=cane"], "the paper's CaNE is adv_loss=ne with calibration=class_prior"),
+        (["--gen", "colour=red"], "colour"),
+    ],
+)
 def test_adin_core_cli_mistakes(capsys, monkeypatch, args, message):
     import torch
 
@@ -359,6 +457,7 @@ def test_free_ports_are_outside_the_ports_client_sockets_and_ray_workers_take():
     assert len(set(ports)) == len(ports)  # never the same one twice in a process
     assert all(RAY_WORKER_PORTS[1] < p < low for p in ports), ports
     import socket
+
     for p in ports[:3]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))  # free when handed out

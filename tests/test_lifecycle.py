@@ -23,8 +23,21 @@ SMOKE = os.path.join(REPO, "search_spaces", "smoke.yaml")
 
 
 def _args(root, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.sweep", "--space", SMOKE, "--storage", str(root / "sweeps"),
-            "--data-root", str(root / "data"), "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator.sweep",
+        "--space",
+        SMOKE,
+        "--storage",
+        str(root / "sweeps"),
+        "--data-root",
+        str(root / "data"),
+        "--tracking-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _env(**extra) -> dict[str, str]:
@@ -37,8 +50,11 @@ def _runs(root):
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    return ([r for r in runs if r.data.tags.get("adin.role") == "sweep"],
-            [r for r in runs if r.data.tags.get("adin.role") == "trial"], client)
+    return (
+        [r for r in runs if r.data.tags.get("adin.role") == "sweep"],
+        [r for r in runs if r.data.tags.get("adin.role") == "trial"],
+        client,
+    )
 
 
 def _wait_for_a_running_trial(root, n: int, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -53,8 +69,9 @@ def _wait_for_a_running_trial(root, n: int, proc: subprocess.Popen, timeout: flo
         assert proc.poll() is None, f"the sweep ended early: {proc.communicate()[0][-3000:]}"
         exp = client.get_experiment_by_name("smoke") if os.path.exists(root / "mlflow.db") else None
         if exp is not None:
-            running = client.search_runs([exp.experiment_id],
-                                         "tags.`adin.role` = 'trial' and attributes.status = 'RUNNING'")
+            running = client.search_runs(
+                [exp.experiment_id], "tags.`adin.role` = 'trial' and attributes.status = 'RUNNING'"
+            )
             if any(r.data.metrics.get("evaluation", 0) >= n for r in running):
                 return
         time.sleep(0.3)
@@ -65,10 +82,27 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     # 20 evaluations a trial, Ctrl-C once a running trial has logged its second: the graceful stop (2-8 s, at
     # 0.5 s an evaluation on the smoke space) cannot let that trial finish, as it once did with 10 (then no trial
     # was left to resume from a checkpoint)
-    proc = subprocess.Popen(_args(tmp_path, "--name", "life", "--num-samples", "2", "--max-concurrent", "1",
-                                  "--epochs", "20", "--scheduler", "none"),
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _args(
+            tmp_path,
+            "--name",
+            "life",
+            "--num-samples",
+            "2",
+            "--max-concurrent",
+            "1",
+            "--epochs",
+            "20",
+            "--scheduler",
+            "none",
+        ),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for_a_running_trial(tmp_path, 2, proc)
         t0 = time.perf_counter()
@@ -82,20 +116,36 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     assert "--resume life" in out and "Traceback" not in out, out[-4000:]
     (parent,), children, client = _runs(tmp_path)
     assert parent.info.status == "KILLED" and parent.data.tags["adin.state"] == "partial"
-    assert children and all(c.info.status == "KILLED" and c.data.tags["adin.outcome"] == "killed"
-                            for c in children if c.data.tags["adin.outcome"] != "finished")
-    interrupted = [c.data.tags["adin.trial_id"] for c in children
-                   if c.data.tags["adin.outcome"] == "killed" and c.data.metrics.get("evaluation", 0) >= 1]
+    assert children and all(
+        c.info.status == "KILLED" and c.data.tags["adin.outcome"] == "killed"
+        for c in children
+        if c.data.tags["adin.outcome"] != "finished"
+    )
+    interrupted = [
+        c.data.tags["adin.trial_id"]
+        for c in children
+        if c.data.tags["adin.outcome"] == "killed" and c.data.metrics.get("evaluation", 0) >= 1
+    ]
     assert interrupted, [(c.data.tags["adin.outcome"], c.data.metrics.get("evaluation")) for c in children]
-    board = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:8] in
-             {c.data.tags["adin.trial_id"] for c in children}}
+    board = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line[:8] in {c.data.tags["adin.trial_id"] for c in children}
+    }
     assert board[interrupted[0]] == "killed", out[-3000:]  # the leaderboard says what MLflow says, not "pruned"
     # the resumed sweep replays --epochs 20 --num-samples 2 (stored with the sweep); it is stopped again, by SIGTERM
     # to its whole process group (what `timeout`, a container stop or a scheduler send), the sweep leading its
     # group as a shell job does. A resumed sweep once took such a stop for success (exit 0, "winner", the cut trial
     # "pruned" and its run left RUNNING); SIGTERM to the group once killed Ray under the driver (exit 1 after 62 s).
-    resumed = subprocess.Popen(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, process_group=0)
+    resumed = subprocess.Popen(
+        _args(tmp_path, "--resume", "life"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
     try:
         _wait_for_a_running_trial(tmp_path, 5, resumed)
         t2 = time.perf_counter()
@@ -112,13 +162,17 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     assert not [c for c in children if c.info.status == "RUNNING"]
     cut = [c for c in children if c.data.tags["adin.outcome"] == "killed"]
     assert cut and all(c.info.status == "KILLED" for c in cut)
-    board = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:8] in
-             {c.data.tags["adin.trial_id"] for c in children}}
+    board = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line[:8] in {c.data.tags["adin.trial_id"] for c in children}
+    }
     assert all(board[c.data.tags["adin.trial_id"]] == "killed" for c in cut), out[-3000:]
     # and the sweep finishes from there
     t1 = time.perf_counter()
-    resumed = subprocess.run(_args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        _args(tmp_path, "--resume", "life"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
     (parent,), children, client = _runs(tmp_path)
     assert parent.info.status == "FINISHED" and parent.data.tags["adin.state"] == "complete"
@@ -130,9 +184,11 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     for child in children:  # every evaluation once: those Tune had not taken at the stops were resent on resume
         history = [m.step for m in client.get_metric_history(child.info.run_id, "transfer_mAP")]
         assert history == list(range(1, 21)), (child.data.tags["adin.trial_id"], history)
-    print(f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed, then SIGTERM to its process group: exit 143 "
-          f"{term_s:.1f} s after it; resumed from step {first.data.metrics['faults/resumed_from_step']:.0f}; the last "
-          f"resume finished in {time.perf_counter() - t1:.0f} s")
+    print(
+        f"\nCtrl-C: exit 130 {stop_s:.1f} s after the signal; resumed, then SIGTERM to its process group: exit 143 "
+        f"{term_s:.1f} s after it; resumed from step {first.data.metrics['faults/resumed_from_step']:.0f}; the last "
+        f"resume finished in {time.perf_counter() - t1:.0f} s"
+    )
 
 
 @pytest.mark.rehearsal
@@ -141,17 +197,44 @@ def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_1
     trial's resources are released), and `ray job stop`'s SIGTERM ends the sweep with 143."""
     ray_tmp = tempfile.mkdtemp(prefix="rayo", dir="/tmp")
     port, dash = free_port(), free_port()
-    other = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
-                              str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus",
-                              "1", "--temp-dir", ray_tmp, "--include-dashboard", "true"],
-                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    other = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--num-cpus",
+            "1",
+            "--temp-dir",
+            ray_tmp,
+            "--include-dashboard",
+            "true",
+        ],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     proc = None
     try:
         wait_for_port(dash, timeout=90)
-        proc = subprocess.Popen(_args(tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1",
-                                      "--scheduler", "none"),
-                                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _args(tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none"),
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         exp_dir = str(tmp_path / "sweeps" / "beside")
         deadline = time.time() + 600
         while time.time() < deadline and len(glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json"))) < 2:
@@ -186,8 +269,9 @@ def test_a_sweep_in_which_no_trial_finishes_exits_1(tmp_path):
     with open(part, "r+b") as fh:
         fh.seek(100)
         fh.write(b"damaged")
-    proc = subprocess.run(_args(tmp_path, "--num-samples", "1"), cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        _args(tmp_path, "--num-samples", "1"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no trial finished (1 failed" in proc.stderr and "orchestrator.best" not in proc.stdout
     (parent,), (child,), _ = _runs(tmp_path)
@@ -196,8 +280,9 @@ def test_a_sweep_in_which_no_trial_finishes_exits_1(tmp_path):
 
 def test_a_trial_no_node_can_hold_is_refused_at_start(tmp_path):
     t0 = time.perf_counter()
-    proc = subprocess.run(_args(tmp_path, "--gpus-per-worker", "1"), cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        _args(tmp_path, "--gpus-per-worker", "1"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "1 GPUs per worker, but the largest node has 0 (no GPU here)" in proc.stderr
     assert time.perf_counter() - t0 < 60

@@ -4,9 +4,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adin_core.losses import (ADVERSARIAL_FORMS, CALIBRATIONS, CenterLoss, adversarial_loss, cane_class_prior,
-                              identity_loss, js_to_uniform, kl_prior_to_prediction, kl_uniform_to_prediction,
-                              negative_entropy, tempered_prior)
+from adin_core.losses import (
+    ADVERSARIAL_FORMS,
+    CALIBRATIONS,
+    CenterLoss,
+    adversarial_loss,
+    cane_class_prior,
+    identity_loss,
+    js_to_uniform,
+    kl_prior_to_prediction,
+    kl_uniform_to_prediction,
+    negative_entropy,
+    tempered_prior,
+)
 
 K = 5
 PRIOR = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
@@ -42,10 +52,12 @@ def test_cane_class_prior_hand_value_and_uniform_prior_is_ne_over_k():
     assert cane_class_prior(c.log(), p).item() == pytest.approx(expected, abs=1e-6)
     logits = torch.randn(8, 6)
     assert cane_class_prior(logits, torch.full((6,), 1 / 6)).item() == pytest.approx(
-        negative_entropy(logits).item() / 6, rel=1e-5)
+        negative_entropy(logits).item() / 6, rel=1e-5
+    )
     # ne + class_prior through the dispatcher is CaNE (paper Eq. 6)
-    assert adversarial_loss("ne", c.log(), torch.zeros(1, dtype=torch.long), p, calibration="class_prior").item() \
-        == pytest.approx(expected, abs=1e-6)
+    assert adversarial_loss(
+        "ne", c.log(), torch.zeros(1, dtype=torch.long), p, calibration="class_prior"
+    ).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_kl_uniform_to_prediction_is_cross_entropy_to_uniform_minus_log_k():
@@ -66,8 +78,10 @@ def test_sample_prior_weights_each_sample_by_k_times_its_label_prior():
     c = torch.tensor([[0.7, 0.3], [0.5, 0.5], [0.9, 0.1]])
     labels = torch.tensor([0, 1, 1])
     p = torch.tensor([0.8, 0.2])
-    for form, per_sample in (("ne", lambda row: sum(x * math.log(2 * x) for x in row)),  # KL(c || u)
-                             ("kl", lambda row: -sum(math.log(x) for x in row) / 2 - math.log(2))):  # KL(u || c)
+    for form, per_sample in (
+        ("ne", lambda row: sum(x * math.log(2 * x) for x in row)),  # KL(c || u)
+        ("kl", lambda row: -sum(math.log(x) for x in row) / 2 - math.log(2)),
+    ):  # KL(u || c)
         terms = [per_sample(row) for row in c.tolist()]
         expected = sum(2 * p[y].item() * t for y, t in zip(labels.tolist(), terms)) / 3
         got = adversarial_loss(form, c.log(), labels, p, calibration="sample_prior").item()
@@ -85,13 +99,21 @@ def test_tempered_prior():
     p = torch.tensor([0.6, 0.3, 0.1])
     torch.testing.assert_close(tempered_prior(p, 1.0), p)
     torch.testing.assert_close(tempered_prior(p, 0.0), torch.full((3,), 1 / 3))
-    torch.testing.assert_close(tempered_prior(p, 2.0), p ** 2 / (p ** 2).sum())
+    torch.testing.assert_close(tempered_prior(p, 2.0), p**2 / (p**2).sum())
 
 
 # --- where each form is minimised --------------------------------------------------------------------------
-@pytest.mark.parametrize("form,calibration,optimum", [
-    ("ne", "none", "uniform"), ("kl", "none", "uniform"), ("js", "none", "uniform"),
-    ("kl", "sample_prior", "uniform"), ("ne", "sample_prior", "uniform"), ("kl", "class_prior", "prior")])
+@pytest.mark.parametrize(
+    "form,calibration,optimum",
+    [
+        ("ne", "none", "uniform"),
+        ("kl", "none", "uniform"),
+        ("js", "none", "uniform"),
+        ("kl", "sample_prior", "uniform"),
+        ("ne", "sample_prior", "uniform"),
+        ("kl", "class_prior", "prior"),
+    ],
+)
 def test_each_form_is_minimised_where_it_should_be(form, calibration, optimum):
     """Gradient descent on free logits from a confident start ends at the form's optimum: the uniform prediction,
     or, for KL(p || c), the prior (a prediction that says nothing beyond the class frequencies)."""
@@ -119,8 +141,9 @@ def test_kl_keeps_its_gradient_when_the_adversary_is_confident(calibration):
         torch.testing.assert_close(g * 4, F.softmax(_confident(), 1) - PRIOR, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("form,calibration", [("ne", "none"), ("ne", "class_prior"), ("ne", "sample_prior"),
-                                              ("js", "none")])
+@pytest.mark.parametrize(
+    "form,calibration", [("ne", "none"), ("ne", "class_prior"), ("ne", "sample_prior"), ("js", "none")]
+)
 def test_entropy_forms_lose_their_gradient_when_the_adversary_is_confident(form, calibration):
     """NE, CaNE and JS are flat near one-hot: the measured reason the paper's loss had no grip (README)."""
     labels = torch.zeros(4, dtype=torch.long)

@@ -2,8 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from adin_core.metrics import (evaluate_features, evaluate_rank, evaluate_rank_reference, evaluate_vehicleid,
-                               pairwise_distance)
+from adin_core.metrics import (
+    evaluate_features,
+    evaluate_rank,
+    evaluate_rank_reference,
+    evaluate_vehicleid,
+    pairwise_distance,
+)
 
 
 def _random_problem(rng, nq=120, ng=600, ids=40, cams=5, ties=False):
@@ -107,8 +112,9 @@ def test_non_finite_features_or_distances_are_refused_never_scored():
 
     nan = torch.full((4, 8), math.nan)
     with pytest.raises(NonFiniteError, match="query features: 32 of 32 values are NaN"):
-        evaluate_features(nan, torch.full((6, 8), math.nan), [0, 1, 2, 3], [0, 0, 1, 1, 2, 3], [0] * 4,
-                          [1, 2, 1, 2, 1, 1])
+        evaluate_features(
+            nan, torch.full((6, 8), math.nan), [0, 1, 2, 3], [0, 0, 1, 1, 2, 3], [0] * 4, [1, 2, 1, 2, 1, 1]
+        )
     good = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     gallery = good.repeat(2, 1)
     gallery[5, 3] = math.inf

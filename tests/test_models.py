@@ -42,8 +42,9 @@ def test_pretrained_weights_absent_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="pretrained=False"):
         ADINModel(TrainConfig(backbone="resnet50", pretrained=True), 3, {"camera": 2})
     with pytest.raises(ConfigError, match="does not exist"):
-        ADINModel(TrainConfig(backbone="resnet50", pretrained=True, weights_path=str(tmp_path / "no.pth")), 3,
-                  {"camera": 2})
+        ADINModel(
+            TrainConfig(backbone="resnet50", pretrained=True, weights_path=str(tmp_path / "no.pth")), 3, {"camera": 2}
+        )
 
 
 def test_pretrained_weights_load_from_local_file(tmp_path):

@@ -40,7 +40,7 @@ def test_identity_knowledge_is_not_reported_as_camera_knowledge():
     assert r.accuracy < r.chance + 0.2
     # the same features on identity-overlapping folds would look camera-aware: the reason for disjoint halves
     idx = rng.permutation(len(pids))
-    fit, test = idx[: len(idx) // 2], idx[len(idx) // 2:]
+    fit, test = idx[: len(idx) // 2], idx[len(idx) // 2 :]
     w = torch.linalg.lstsq(feats[fit], F.one_hot(torch.tensor(cams[fit]), 4).double()).solution
     assert ((feats[test] @ w).argmax(1).numpy() == cams[test]).mean() > 0.9
 
@@ -111,8 +111,13 @@ def test_the_probes_objective_has_the_gradient_it_reports():
     theta = rng.normal(size=(6 + 1) * 4)
     loss, grad = _softmax_objective(theta, x, y, 0.1)
     eps = 1e-6
-    numeric = np.array([(_softmax_objective(theta + eps * e, x, y, 0.1)[0]
-                         - _softmax_objective(theta - eps * e, x, y, 0.1)[0]) / (2 * eps) for e in np.eye(len(theta))])
+    numeric = np.array(
+        [
+            (_softmax_objective(theta + eps * e, x, y, 0.1)[0] - _softmax_objective(theta - eps * e, x, y, 0.1)[0])
+            / (2 * eps)
+            for e in np.eye(len(theta))
+        ]
+    )
     assert np.allclose(grad, numeric, atol=1e-6)
     logits = x @ theta[:24].reshape(6, 4) + theta[24:]
     expected = F.cross_entropy(torch.tensor(logits), torch.tensor(y)).item() + 0.05 * (theta[:24] ** 2).sum()

@@ -1,4 +1,5 @@
-"""What the sweep prints while it runs: into a log, a line per trial event; in a terminal, the table redrawn in place."""
+"""What the sweep prints while it runs: into a log, a line per trial event; in a terminal, the table redrawn in
+place."""
 
 from __future__ import annotations
 

@@ -18,8 +18,18 @@ def setup():
     train, val = held_out_val(bench.source.train)
     data = TrainingData(train, val, "camera", name="tiny")
     sel = bench.targets["select"]
-    cfg = TrainConfig(backbone="small_cnn", image_height=32, image_width=16, batch_size=32, epochs=2,
-                      pretrain_id_epochs=0.5, pretrain_nuisance_epochs=0.25, check_every=5, refresh_steps=5, seed=3)
+    cfg = TrainConfig(
+        backbone="small_cnn",
+        image_height=32,
+        image_width=16,
+        batch_size=32,
+        epochs=2,
+        pretrain_id_epochs=0.5,
+        pretrain_nuisance_epochs=0.25,
+        check_every=5,
+        refresh_steps=5,
+        seed=3,
+    )
     return data, sel, cfg
 
 
@@ -32,12 +42,16 @@ def test_each_seed_trains_as_it_would_alone_and_the_group_reports_their_mean(set
     seeds = seed_list(cfg, 2)
     assert seeds == [3, 4]
     reports = []
-    group = SeedGroup([ADINTrainer(cfg.replace(seed=s), data) for s in seeds], _evaluator(sel),
-                      lambda trainers, reps, metrics, final: reports.append((metrics, final)))
+    group = SeedGroup(
+        [ADINTrainer(cfg.replace(seed=s), data) for s in seeds],
+        _evaluator(sel),
+        lambda trainers, reps, metrics, final: reports.append((metrics, final)),
+    )
     group.run()
     alone = []
-    trainer = ADINTrainer(cfg.replace(seed=4), data,
-                          hooks=[EvaluationHook(_evaluator(sel), lambda t, r, m, f: alone.append(m))])
+    trainer = ADINTrainer(
+        cfg.replace(seed=4), data, hooks=[EvaluationHook(_evaluator(sel), lambda t, r, m, f: alone.append(m))]
+    )
     trainer.run()
     assert reports[-1][1] and not any(final for _, final in reports[:-1])
     assert len(reports) == len(alone)  # one group report per evaluation of a seed

@@ -10,11 +10,13 @@ from tests.test_space import BASE
 
 
 def _rows():
-    return [TrialRow("a", 0.30, "finished", 4, {"beta": 1.0, "adv_loss": "kl"}, "/c/a", order=3),
-            TrialRow("b", 0.50, "pruned", 1, {"beta": 2.0, "adv_loss": "ne"}, "/c/b", order=1),  # early rung: no
-            TrialRow("c", 0.20, "finished", 4, {"beta": 3.0, "adv_loss": "kl"}, "/c/c", order=2),
-            TrialRow("d", 0.90, "failed", 2, {"beta": 4.0, "adv_loss": "kl"}, "/c/d", order=4),
-            TrialRow("e", 0.40, "finished", 4, {"beta": 5.0, "adv_loss": "kl"}, None, order=5)]  # no checkpoint
+    return [
+        TrialRow("a", 0.30, "finished", 4, {"beta": 1.0, "adv_loss": "kl"}, "/c/a", order=3),
+        TrialRow("b", 0.50, "pruned", 1, {"beta": 2.0, "adv_loss": "ne"}, "/c/b", order=1),  # early rung: no
+        TrialRow("c", 0.20, "finished", 4, {"beta": 3.0, "adv_loss": "kl"}, "/c/c", order=2),
+        TrialRow("d", 0.90, "failed", 2, {"beta": 4.0, "adv_loss": "kl"}, "/c/d", order=4),
+        TrialRow("e", 0.40, "finished", 4, {"beta": 5.0, "adv_loss": "kl"}, None, order=5),
+    ]  # no checkpoint
 
 
 def test_the_winner_is_the_best_finished_trial_with_a_checkpoint_by_metric_and_mode():
@@ -35,25 +37,36 @@ def test_the_history_plot_study_is_in_trial_order():
 def test_ties_go_to_the_smaller_trial_id_whatever_order_the_rows_come_in():
     """The sweep (Tune's results) and `best` (MLflow's search) list trials in different orders; on a tie they once
     crowned different trials (4f88e91f vs 4faaa171)."""
-    tied = [TrialRow("4faaa171", 0.5, "finished", 4, checkpoint="/c/1"),
-            TrialRow("4f88e91f", 0.5, "finished", 4, checkpoint="/c/2"),
-            TrialRow("00000000", 0.4, "finished", 4, checkpoint="/c/3")]
+    tied = [
+        TrialRow("4faaa171", 0.5, "finished", 4, checkpoint="/c/1"),
+        TrialRow("4f88e91f", 0.5, "finished", 4, checkpoint="/c/2"),
+        TrialRow("00000000", 0.4, "finished", 4, checkpoint="/c/3"),
+    ]
     for rows in (tied, tied[::-1], tied[1:] + tied[:1]):
         assert pick_winner(rows, Objective()).trial == "4f88e91f"
         assert [r.trial for r in rank(rows, Objective())] == ["4f88e91f", "4faaa171", "00000000"]
 
 
 def test_a_diverged_trial_or_a_non_finite_objective_never_wins():
-    rows = [TrialRow("a", float("nan"), "finished", 4, checkpoint="/c/a"),
-            TrialRow("b", None, "diverged", 3, checkpoint="/c/b", note="seed 0 diverged at step 40"),
-            TrialRow("c", 0.1, "finished", 4, checkpoint="/c/c")]
+    rows = [
+        TrialRow("a", float("nan"), "finished", 4, checkpoint="/c/a"),
+        TrialRow("b", None, "diverged", 3, checkpoint="/c/b", note="seed 0 diverged at step 40"),
+        TrialRow("c", 0.1, "finished", 4, checkpoint="/c/c"),
+    ]
     assert pick_winner(rows, Objective()).trial == "c"
     assert pick_winner(rows[:2], Objective()) is None
 
 
 def _paired(trial, per_seed, start="", outcome="finished"):
-    return TrialRow(trial, sum(per_seed) / len(per_seed), outcome, 4, checkpoint=f"/c/{trial}",
-                    per_seed=tuple(per_seed), start_point=start)
+    return TrialRow(
+        trial,
+        sum(per_seed) / len(per_seed),
+        outcome,
+        4,
+        checkpoint=f"/c/{trial}",
+        per_seed=tuple(per_seed),
+        start_point=start,
+    )
 
 
 def test_the_start_point_stays_the_winner_unless_a_trial_leads_it_by_more_than_its_standard_errors():
@@ -69,7 +82,7 @@ def test_the_start_point_stays_the_winner_unless_a_trial_leads_it_by_more_than_i
     assert choice.row is start and choice.held_back == ("a",)
     assert "the start point `defaults`" in choice.why(2.0) and "stay behind it: a" in choice.why(2.0)
     choice = choose_winner([start, lucky, steady, worse], Objective(), promote_se=1.0)
-    pooled = ((0.06 ** 2 / 2) + 0 + 0) / 3  # variances of the leads: a 0.0018, b 0, c 0
+    pooled = ((0.06**2 / 2) + 0 + 0) / 3  # variances of the leads: a 0.0018, b 0, c 0
     assert choice.row is steady and choice.se == pytest.approx((pooled / 2) ** 0.5)
     assert "ahead of the start point `defaults` by +0.0600" in choice.why(1.0)
     assert choose_winner([start, lucky, steady], Objective(), promote_se=0.0).row is steady  # plain best then
@@ -87,8 +100,7 @@ def test_the_winner_is_never_worse_than_the_best_start_point():
 
     rng = random.Random(0)
     for _ in range(200):
-        rows = [_paired(f"t{i}", [rng.random(), rng.random()], start="defaults" if i < 2 else "")
-                for i in range(8)]
+        rows = [_paired(f"t{i}", [rng.random(), rng.random()], start="defaults" if i < 2 else "") for i in range(8)]
         best_start = max(r.objective for r in rows if r.start_point)
         for se in (0.0, 1.0, 2.0):
             assert choose_winner(rows, Objective(), se).row.objective >= best_start - 1e-12

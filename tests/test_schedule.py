@@ -5,9 +5,18 @@ from adin_core.schedule import Phase, Schedule, ScheduleConfig
 
 
 def make(**kw) -> Schedule:
-    base = dict(total_steps=1000, pretrain_id_steps=20, pretrain_nuisance_steps=10, check_every=10,
-                max_adversarial_steps=30, max_rescue_steps=20, refresh_steps=10, i_target=1.0, i_trigger=0.9,
-                n_trigger=0.8)
+    base = dict(
+        total_steps=1000,
+        pretrain_id_steps=20,
+        pretrain_nuisance_steps=10,
+        check_every=10,
+        max_adversarial_steps=30,
+        max_rescue_steps=20,
+        refresh_steps=10,
+        i_target=1.0,
+        i_trigger=0.9,
+        n_trigger=0.8,
+    )
     base.update(kw)
     return Schedule(ScheduleConfig(**base))
 
@@ -117,8 +126,14 @@ def test_state_dict_round_trip():
 
 
 def test_from_train_config_converts_epochs_to_steps():
-    cfg = TrainConfig(backbone="small_cnn", epochs=3, pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5,
-                      image_height=32, image_width=16)
+    cfg = TrainConfig(
+        backbone="small_cnn",
+        epochs=3,
+        pretrain_id_epochs=1,
+        pretrain_nuisance_epochs=0.5,
+        image_height=32,
+        image_width=16,
+    )
     sc = ScheduleConfig.from_train_config(cfg, steps_per_epoch=40)
     assert (sc.total_steps, sc.pretrain_id_steps, sc.pretrain_nuisance_steps) == (120, 40, 20)
 

@@ -14,8 +14,14 @@ def _search() -> StudySearch:
     def space(trial: optuna.Trial) -> None:
         trial.suggest_float("beta", 0.01, 1.0, log=True)
 
-    return StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="s",
-                       storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0))
+    return StudySearch(
+        space=space,
+        metric="transfer_mAP",
+        mode="max",
+        study_name="s",
+        storage=optuna.storages.InMemoryStorage(),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
 
 
 def _result(value: float, evaluation: int, iteration: int, final: bool = False) -> dict:
@@ -72,9 +78,15 @@ def test_start_points_are_the_first_trials_and_carry_their_names():
     def space(trial: optuna.Trial) -> None:
         trial.suggest_float("beta", 0.01, 1.0, log=True)
 
-    search = StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="s",
-                         storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0),
-                         start_points=[("defaults", {"beta": 0.1}), ("start1", {"beta": 0.5})])
+    search = StudySearch(
+        space=space,
+        metric="transfer_mAP",
+        mode="max",
+        study_name="s",
+        storage=optuna.storages.InMemoryStorage(),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        start_points=[("defaults", {"beta": 0.1}), ("start1", {"beta": 0.5})],
+    )
     first, second, third = search.suggest("t1"), search.suggest("t2"), search.suggest("t3")
     assert first == {"beta": 0.1, S.START_POINT_KEY: "defaults"}
     assert second == {"beta": 0.5, S.START_POINT_KEY: "start1"}
@@ -89,10 +101,10 @@ def test_asha_records_a_start_points_results_but_never_stops_it():
 
     from orchestrator.search import StartPointASHA
 
-    asha = StartPointASHA(time_attr=S.EVALUATION, max_t=8, grace_period=2, reduction_factor=2, metric="m",
-                          mode="max")
-    trials = [SimpleNamespace(trial_id=f"t{i}", config={S.START_POINT_KEY: "defaults"} if i == 0 else {})
-              for i in range(3)]
+    asha = StartPointASHA(time_attr=S.EVALUATION, max_t=8, grace_period=2, reduction_factor=2, metric="m", mode="max")
+    trials = [
+        SimpleNamespace(trial_id=f"t{i}", config={S.START_POINT_KEY: "defaults"} if i == 0 else {}) for i in range(3)
+    ]
     for t in trials:
         asha.on_trial_add(None, t)
     assert asha.on_trial_result(None, trials[1], {S.EVALUATION: 2, "m": 0.9}) == TrialScheduler.CONTINUE
@@ -124,9 +136,16 @@ def test_the_study_names_its_metric_and_links_each_trial_to_tune_and_mlflow():
 
     tracking = LiveCallback().register("tracking:linked")
     tracking.queue = SimpleNamespace(run_ids={})
-    search = StudySearch(space=space, metric="transfer_mAP", mode="max", study_name="linked",
-                         storage=optuna.storages.InMemoryStorage(), sampler=optuna.samplers.RandomSampler(seed=0),
-                         study_attrs={"sweep": "linked", "mlflow_experiment_id": "7"}, tracking_key="tracking:linked")
+    search = StudySearch(
+        space=space,
+        metric="transfer_mAP",
+        mode="max",
+        study_name="linked",
+        storage=optuna.storages.InMemoryStorage(),
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_attrs={"sweep": "linked", "mlflow_experiment_id": "7"},
+        tracking_key="tracking:linked",
+    )
     assert search._ot_study.metric_names == ["transfer_mAP"]
     assert search._ot_study.user_attrs == {"sweep": "linked", "mlflow_experiment_id": "7"}
     search.suggest("t1")

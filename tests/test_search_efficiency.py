@@ -11,7 +11,8 @@ from orchestrator.results import TrialRow
 from orchestrator.space import Objective
 
 _spec = importlib.util.spec_from_file_location(
-    "search_efficiency", pathlib.Path(__file__).parents[1] / "bench" / "search_efficiency.py")
+    "search_efficiency", pathlib.Path(__file__).parents[1] / "bench" / "search_efficiency.py"
+)
 se = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = se  # dataclasses look their module up
 _spec.loader.exec_module(se)
@@ -23,11 +24,20 @@ def _t(name, ended, epochs, objective, finished=True):
 
 
 def test_best_so_far_against_epochs_spent_within_the_budget():
-    ends = [_t("a", 1, 32, 0.20), _t("b", 2, 8, 0.90, finished=False), _t("c", 3, 32, 0.25),
-            _t("d", 4, 32, 0.22), _t("e", 5, 32, 0.40)]
+    ends = [
+        _t("a", 1, 32, 0.20),
+        _t("b", 2, 8, 0.90, finished=False),
+        _t("c", 3, 32, 0.25),
+        _t("d", 4, 32, 0.22),
+        _t("e", 5, 32, 0.40),
+    ]
     points = se.curve(ends, budget=104, objective=Objective(mode="max"))
     assert [(spent, t.objective, t.trial) for spent, t in points] == [
-        (32, 0.20, "a"), (40, 0.20, "a"), (72, 0.25, "c"), (104, 0.25, "c")]  # e is past the budget; b was stopped
+        (32, 0.20, "a"),
+        (40, 0.20, "a"),
+        (72, 0.25, "c"),
+        (104, 0.25, "c"),
+    ]  # e is past the budget; b was stopped
     assert se.epochs_to_reach(points, 0.25, Objective(mode="max")) == 72
     assert se.epochs_to_reach(points, 0.30, Objective(mode="max")) is None
 
@@ -39,8 +49,11 @@ def test_minimised_objectives_count_lower_as_better():
 
 
 def test_each_method_gets_its_own_space_file(tmp_path):
-    base = {"name": "thresholds", "search": {"sampler": "tpe", "num_samples": 8, "seed": 0, "seeds": 2},
-            "verify": {"seeds": 3}}
+    base = {
+        "name": "thresholds",
+        "search": {"sampler": "tpe", "num_samples": 8, "seed": 0, "seeds": 2},
+        "verify": {"seeds": 3},
+    }
     path = se.write_space(base, "random", 2, 5, str(tmp_path))
     raw = se.yaml.safe_load(open(path))
     assert raw["name"] == "search-eff-random-s2"
@@ -51,15 +64,29 @@ def test_each_method_gets_its_own_space_file(tmp_path):
     # the TPE arms get the random start they are given, whatever their trial count; random search takes none
     asha = se.yaml.safe_load(open(se.write_space(base, "tpe+asha", 0, 16, str(tmp_path), random_start=4)))
     assert asha["search"]["num_samples"] == 16 and asha["search"]["startup_trials"] == 4
-    rnd = se.yaml.safe_load(open(se.write_space({**base, "search": {**base["search"], "startup_trials": 3}},
-                                                "random", 0, 8, str(tmp_path), random_start=4)))
+    rnd = se.yaml.safe_load(
+        open(
+            se.write_space(
+                {**base, "search": {**base["search"], "startup_trials": 3}},
+                "random",
+                0,
+                8,
+                str(tmp_path),
+                random_start=4,
+            )
+        )
+    )
     assert "startup_trials" not in rnd["search"]
 
 
 def test_rank_agreement_by_evaluation():
     """What a rung at each evaluation can know: identical scores (trials still the same model) say so, a ranking
     that is the final one reversed reads -1, the final one +1; evaluations too few trials reached are left out."""
-    curves = [{1: 0.1, 2: 0.9, 3: 0.1, 4: 0.1}, {1: 0.1, 2: 0.5, 3: 0.2, 4: 0.2}, {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3},
-              {1: 0.1, 4: 0.4}]
+    curves = [
+        {1: 0.1, 2: 0.9, 3: 0.1, 4: 0.1},
+        {1: 0.1, 2: 0.5, 3: 0.2, 4: 0.2},
+        {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.3},
+        {1: 0.1, 4: 0.4},
+    ]
     assert se.agreement(curves, last=4) == {1: None, 2: pytest.approx(-1.0), 3: pytest.approx(1.0)}
     assert se.agreement(curves[:2], last=4) == {}

@@ -61,45 +61,55 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
     assert (space.fixed["image_height"], space.fixed["image_width"]) == (64, 32)
 
 
-@pytest.mark.parametrize("path,value,match", [
-    ("colour", "red", r"colour: unknown key; allowed"),
-    ("search.sampler", "hyperopt", r"search.sampler: 'hyperopt' is not allowed; choose one of \['tpe'"),
-    ("search.num_samples", 0, r"search.num_samples: must be >= 1"),
-    ("scheduler.type", "pbt", r"scheduler.type: 'pbt' is not allowed"),
-    ("scheduler.max_t", 4, r"scheduler.max_t: unknown key"),  # set by training.epochs / eval_every_epochs
-    ("resources.cpus_per_worker", 0, r"resources.cpus_per_worker: must be > 0"),
-    ("parameters.beta.log", "yes", r"parameters.beta.log: must be true or false"),
-    ("parameters.beta.low", -1, r"parameters.beta.log: log scale needs low > 0"),
-    ("parameters.beta.high", 0.01, r"parameters.beta: low \(0.1\) must be < high"),
-    ("parameters.beta.type", "normal", r"parameters.beta.type: 'normal' is not allowed"),
-    ("parameters.gamma", {"type": "float", "low": 0, "high": 1}, r"parameters.gamma: is not a searchable"),
-    ("parameters.prior_temperature.when", {"adv_loss": "rg"}, r"when.adv_loss: 'rg' is not one of its choices"),
-    ("parameters.prior_temperature.when", {"beta": 1}, r"when.beta: must name a categorical parameter defined above"),
-    ("fixed.beta", 2.0, r"fixed.beta: is also a searched parameter"),
-    ("fixed.epochs", 2, r"fixed.epochs: is set by training.epochs"),
-    ("targets.report", ["synthetic:tiny/select"], r"targets.report: .* is also a select target"),
-    ("targets", None, r"targets: is required"),
-    ("fixed.backbone", "vgg", r"a corner of the space is not a valid config \(backbone='vgg'"),
-    ("search.seeds", 0, r"search.seeds: must be >= 1, got 0"),
-    ("search.startup_trials", -1, r"search.startup_trials: must be >= 0"),
-    ("search.startup_trials", 2.5, r"search.startup_trials: must be an integer"),
-    ("verify.seeds", 1, r"verify.seeds: must be 0 \(off\) or >= 2"),
-    ("verify.colour", 1, r"verify.colour: unknown key"),
-    ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
-    ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
-    # start points: inside the space, naming searched parameters, valid configs
-    ("search.start_from", "defaults", r"search.start_from: must be a list of points"),
-    ("search.start_from", [{"beta": 20.0}], r"start_from\[0\].beta: 20.0 lies outside the searched range 0.1..10"),
-    ("search.start_from", [{"lr_heads": 0.2}], r"start_from\[0\].lr_heads: is not a searched parameter"),
-    ("search.start_from", [{"adv_loss": "ne", "prior_temperature": 1.0}],
-     r"start_from\[0\].prior_temperature: does not apply: its `when:` condition does not hold there"),
-    ("search.start_from", [{"adv_loss": "rg"}], r"start_from\[0\].adv_loss: 'rg' is not among its choices"),
-    ("search.start_from", ["defaults", {"beta": 0.1}], r"start_from\[1\]: repeats an earlier start point"),
-    ("search.start_from", [42], r"start_from\[0\]: must be `defaults` or a mapping"),
-    ("search.promote_se", -1, r"search.promote_se: must be >= 0"),
-    ("verify.arms", ["winner", "default"], r"verify.arms: must include winner and baseline"),
-    ("verify.arms", ["winner", "baseline", "oracle"], r"verify.arms: must list arms among"),
-])
+@pytest.mark.parametrize(
+    "path,value,match",
+    [
+        ("colour", "red", r"colour: unknown key; allowed"),
+        ("search.sampler", "hyperopt", r"search.sampler: 'hyperopt' is not allowed; choose one of \['tpe'"),
+        ("search.num_samples", 0, r"search.num_samples: must be >= 1"),
+        ("scheduler.type", "pbt", r"scheduler.type: 'pbt' is not allowed"),
+        ("scheduler.max_t", 4, r"scheduler.max_t: unknown key"),  # set by training.epochs / eval_every_epochs
+        ("resources.cpus_per_worker", 0, r"resources.cpus_per_worker: must be > 0"),
+        ("parameters.beta.log", "yes", r"parameters.beta.log: must be true or false"),
+        ("parameters.beta.low", -1, r"parameters.beta.log: log scale needs low > 0"),
+        ("parameters.beta.high", 0.01, r"parameters.beta: low \(0.1\) must be < high"),
+        ("parameters.beta.type", "normal", r"parameters.beta.type: 'normal' is not allowed"),
+        ("parameters.gamma", {"type": "float", "low": 0, "high": 1}, r"parameters.gamma: is not a searchable"),
+        ("parameters.prior_temperature.when", {"adv_loss": "rg"}, r"when.adv_loss: 'rg' is not one of its choices"),
+        (
+            "parameters.prior_temperature.when",
+            {"beta": 1},
+            r"when.beta: must name a categorical parameter defined above",
+        ),
+        ("fixed.beta", 2.0, r"fixed.beta: is also a searched parameter"),
+        ("fixed.epochs", 2, r"fixed.epochs: is set by training.epochs"),
+        ("targets.report", ["synthetic:tiny/select"], r"targets.report: .* is also a select target"),
+        ("targets", None, r"targets: is required"),
+        ("fixed.backbone", "vgg", r"a corner of the space is not a valid config \(backbone='vgg'"),
+        ("search.seeds", 0, r"search.seeds: must be >= 1, got 0"),
+        ("search.startup_trials", -1, r"search.startup_trials: must be >= 0"),
+        ("search.startup_trials", 2.5, r"search.startup_trials: must be an integer"),
+        ("verify.seeds", 1, r"verify.seeds: must be 0 \(off\) or >= 2"),
+        ("verify.colour", 1, r"verify.colour: unknown key"),
+        ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
+        ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
+        # start points: inside the space, naming searched parameters, valid configs
+        ("search.start_from", "defaults", r"search.start_from: must be a list of points"),
+        ("search.start_from", [{"beta": 20.0}], r"start_from\[0\].beta: 20.0 lies outside the searched range 0.1..10"),
+        ("search.start_from", [{"lr_heads": 0.2}], r"start_from\[0\].lr_heads: is not a searched parameter"),
+        (
+            "search.start_from",
+            [{"adv_loss": "ne", "prior_temperature": 1.0}],
+            r"start_from\[0\].prior_temperature: does not apply: its `when:` condition does not hold there",
+        ),
+        ("search.start_from", [{"adv_loss": "rg"}], r"start_from\[0\].adv_loss: 'rg' is not among its choices"),
+        ("search.start_from", ["defaults", {"beta": 0.1}], r"start_from\[1\]: repeats an earlier start point"),
+        ("search.start_from", [42], r"start_from\[0\]: must be `defaults` or a mapping"),
+        ("search.promote_se", -1, r"search.promote_se: must be >= 0"),
+        ("verify.arms", ["winner", "default"], r"verify.arms: must include winner and baseline"),
+        ("verify.arms", ["winner", "baseline", "oracle"], r"verify.arms: must list arms among"),
+    ],
+)
 def test_malformed_space_names_the_key(path, value, match):
     with pytest.raises(SpaceError, match=match):
         parse_space(with_(path, value), "space.yaml")
@@ -109,20 +119,29 @@ def test_start_points_resolve_defaults_inside_the_space_and_say_where_a_default_
     space = parse_space(with_("search.start_from", ["defaults", {"beta": 2.0, "adv_loss": "ne"}]), "space.yaml")
     assert [(n, dict(p)) for n, p in space.search.start_from] == [
         ("defaults", {"adv_loss": "kl", "prior_temperature": 1.0, "beta": 0.1}),
-        ("start1", {"adv_loss": "ne", "beta": 2.0})]  # prior_temperature applies only under kl
+        ("start1", {"adv_loss": "ne", "beta": 2.0}),
+    ]  # prior_temperature applies only under kl
     raw = with_("search.start_from", ["defaults"])
     raw["parameters"]["beta"]["low"] = 0.5
-    with pytest.raises(SpaceError, match=r"start_from\[0\] \(defaults: beta's default\): 0.1 lies outside the "
-                                         r"searched range 0.5..10"):
+    with pytest.raises(
+        SpaceError,
+        match=r"start_from\[0\] \(defaults: beta's default\): 0.1 lies outside the "
+        r"searched range 0.5..10",
+    ):
         parse_space(raw, "space.yaml")
     with pytest.raises(SpaceError, match="names 3 points, more than the 2 trials"):
-        parse_space(dict(with_("search.start_from", ["defaults", {"beta": 1.0}, {"beta": 2.0}]),
-                         search={"num_samples": 2, "start_from": ["defaults", {"beta": 1.0}, {"beta": 2.0}]}),
-                    "space.yaml")
+        parse_space(
+            dict(
+                with_("search.start_from", ["defaults", {"beta": 1.0}, {"beta": 2.0}]),
+                search={"num_samples": 2, "start_from": ["defaults", {"beta": 1.0}, {"beta": 2.0}]},
+            ),
+            "space.yaml",
+        )
 
 
 def test_a_model_based_sampler_steers_at_least_half_the_trials_by_default():
     """Optuna's TPE draws its first 10 trials at random: in a search of 8 it would never use its model."""
+
     def search(**settings):
         raw = with_("search", {"num_samples": 8, **settings})
         return parse_space(raw, "space.yaml").search
@@ -148,8 +167,11 @@ def test_no_asha_rung_inside_pretraining_when_no_searched_parameter_acts_there()
     raw = with_("fixed", {**BASE["fixed"], "pretrain_id_epochs": 3, "pretrain_nuisance_epochs": 1})
     raw["training"] = {"epochs": 16, "eval_every_epochs": 2}
     raw["scheduler"] = {"type": "asha", "grace_period": 2}
-    with pytest.raises(SpaceError, match=r"^space.yaml: scheduler.grace_period: 2 evaluations \(4 epochs\) is not "
-                                         r"after pretraining.*\(adv_loss, prior_temperature, beta\).*use >= 3$"):
+    with pytest.raises(
+        SpaceError,
+        match=r"^space.yaml: scheduler.grace_period: 2 evaluations \(4 epochs\) is not "
+        r"after pretraining.*\(adv_loss, prior_temperature, beta\).*use >= 3$",
+    ):
         parse_space(raw, "space.yaml")
     raw["scheduler"] = {"type": "asha", "grace_period": 3}
     assert parse_space(raw, "space.yaml").scheduler.grace_period == 3
@@ -189,8 +211,17 @@ def test_overlapping_threshold_ranges_are_caught_before_ray():
 def test_corners_are_checked_beyond_the_first_in_a_large_space():
     raw = with_("parameters.i_target", {"type": "float", "low": 0.9, "high": 1.0})
     raw["parameters"]["i_trigger"] = {"type": "float", "low": 0.85, "high": 0.95}  # bad only at (0.9, 0.95)
-    for name in ("label_smoothing", "center_weight", "n_trigger", "lr_backbone", "lr_heads", "momentum",
-                 "weight_decay", "pretrain_id_epochs", "pretrain_nuisance_epochs"):
+    for name in (
+        "label_smoothing",
+        "center_weight",
+        "n_trigger",
+        "lr_backbone",
+        "lr_heads",
+        "momentum",
+        "weight_decay",
+        "pretrain_id_epochs",
+        "pretrain_nuisance_epochs",
+    ):
         raw["parameters"][name] = {"type": "float", "low": 0.01, "high": 0.1}
     raw["parameters"]["refresh_steps"] = {"type": "int", "low": 1, "high": 5}
     assert len(raw["parameters"]) == 15
@@ -218,9 +249,14 @@ def test_define_by_run_conditions_and_pickles(tmp_path):
 
 def test_command_line_overrides_are_validated_and_errors_name_the_flag():
     space = parse_space(BASE, "space.yaml")
-    moved = space.with_overrides({"source": ("--source", "s3://b/msmt17/v1"), "resources.workers": ("--workers", 4),
-                                  "resources.gpus_per_worker": ("--gpus-per-worker", 1.0),
-                                  "targets.select": ("--select", ["s3://b/duke/v1"])})
+    moved = space.with_overrides(
+        {
+            "source": ("--source", "s3://b/msmt17/v1"),
+            "resources.workers": ("--workers", 4),
+            "resources.gpus_per_worker": ("--gpus-per-worker", 1.0),
+            "targets.select": ("--select", ["s3://b/duke/v1"]),
+        }
+    )
     assert moved.targets.source == "s3://b/msmt17/v1" and moved.resources.workers == 4
     assert moved.targets.select == ("s3://b/duke/v1",) and space.resources.workers == 1  # the original is frozen
     with pytest.raises(SpaceError, match=r"^--workers: must be >= 1, got 0$"):
@@ -261,11 +297,37 @@ def test_sweep_cli_rejects_bad_space_before_ray(tmp_path, capsys):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(with_("search.sampler", "grid")))
-    assert main(["--space", str(bad), "--storage", str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
-                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert (
+        main(
+            [
+                "--space",
+                str(bad),
+                "--storage",
+                str(tmp_path / "s"),
+                "--data-root",
+                str(tmp_path / "d"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path}/m.db",
+            ]
+        )
+        == 2
+    )
     assert "search.sampler: 'grid' is not allowed" in capsys.readouterr().err
-    assert main(["--space", "search_spaces/smoke.yaml", "--retry-budget", "-1", "--storage", str(tmp_path / "s"),
-                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert (
+        main(
+            [
+                "--space",
+                "search_spaces/smoke.yaml",
+                "--retry-budget",
+                "-1",
+                "--storage",
+                str(tmp_path / "s"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path}/m.db",
+            ]
+        )
+        == 2
+    )
     assert "--retry-budget must be >= 0" in capsys.readouterr().err
     import ray
 
@@ -276,15 +338,30 @@ def test_sweep_refuses_an_existing_name_before_ray(tmp_path, capsys):
     from orchestrator.sweep import main
 
     (tmp_path / "s" / "smoke-x").mkdir(parents=True)
-    assert main(["--space", "search_spaces/smoke.yaml", "--name", "smoke-x", "--storage", str(tmp_path / "s"),
-                 "--data-root", str(tmp_path / "d"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert (
+        main(
+            [
+                "--space",
+                "search_spaces/smoke.yaml",
+                "--name",
+                "smoke-x",
+                "--storage",
+                str(tmp_path / "s"),
+                "--data-root",
+                str(tmp_path / "d"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path}/m.db",
+            ]
+        )
+        == 2
+    )
     assert "sweep 'smoke-x' already exists" in capsys.readouterr().err
 
 
 def test_sweep_checks_nuisance_labels_against_the_source_manifest(tmp_path):
     from adin_core.data.datasets import resolve_dataset
-    from orchestrator.plan import check_nuisance_labels
     from adin_core.data.shards import ShardSet
+    from orchestrator.plan import check_nuisance_labels
 
     source = ShardSet.open(resolve_dataset("synthetic:tiny/source?with_time=false", str(tmp_path)))  # no time
     check_nuisance_labels(parse_space(BASE, "space.yaml"), source)  # camera (the default) is there

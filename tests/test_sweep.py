@@ -26,13 +26,29 @@ def _env(**extra) -> dict[str, str]:
 
 
 def run_cli(module: str, *args: str, env=None, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env or _env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sweep_args(root, *extra: str) -> list[str]:
-    return ["--space", SMOKE, "--storage", str(root / "sweeps"), "--data-root", str(root / "data"),
-            "--tracking-uri", f"sqlite:///{root}/mlflow.db", "--quiet", *extra]
+    return [
+        "--space",
+        SMOKE,
+        "--storage",
+        str(root / "sweeps"),
+        "--data-root",
+        str(root / "data"),
+        "--tracking-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--quiet",
+        *extra,
+    ]
 
 
 def mlflow_runs(tracking_uri: str, experiment: str = "smoke"):
@@ -56,10 +72,30 @@ def users_ray():
     temp_root = tempfile.mkdtemp(prefix="ru", dir="/tmp")  # short: Ray's socket paths are length-limited
     port, dash = free_port(), free_port()
     env = _env(RAY_TMPDIR=temp_root)
-    other = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
-                              str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                              "--num-cpus", "1", "--include-dashboard", "true"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    other = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--num-cpus",
+            "1",
+            "--include-dashboard",
+            "true",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 120
         while not glob.glob(os.path.join(temp_root, "ray", "ray_current_cluster")):
@@ -82,11 +118,14 @@ def local_sweep(tmp_path_factory, users_ray):
     root = tmp_path_factory.mktemp("sweep")
     temp_root, address = users_ray
     t0 = time.perf_counter()
-    proc = run_cli("orchestrator.sweep", *sweep_args(root, "--name", "smoke-local", "--verify-seeds", "2"),
-                   env=_env(RAY_TMPDIR=temp_root))
+    proc = run_cli(
+        "orchestrator.sweep",
+        *sweep_args(root, "--name", "smoke-local", "--verify-seeds", "2"),
+        env=_env(RAY_TMPDIR=temp_root),
+    )
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"a local Ray of its own" in proc.stdout and address in proc.stdout, proc.stdout[:2000]
+    assert "a local Ray of its own" in proc.stdout and address in proc.stdout, proc.stdout[:2000]
     return root, proc, seconds
 
 
@@ -128,7 +167,7 @@ def test_smoke_sweep_runs_trials_of_two_workers_and_asha_stops_some(local_sweep)
     assert all(t.intermediate_values and "beta" in t.params for t in study.trials)
     outcome = {c.data.tags["adin.trial_id"]: c.data.tags["adin.outcome"] for c in children}
     assert sorted(outcome.values()).count("pruned") == states.count("PRUNED")
-    print(f"\nsmoke sweep wall time {seconds:.1f} s; {proc.stdout[proc.stdout.find('times:'):].splitlines()[0]}")
+    print(f"\nsmoke sweep wall time {seconds:.1f} s; {proc.stdout[proc.stdout.find('times:') :].splitlines()[0]}")
 
 
 def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
@@ -144,8 +183,14 @@ def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     assert any(k.startswith("report/synthetic-tiny-report/") for k in metrics) and "transfer_mAP" in metrics
     assert metrics["timing/tracking_result_ms_max"] >= metrics["timing/tracking_result_ms_median"] > 0  # measured
     artifacts = {a.path for d in ("space", "winner", "plots") for a in client.list_artifacts(parent.info.run_id, d)}
-    assert {"space/smoke.yaml", "space/data_versions.json", "winner/model.pt", "winner/config.json",
-            "plots/optimization_history.png", "plots/search.html"} <= artifacts
+    assert {
+        "space/smoke.yaml",
+        "space/data_versions.json",
+        "winner/model.pt",
+        "winner/config.json",
+        "plots/optimization_history.png",
+        "plots/search.html",
+    } <= artifacts
     # the history is drawn in trial order from the study of record, not in leaderboard order
     import optuna
     import optuna.visualization as vis
@@ -156,7 +201,10 @@ def test_parent_run_holds_space_data_versions_winner_and_plots(local_sweep):
     assert not any("secret" in k.lower() for k in parent.data.params)
     inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs  # the runs table's Dataset column
     assert sorted(i.dataset.name.split("/")[0] for i in inputs) == [
-        "synthetic-tiny-report", "synthetic-tiny-select", "synthetic-tiny-source"]
+        "synthetic-tiny-report",
+        "synthetic-tiny-select",
+        "synthetic-tiny-source",
+    ]
     for child in children:  # every trial's row shows its datasets too
         names = [i.dataset.name.split("/")[0] for i in client.get_run(child.info.run_id).inputs.dataset_inputs]
         assert sorted(names) == ["synthetic-tiny-report", "synthetic-tiny-select", "synthetic-tiny-source"], names
@@ -168,8 +216,17 @@ def test_export_reload_and_score(local_sweep, tmp_path):
     root, _, _ = local_sweep
     uri = f"sqlite:///{root}/mlflow.db"
     out = tmp_path / "winner"
-    proc = run_cli("orchestrator.best", "--export", str(out), "--sweep", "smoke-local", "--tracking-uri", uri,
-                   "--register", "adin-smoke")
+    proc = run_cli(
+        "orchestrator.best",
+        "--export",
+        str(out),
+        "--sweep",
+        "smoke-local",
+        "--tracking-uri",
+        uri,
+        "--register",
+        "adin-smoke",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["config.json", "model.pt", "model_card.json", "model_card.md"]
     card = json.load(open(out / "model_card.json"))
@@ -182,7 +239,8 @@ def test_export_reload_and_score(local_sweep, tmp_path):
 
     model, config = load_export(str(out))
     target = ShardSet.open(resolve_dataset("synthetic:tiny/select", str(root / "data"))).eval_target(
-        (config.image_height, config.image_width))
+        (config.image_height, config.image_width)
+    )
     scored, _ = score_target(model, target, config)
     assert scored["mAP"] == pytest.approx(card["select_targets"]["synthetic-tiny-select"]["mAP"], abs=1e-6)
     assert set(card["nuisance_probe"]) >= {"probe/camera_acc", "probe/camera_chance"}
@@ -210,8 +268,9 @@ def test_export_errors(tmp_path):
     assert queue.drain(timeout=30)
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "nope", "--tracking-uri", uri)
     assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
-    proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "smoke-empty",
-                   "--tracking-uri", uri)
+    proc = run_cli(
+        "orchestrator.best", "--export", str(tmp_path / "x"), "--sweep", "smoke-empty", "--tracking-uri", uri
+    )
     assert proc.returncode == 2 and "(0 trial runs, none finished): nothing to export" in proc.stderr
     port = free_port()
     proc = run_cli("orchestrator.best", "--export", str(tmp_path / "x"), "--tracking-uri", f"http://127.0.0.1:{port}")
@@ -254,14 +313,23 @@ def test_a_diverged_trial_is_reported_as_such_and_never_crowned(tmp_path):
 def test_resume_after_killing_the_driver(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1", "--num-samples", "2")
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=REPO, env=_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     exp_dir = tmp_path / "sweeps" / "smoke-resume"
     try:
         deadline = time.time() + 600
         while time.time() < deadline:  # wait until one trial finished and a second one started
-            done = [p for p in glob.glob(str(exp_dir / "run_trial_*" / "result.json"))
-                    if any(json.loads(line).get("final") for line in open(p))]
+            done = [
+                p
+                for p in glob.glob(str(exp_dir / "run_trial_*" / "result.json"))
+                if any(json.loads(line).get("final") for line in open(p))
+            ]
             started = glob.glob(str(exp_dir / "run_trial_*"))
             if done and len(started) >= 2:
                 break
@@ -295,11 +363,16 @@ def test_the_mlflow_ui_and_optuna_dashboard_show_the_sweep(local_sweep, tmp_path
     name in optuna-dashboard. scripts/test.sh installs Chromium and chromedriver where apt is available."""
     import shutil
 
-    missing_tools = [t for t in ("chromium", "chromedriver", "optuna-dashboard")
-                     if not shutil.which(t) and not os.path.exists(os.path.join(os.path.dirname(sys.executable), t))]
+    missing_tools = [
+        t
+        for t in ("chromium", "chromedriver", "optuna-dashboard")
+        if not shutil.which(t) and not os.path.exists(os.path.join(os.path.dirname(sys.executable), t))
+    ]
     if missing_tools:
-        pytest.skip(f"{', '.join(missing_tools)} not installed here (apt-get install chromium chromium-driver; pip "
-                    "install -e '.[dashboard]'): the UI check did not run")
+        pytest.skip(
+            f"{', '.join(missing_tools)} not installed here (apt-get install chromium chromium-driver; pip "
+            "install -e '.[dashboard]'): the UI check did not run"
+        )
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import ui_check
 

@@ -31,6 +31,7 @@ class FlakyClient:
             if self.down:
                 raise ConnectionRefusedError(f"[Errno 111] Connection refused ({name})")
             return fn(*a, **k)
+
         return call
 
 
@@ -43,9 +44,14 @@ def _sweep(tmp_path, name="sweep-1", backoff=FAST, log=None):
     queue = TrackingQueue(uri, backoff, log=log or (lambda m: None))
     parent = SweepRun(queue, experiment_id(uri, "faults", backoff), name)
     parent.open()
-    cb = MLflowTrialCallback(queue, parent.experiment_id, name, trial_params=lambda c: {**c, "epochs": 4},
-                             run_name=lambda tid, c: f"{tid} beta={c['beta']}",
-                             checkpoint_uri=lambda p: f"file://{p}")
+    cb = MLflowTrialCallback(
+        queue,
+        parent.experiment_id,
+        name,
+        trial_params=lambda c: {**c, "epochs": 4},
+        run_name=lambda tid, c: f"{tid} beta={c['beta']}",
+        checkpoint_uri=lambda p: f"file://{p}",
+    )
     return uri, queue, parent, cb
 
 
@@ -58,8 +64,18 @@ def test_writes_wait_out_an_outage_in_order_and_the_outage_is_recorded(tmp_path)
     trial = _trial("t1")
     cb.on_trial_start(0, [], trial)
     for step in (1, 2):
-        cb.on_trial_result(0, [], trial, {"training_iteration": step, "transfer_mAP": 0.1 * step, "final": 0,
-                                          "checkpoint_path": f"{tmp_path}/ckpt{step}", "faults/storage_retries": 2})
+        cb.on_trial_result(
+            0,
+            [],
+            trial,
+            {
+                "training_iteration": step,
+                "transfer_mAP": 0.1 * step,
+                "final": 0,
+                "checkpoint_path": f"{tmp_path}/ckpt{step}",
+                "faults/storage_retries": 2,
+            },
+        )
     parent.set_tags({"adin.note": "written during the outage"})
     assert not queue.drain(timeout=0.5) and len(queue) >= 4
     assert any("unreachable" in m for m in logs)
@@ -91,13 +107,22 @@ def test_every_trial_run_lists_the_sweeps_datasets_once(tmp_path):
     from orchestrator.tracking.store import LogInput
 
     uri, queue, parent, cb = _sweep(tmp_path)
-    cb.inputs = (LogInput("trial", "src/v1", "abc123", "/data/src/v1", "training"),
-                 LogInput("trial", "sel/v1", "def456", "s3://b/sel/v1", "select"))
+    cb.inputs = (
+        LogInput("trial", "src/v1", "abc123", "/data/src/v1", "training"),
+        LogInput("trial", "sel/v1", "def456", "s3://b/sel/v1", "select"),
+    )
     trial = _trial("t1")
     cb.on_trial_start(0, [], trial)
     cb.on_trial_result(0, [], trial, {"training_iteration": 1, "transfer_mAP": 0.2, "final": 0})
-    resumed = MLflowTrialCallback(queue, parent.experiment_id, "sweep-1", trial_params=lambda c: c,
-                                  run_name=lambda tid, c: tid, checkpoint_uri=lambda p: p, inputs=cb.inputs)
+    resumed = MLflowTrialCallback(
+        queue,
+        parent.experiment_id,
+        "sweep-1",
+        trial_params=lambda c: c,
+        run_name=lambda tid, c: tid,
+        checkpoint_uri=lambda p: p,
+        inputs=cb.inputs,
+    )
     resumed.set_state(pickle.loads(pickle.dumps(cb.get_state())))
     resumed.on_trial_start(0, [], trial)  # the trial restarts in the resumed sweep
     assert queue.drain(timeout=10)
@@ -116,8 +141,10 @@ def test_a_trial_stopped_early_is_tagged_pruned_and_an_interrupted_one_killed(tm
     cb.close_unfinished()
     assert queue.drain(timeout=10)
     client = queue.client
-    runs = {r.data.tags[S.TRIAL]: r for r in client.search_runs([parent.experiment_id],
-                                                                 f"tags.`{S.ROLE}` = '{S.ROLE_TRIAL}'")}
+    runs = {
+        r.data.tags[S.TRIAL]: r
+        for r in client.search_runs([parent.experiment_id], f"tags.`{S.ROLE}` = '{S.ROLE_TRIAL}'")
+    }
     # a pruned trial did not train its budget: not the green FINISHED of a finished one (its outcome tag says why)
     assert runs["p1"].data.tags[S.OUTCOME] == "pruned" and runs["p1"].info.status == "KILLED"
     assert runs["r1"].data.tags[S.OUTCOME] == "killed" and runs["r1"].info.status == "KILLED"
@@ -133,15 +160,26 @@ def test_a_resumed_trials_resent_reports_fill_what_tune_never_took_and_each_eval
     reports = [{S.EVALUATION: k, "transfer_mAP": 0.1 * k, "final": 0} for k in (1, 2, 3)]
     cb.on_trial_start(0, [], trial)
     for r in reports[:2]:
-        cb.on_trial_result(0, [], trial, dict(r, training_iteration=r[S.EVALUATION],
-                                              checkpoint_path=f"/c/ckpt{r[S.EVALUATION]}"))
+        cb.on_trial_result(
+            0, [], trial, dict(r, training_iteration=r[S.EVALUATION], checkpoint_path=f"/c/ckpt{r[S.EVALUATION]}")
+        )
     cb.close_unfinished()
-    resumed = MLflowTrialCallback(queue, parent.experiment_id, "sweep-1", trial_params=lambda c: c,
-                                  run_name=lambda tid, c: tid, checkpoint_uri=lambda p: p)
+    resumed = MLflowTrialCallback(
+        queue,
+        parent.experiment_id,
+        "sweep-1",
+        trial_params=lambda c: c,
+        run_name=lambda tid, c: tid,
+        checkpoint_uri=lambda p: p,
+    )
     resumed.set_state(pickle.loads(pickle.dumps(cb.get_state())))
     resumed.on_trial_start(0, [], trial)
-    resumed.on_trial_result(0, [], trial, dict(reports[2], training_iteration=1, checkpoint_path="/c/ckpt3",
-                                               **{S.REPLAY: json.dumps(reports[:2])}))
+    resumed.on_trial_result(
+        0,
+        [],
+        trial,
+        dict(reports[2], training_iteration=1, checkpoint_path="/c/ckpt3", **{S.REPLAY: json.dumps(reports[:2])}),
+    )
     resumed.on_trial_result(0, [], trial, {S.EVALUATION: 4, "transfer_mAP": 0.4, "final": 0, "training_iteration": 2})
     resumed.on_trial_result(0, [], trial, {S.EVALUATION: 4, "transfer_mAP": 0.9, "final": 0, "training_iteration": 1})
     resumed.on_trial_result(0, [], trial, {S.EVALUATION: 5, "transfer_mAP": 0.5, "final": 1, "training_iteration": 2})

@@ -7,9 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adin_core.config import TrainConfig
-from adin_core.data.memory import TrainingData, held_out_val
+from adin_core.data.memory import EvalTarget, TrainingData, held_out_val
 from adin_core.data.synthetic import generate_benchmark
-from adin_core.data.memory import EvalTarget
 from adin_core.evaluation import score_target
 from adin_core.nuisance import NuisanceError
 from adin_core.train import ADINTrainer, fit
@@ -27,8 +26,17 @@ def _data(bench, nuisance="camera"):
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(backbone="small_cnn", image_height=32, image_width=16, batch_size=32, epochs=15,
-                pretrain_id_epochs=5, pretrain_nuisance_epochs=1, check_every=10, refresh_steps=5)
+    base = dict(
+        backbone="small_cnn",
+        image_height=32,
+        image_width=16,
+        batch_size=32,
+        epochs=15,
+        pretrain_id_epochs=5,
+        pretrain_nuisance_epochs=1,
+        check_every=10,
+        refresh_steps=5,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -44,17 +52,26 @@ def test_short_training_run_raises_identity_accuracy(bench):
     assert {"pretrain_id", "pretrain_nuisance", "adversarial"} <= phases
     assert result.transitions[-1].target == "done"
     # the trained features retrieve far better than chance on the source's own test split
-    scores, _ = score_target(result.model, EvalTarget("source", bench.source.query, bench.source.gallery),
-                             _config())
+    scores, _ = score_target(result.model, EvalTarget("source", bench.source.query, bench.source.gallery), _config())
     assert scores["mAP"] > 0.3
 
 
-@pytest.mark.parametrize("adv_loss,calibration", [("rg", "none"), ("ne", "none"), ("ne", "class_prior"),
-                                                   ("kl", "none"), ("kl", "class_prior"), ("kl", "sample_prior"),
-                                                   ("js", "none")])
+@pytest.mark.parametrize(
+    "adv_loss,calibration",
+    [
+        ("rg", "none"),
+        ("ne", "none"),
+        ("ne", "class_prior"),
+        ("kl", "none"),
+        ("kl", "class_prior"),
+        ("kl", "sample_prior"),
+        ("js", "none"),
+    ],
+)
 def test_every_adversarial_loss_trains(bench, adv_loss, calibration):
-    cfg = _config(adv_loss=adv_loss, calibration=calibration, epochs=3, pretrain_id_epochs=1,
-                  pretrain_nuisance_epochs=0.5)
+    cfg = _config(
+        adv_loss=adv_loss, calibration=calibration, epochs=3, pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5
+    )
     result = fit(cfg, _data(bench))
     adv = [r for r in result.history if r.phase == "adversarial"]
     assert adv and all(np.isfinite(r.losses["adversarial"]) for r in adv)
@@ -72,8 +89,10 @@ def _frozen_step_grads(trainer, x, pids, labels):
     trainer.opt_nuisance.step = lambda: None
     trainer._step_nuisance = lambda *a, **k: None  # keep f_N's gradients from L_adv visible
     trainer._step_adversarial(x, pids, labels)
-    return ([p.grad.clone() for p in trainer.model.encoder_parameters()],
-            [None if p.grad is None else p.grad.clone() for p in trainer.model.nuisance_parameters()])
+    return (
+        [p.grad.clone() for p in trainer.model.encoder_parameters()],
+        [None if p.grad is None else p.grad.clone() for p in trainer.model.nuisance_parameters()],
+    )
 
 
 @pytest.mark.parametrize("adv_loss", ["rg", "kl"])
@@ -94,18 +113,20 @@ def test_adversarial_step_sends_exactly_l_id_plus_beta_l_adv_to_the_encoder(benc
     feats = trainer.model.features(x)
     l_id = trainer._identity_terms(feats, pids)
     head = trainer.model.nuisance_heads[0]["camera"]
-    l_adv = adversarial_loss(adv_loss, head(feats[0]), labels["camera"], trainer.priors["camera"],
-                             calibration=cfg.calibration)
+    l_adv = adversarial_loss(
+        adv_loss, head(feats[0]), labels["camera"], trainer.priors["camera"], calibration=cfg.calibration
+    )
     enc_params = trainer.model.encoder_parameters()
     sign = -1.0 if adv_loss == "rg" else 1.0
     g_id = torch.autograd.grad(l_id, enc_params, retain_graph=True)
     g_adv = torch.autograd.grad(l_adv, enc_params + list(head.parameters()))
     for got, gi, ga in zip(enc, g_id, g_adv):
         torch.testing.assert_close(got, gi + sign * 0.7 * ga, atol=1e-5, rtol=1e-4)
-    head_grads = [g for p, g in zip(trainer.model.nuisance_parameters(), nuis)
-                  if any(p is q for q in head.parameters())]
+    head_grads = [
+        g for p, g in zip(trainer.model.nuisance_parameters(), nuis) if any(p is q for q in head.parameters())
+    ]
     if adv_loss == "rg":
-        for got, want in zip(head_grads, g_adv[len(enc_params):]):
+        for got, want in zip(head_grads, g_adv[len(enc_params) :]):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     else:
         assert all(g is None for g in head_grads)
@@ -140,8 +161,9 @@ def test_shuffled_nuisance_control_keeps_priors_and_cuts_the_labels(bench):
     assert data.train_labels[1]["camera"] is not trainer.data.train_labels[1]["camera"]  # the caller's data kept
 
 
-@pytest.mark.parametrize("nuisance,heads", [("camera+time", {"camera", "time"}), ("camera_x_time", {"camera_x_time"}),
-                                            ("time", {"time"})])
+@pytest.mark.parametrize(
+    "nuisance,heads", [("camera+time", {"camera", "time"}), ("camera_x_time", {"camera_x_time"}), ("time", {"time"})]
+)
 def test_nuisance_label_kinds(bench, nuisance, heads):
     data = _data(bench, nuisance)
     result = fit(_config(nuisance=nuisance, epochs=2, pretrain_id_epochs=1, pretrain_nuisance_epochs=0.5), data)
@@ -195,12 +217,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = _data(generate_benchmark("tiny", seed=0))
-        cfg = _config(epochs=4, pretrain_id_epochs=1, pretrain_nuisance_epochs=1, batch_size=16, seed=0)  # one seed: ranks must start identical
+        cfg = _config(
+            epochs=4, pretrain_id_epochs=1, pretrain_nuisance_epochs=1, batch_size=16, seed=0
+        )  # one seed: ranks must start identical
         trainer = ADINTrainer(cfg, data, rank=rank, world_size=world)
         trainer.run()
         flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
-        torch.save({"params": flat, "phases": [r.phase for r in trainer.history],
-                    "steps": trainer.schedule.step}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {"params": flat, "phases": [r.phase for r in trainer.history], "steps": trainer.schedule.step},
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -216,7 +242,8 @@ def test_two_workers_stay_in_sync(tmp_path):
 
 
 def _encoder_after_pretraining(bench, **kw) -> dict[str, torch.Tensor]:
-    """f_E's, f_I's and the center loss's state when a run of 2 + 1 pretraining epochs ends (its budget is exactly the pretraining)."""
+    """f_E's, f_I's and the center loss's state when a run of 2 + 1 pretraining epochs ends (its budget is exactly
+    the pretraining)."""
     config = _config(epochs=3, pretrain_id_epochs=2, pretrain_nuisance_epochs=1, **kw)
     trainer = ADINTrainer(config, _data(bench, config.nuisance))
     trainer.run()
@@ -233,9 +260,17 @@ def test_adversarial_phase_fields_leave_pretraining_bit_identical(bench):
     set (a learning rate, f_E frozen while f_N pretrains) does not."""
     from adin_core.config import ADVERSARIAL_PHASE_FIELDS
 
-    changed = {"adv_loss": "rg", "beta": 2.5, "calibration": "class_prior", "prior_temperature": 0.3,
-               "nuisance": "camera_x_time", "shuffle_nuisance": True, "i_target": 0.995, "i_trigger": 0.9,
-               "n_trigger": 0.5}
+    changed = {
+        "adv_loss": "rg",
+        "beta": 2.5,
+        "calibration": "class_prior",
+        "prior_temperature": 0.3,
+        "nuisance": "camera_x_time",
+        "shuffle_nuisance": True,
+        "i_target": 0.995,
+        "i_trigger": 0.9,
+        "n_trigger": 0.5,
+    }
     assert set(changed) == ADVERSARIAL_PHASE_FIELDS  # a field added to the set needs a value here
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: bit-identical runs are then a property of the code, not of scheduling
@@ -293,16 +328,23 @@ def test_a_run_that_adopts_shared_pretraining_is_the_run_that_trained_it_itself(
         producer = ADINTrainer(base, _data(bench))
         state = producer.pretrain()
         assert state["pending"] and producer.schedule.phase.value == "pretrain_nuisance"
-        assert state["schedule"]["step"] == producer.schedule.config.pretrain_id_steps + \
-            producer.schedule.config.pretrain_nuisance_steps
-        for changes in ({}, {"beta": 0.7, "i_trigger": 0.9, "n_trigger": 0.5}, {"adv_loss": "ne",
-                        "calibration": "class_prior"}, {"adv_loss": "none"}):
+        assert (
+            state["schedule"]["step"]
+            == producer.schedule.config.pretrain_id_steps + producer.schedule.config.pretrain_nuisance_steps
+        )
+        for changes in (
+            {},
+            {"beta": 0.7, "i_trigger": 0.9, "n_trigger": 0.5},
+            {"adv_loss": "ne", "calibration": "class_prior"},
+            {"adv_loss": "none"},
+        ):
             config = base.replace(**changes)
             assert pretraining_key(config) == pretraining_key(base)
             scratch, expected = _trained(bench, config)
             shared, got = _trained(bench, config, state)
-            assert [(r.step, r.phase, r.next_phase, r.id_acc) for r in got.history[-len(expected.history):]] == \
-                [(r.step, r.phase, r.next_phase, r.id_acc) for r in expected.history], changes
+            assert [(r.step, r.phase, r.next_phase, r.id_acc) for r in got.history[-len(expected.history) :]] == [
+                (r.step, r.phase, r.next_phase, r.id_acc) for r in expected.history
+            ], changes
             a, b = scratch.state_dict(), shared.state_dict()
             differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
             assert not differ, (changes, differ[:3])
@@ -316,8 +358,7 @@ def test_a_run_that_adopts_shared_pretraining_is_the_run_that_trained_it_itself(
 def test_shared_pretraining_refuses_a_config_it_does_not_serve(bench):
     base = _config(epochs=4, pretrain_id_epochs=1.5, pretrain_nuisance_epochs=0.5)
     state = ADINTrainer(base, _data(bench)).pretrain()
-    for changes in ({"seed": 1}, {"lr_heads": 0.05}, {"freeze_encoder_for_nuisance": True},
-                    {"shuffle_nuisance": True}):
+    for changes in ({"seed": 1}, {"lr_heads": 0.05}, {"freeze_encoder_for_nuisance": True}, {"shuffle_nuisance": True}):
         with pytest.raises(ValueError, match="pretraining_key"):
             ADINTrainer(base.replace(**changes), _data(bench)).adopt_pretraining(state)
     with pytest.raises(ValueError, match="identity-only"):

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import ray.train
 import torch
 
-from orchestrator.retry import RetryStats
-from orchestrator.tracking import schema as S
 from orchestrator.checkpoints import REPORTS_FILE
 from orchestrator.checkpoints import load_checkpoint as _load_checkpoint
+from orchestrator.retry import RetryStats
+from orchestrator.tracking import schema as S
 from orchestrator.trial import RaySink
 
 
@@ -25,8 +25,9 @@ class _Reports:
     def __call__(self, metrics, checkpoint=None, checkpoint_upload_fn=None):
         kept = None
         if checkpoint is not None:  # the sink's folder is temporary: keep a copy, as Train's upload would
-            kept = ray.train.Checkpoint.from_directory(shutil.copytree(checkpoint.path,
-                                                                       self.root / f"ckpt{len(self.calls)}"))
+            kept = ray.train.Checkpoint.from_directory(
+                shutil.copytree(checkpoint.path, self.root / f"ckpt{len(self.calls)}")
+            )
         self.calls.append((dict(metrics), kept))
 
 

@@ -29,8 +29,15 @@ from typing import Any
 from adin_core.data.layouts import LayoutError, read_layout
 from adin_core.data.shards import MANIFEST, ShardError, ShardSet, check_destination, write_shards
 from adin_core.data.storage import resolve
-from adin_core.data.synthetic import (LAYOUTS, PRESETS, SynthBenchmark, SynthConfig, domain_records,
-                                      generate_benchmark, write_layout)
+from adin_core.data.synthetic import (
+    LAYOUTS,
+    PRESETS,
+    SynthBenchmark,
+    SynthConfig,
+    domain_records,
+    generate_benchmark,
+    write_layout,
+)
 
 SYNTHETIC_SCHEME = "synthetic:"
 SYNTHETIC_DOMAINS = ("source", "select", "report")
@@ -47,11 +54,13 @@ class SyntheticURI:
 
     @classmethod
     def parse(cls, uri: str) -> "SyntheticURI":
-        body, _, query = uri[len(SYNTHETIC_SCHEME):].partition("?")
+        body, _, query = uri[len(SYNTHETIC_SCHEME) :].partition("?")
         preset, _, domain = body.partition("/")
         if preset not in PRESETS or domain not in SYNTHETIC_DOMAINS:
-            raise LayoutError(f"{uri!r}: expected synthetic:<preset>/<{'|'.join(SYNTHETIC_DOMAINS)}>[?seed=N&...] "
-                              f"with preset in {sorted(PRESETS)}")
+            raise LayoutError(
+                f"{uri!r}: expected synthetic:<preset>/<{'|'.join(SYNTHETIC_DOMAINS)}>[?seed=N&...] "
+                f"with preset in {sorted(PRESETS)}"
+            )
         known = {f.name for f in fields(SynthConfig)}
         seed, overrides = 0, {}
         for key, raw in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
@@ -80,8 +89,9 @@ class SyntheticURI:
     @property
     def uri(self) -> str:
         query = [("seed", str(self.seed))] if self.seed else []
-        query += [(k, json.dumps(list(v) if isinstance(v, tuple) else v, separators=(",", ":")))
-                  for k, v in self.overrides]
+        query += [
+            (k, json.dumps(list(v) if isinstance(v, tuple) else v, separators=(",", ":"))) for k, v in self.overrides
+        ]
         return f"{SYNTHETIC_SCHEME}{self.preset}/{self.domain}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
 
     @property
@@ -142,8 +152,10 @@ def resolve_dataset(uri: str, data_root: str) -> str:
 
 def open_benchmark(preset: str, seed: int, data_root: str, **overrides: Any) -> dict[str, ShardSet]:
     """The three domains of a synthetic benchmark, sharded under `data_root` (generated on first use)."""
-    return {d: ShardSet.open(resolve_dataset(synthetic_uri(preset, d, seed, **overrides), data_root))
-            for d in SYNTHETIC_DOMAINS}
+    return {
+        d: ShardSet.open(resolve_dataset(synthetic_uri(preset, d, seed, **overrides), data_root))
+        for d in SYNTHETIC_DOMAINS
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,12 +174,21 @@ def write_synthetic(preset: str, out: str, *, seed: int = 0, layout: str = "auto
     if layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
     domains = {"source": bench.source, **bench.targets}
-    info: dict[str, Any] = {"preset": preset, "seed": seed, "layout": layout, "config": asdict(bench.config),
-                            "domains": {}}
+    info: dict[str, Any] = {
+        "preset": preset,
+        "seed": seed,
+        "layout": layout,
+        "config": asdict(bench.config),
+        "domains": {},
+    }
     for name, domain in domains.items():
         folder = write_layout(domain, os.path.join(out, name), layout)
-        info["domains"][name] = {"path": os.path.relpath(folder, out), "train": len(domain.train),
-                                 "query": len(domain.query), "gallery": len(domain.gallery)}
+        info["domains"][name] = {
+            "path": os.path.relpath(folder, out),
+            "train": len(domain.train),
+            "query": len(domain.query),
+            "gallery": len(domain.gallery),
+        }
     tmp = info_path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(info, fh, indent=1)
@@ -175,8 +196,16 @@ def write_synthetic(preset: str, out: str, *, seed: int = 0, layout: str = "auto
     return info
 
 
-def shard_dataset(fmt: str, src: str, dest: str, *, name: str | None = None, version: str = "v1",
-                  overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def shard_dataset(
+    fmt: str,
+    src: str,
+    dest: str,
+    *,
+    name: str | None = None,
+    version: str = "v1",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Read a dataset tree in its real layout and write it as shards; the manifest is written last."""
     check_destination(dest, name or fmt, version, overwrite=overwrite)
     records = read_layout(fmt, src)
@@ -186,12 +215,28 @@ def shard_dataset(fmt: str, src: str, dest: str, *, name: str | None = None, ver
 
         bar = tqdm(total=len(records), unit="img", desc=f"sharding {name or fmt}/{version}", file=sys.stderr)
     try:
-        return write_shards(records, dest, name or fmt, version, fmt=fmt, overwrite=overwrite, source=src,
-                            progress=bar.update if bar else None)
+        return write_shards(
+            records,
+            dest,
+            name or fmt,
+            version,
+            fmt=fmt,
+            overwrite=overwrite,
+            source=src,
+            progress=bar.update if bar else None,
+        )
     finally:
         if bar:
             bar.close()
 
 
-__all__ = ["SYNTHETIC_SCHEME", "SyntheticURI", "is_synthetic", "open_benchmark", "resolve_dataset", "shard_dataset",
-           "synthetic_uri", "write_synthetic"]
+__all__ = [
+    "SYNTHETIC_SCHEME",
+    "SyntheticURI",
+    "is_synthetic",
+    "open_benchmark",
+    "resolve_dataset",
+    "shard_dataset",
+    "synthetic_uri",
+    "write_synthetic",
+]

@@ -28,8 +28,9 @@ T = TypeVar("T")
 # torch.frombuffer over immutable bytes: the decoder only reads them. torchvision 0.29 deprecates its image
 # decoders in favour of TorchCodec; until a pinned TorchCodec is adopted, PIL is the fallback (see decode_image).
 warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 _DECODE_POOL: ThreadPoolExecutor | None = None
 
@@ -105,8 +106,10 @@ class EncodedImages:
         except RuntimeError:
             images = None
         if images is None:
-            images = [torch.from_numpy(decode_image(self.blobs[int(i)], None, self.names[int(i)])).permute(2, 0, 1)
-                      for i in idx]
+            images = [
+                torch.from_numpy(decode_image(self.blobs[int(i)], None, self.names[int(i)])).permute(2, 0, 1)
+                for i in idx
+            ]
         out = torch.empty((len(idx), 3, *self.size), dtype=torch.uint8)
         by_shape: dict[tuple[int, int], list[int]] = {}
         for j, im in enumerate(images):
@@ -191,8 +194,10 @@ class EvalTarget:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
-            raise ValueError(f"target name {self.name!r} must be non-empty and without '/' (it keys the metrics "
-                             "<role>/<target>/<metric>)")
+            raise ValueError(
+                f"target name {self.name!r} must be non-empty and without '/' (it keys the metrics "
+                "<role>/<target>/<metric>)"
+            )
 
     def images(self) -> list[ReIDArrays]:
         return [self.query] if self.gallery is None else [self.query, self.gallery]
@@ -211,8 +216,7 @@ def hold_out_indices(pids: np.ndarray, seed: int = 0) -> np.ndarray:
     benchmark's MSMT17 `list_val`."""
     pids = np.asarray(pids)
     rng = np.random.default_rng(seed)
-    chosen = [int(rng.choice(idx)) for idx in (np.flatnonzero(pids == pid) for pid in np.unique(pids))
-              if len(idx) >= 2]
+    chosen = [int(rng.choice(idx)) for idx in (np.flatnonzero(pids == pid) for pid in np.unique(pids)) if len(idx) >= 2]
     return np.array(sorted(chosen), dtype=np.int64)
 
 
@@ -237,8 +241,9 @@ class TrainingData:
         self.kinds = tuple(heads_for(nuisance))
         # classes: every camera of train and val (a camera only val shows gets prior 0, but can be scored)
         has_time = train.has_time and (val.has_time or len(val) == 0)
-        self.labeler = NuisanceLabeler.from_arrays(np.concatenate([train.camids, val.camids]),
-                                                   np.zeros(1) if has_time else None)
+        self.labeler = NuisanceLabeler.from_arrays(
+            np.concatenate([train.camids, val.camids]), np.zeros(1) if has_time else None
+        )
         for kind in self.kinds:
             self.labeler.check(kind, dataset=name)
         pids = np.unique(train.pids)
@@ -280,20 +285,21 @@ class TrainingData:
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         return max(1, len(self.train) // (batch_size * world_size))
 
-    def batches(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                seed: int = 0, start: int = 0) -> Iterator[Batch]:
+    def batches(
+        self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0, start: int = 0
+    ) -> Iterator[Batch]:
         """One epoch for one worker: a disjoint part of a per-epoch permutation, equal length on every worker
         (so that data-parallel steps stay in lock-step), deterministic given (seed, epoch). `start` skips the
         first batches, so a resumed run sees exactly the batches an uninterrupted one would."""
         order = np.random.default_rng([seed, epoch]).permutation(len(self.train))
         per_worker = len(order) // world_size
-        mine = order[rank * per_worker:(rank + 1) * per_worker]
+        mine = order[rank * per_worker : (rank + 1) * per_worker]
         steps = max(1, per_worker // batch_size)
         if per_worker < batch_size:  # tiny data: one smaller batch rather than none
             mine = mine[:per_worker]
         pid_labels, nuis = self.train_labels
         for s in range(start, steps):
-            idx = np.sort(mine[s * batch_size:(s + 1) * batch_size])
+            idx = np.sort(mine[s * batch_size : (s + 1) * batch_size])
             yield self._batch(self.train, idx, pid_labels, nuis)
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
@@ -303,8 +309,6 @@ class TrainingData:
             yield self._batch(self.val, idx, pid_labels, nuis)
 
     @staticmethod
-    def _batch(split: ReIDArrays, idx: np.ndarray, pid_labels: np.ndarray,
-               nuis: dict[str, np.ndarray]) -> Batch:
+    def _batch(split: ReIDArrays, idx: np.ndarray, pid_labels: np.ndarray, nuis: dict[str, np.ndarray]) -> Batch:
         images = torch.from_numpy(np.ascontiguousarray(split.images[idx])).permute(0, 3, 1, 2)
-        return Batch(images, torch.from_numpy(pid_labels[idx]),
-                     {k: torch.from_numpy(v[idx]) for k, v in nuis.items()})
+        return Batch(images, torch.from_numpy(pid_labels[idx]), {k: torch.from_numpy(v[idx]) for k, v in nuis.items()})

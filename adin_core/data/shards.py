@@ -17,13 +17,12 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import uuid
-
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -36,15 +35,17 @@ from adin_core.nuisance import LABEL_KINDS, NuisanceError, NuisanceLabeler
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("dataset", "version", "format", "splits", "priors")
-SCHEMA = pa.schema([
-    ("image", pa.binary()),
-    ("pid", pa.int64()),
-    ("camid", pa.int64()),
-    ("timeperiod", pa.int64()),
-    ("frame", pa.int64()),
-    ("split", pa.string()),
-    ("source_path", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("pid", pa.int64()),
+        ("camid", pa.int64()),
+        ("timeperiod", pa.int64()),
+        ("frame", pa.int64()),
+        ("split", pa.string()),
+        ("source_path", pa.string()),
+    ]
+)
 
 
 class ShardError(RuntimeError):
@@ -85,8 +86,12 @@ def nuisance_priors(records: Iterable[ImageRecord]) -> dict[str, dict[str, Any]]
 
 
 def _split_summary(records: list[ImageRecord]) -> dict[str, Any]:
-    return {"images": len(records), "identities": len({r.pid for r in records}),
-            "pids": sorted({r.pid for r in records}), "cameras": sorted({r.camid for r in records})}
+    return {
+        "images": len(records),
+        "identities": len({r.pid for r in records}),
+        "pids": sorted({r.pid for r in records}),
+        "cameras": sorted({r.camid for r in records}),
+    }
 
 
 def _read_and_check(rec: ImageRecord) -> bytes:
@@ -113,14 +118,25 @@ def check_destination(dest: str, dataset: str, version: str, *, overwrite: bool)
     root = base.join(dataset, version)
     manifest_loc = root.join(MANIFEST)
     if manifest_loc.exists() and not overwrite:
-        raise ShardError(f"{manifest_loc.uri} already exists: dataset {dataset} version {version} is complete; "
-                         "pass --overwrite to replace it, or choose another --version")
+        raise ShardError(
+            f"{manifest_loc.uri} already exists: dataset {dataset} version {version} is complete; "
+            "pass --overwrite to replace it, or choose another --version"
+        )
     return root
 
 
-def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: str, *, fmt: str,
-                 overwrite: bool = False, rows_per_file: int = 2000, source: str = "",
-                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def write_shards(
+    records: list[ImageRecord],
+    dest: str,
+    dataset: str,
+    version: str,
+    *,
+    fmt: str,
+    overwrite: bool = False,
+    rows_per_file: int = 2000,
+    source: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Write records as Parquet shards plus manifest under <dest>/<dataset>/<version>; returns the manifest.
 
     Commit protocol: part files carry this run's id, so they never replace files a manifest lists; the manifest
@@ -162,8 +178,10 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
         manifest_loc.write_bytes_atomic(data)
     elif not manifest_loc.write_bytes_if_absent(data):
         _delete_run_parts(root, run_id)
-        raise ShardError(f"{manifest_loc.uri} was completed by another run while this one was writing; it is kept "
-                         "as that run wrote it (pass --overwrite to replace it)")
+        raise ShardError(
+            f"{manifest_loc.uri} was completed by another run while this one was writing; it is kept "
+            "as that run wrote it (pass --overwrite to replace it)"
+        )
     _delete_stale(root, replaced, set(listed_files(manifest)))
     return manifest
 
@@ -171,34 +189,44 @@ def write_shards(records: list[ImageRecord], dest: str, dataset: str, version: s
 ORPHAN_AGE_S = 3600.0
 
 
-def _write_parts(root: Location, by_split: dict[str, list[ImageRecord]], run_id: str, source: str,
-                 files: dict[str, list[dict[str, Any]]], rows_per_file: int,
-                 progress: Callable[[int], None] | None) -> None:
+def _write_parts(
+    root: Location,
+    by_split: dict[str, list[ImageRecord]],
+    run_id: str,
+    source: str,
+    files: dict[str, list[dict[str, Any]]],
+    rows_per_file: int,
+    progress: Callable[[int], None] | None,
+) -> None:
     for split in sorted(by_split):
         recs = by_split[split]
         for part, start in enumerate(range(0, len(recs), rows_per_file)):
-            chunk = recs[start:start + rows_per_file]
+            chunk = recs[start : start + rows_per_file]
             blobs = []
             for r in chunk:
                 blobs.append(_read_and_check(r))
                 if progress:
                     progress(1)
-            table = pa.table({
-                "image": pa.array(blobs, pa.binary()),
-                "pid": pa.array([r.pid for r in chunk], pa.int64()),
-                "camid": pa.array([r.camid for r in chunk], pa.int64()),
-                "timeperiod": pa.array([r.timeperiod for r in chunk], pa.int64()),
-                "frame": pa.array([r.frame for r in chunk], pa.int64()),
-                "split": pa.array([split] * len(chunk), pa.string()),
-                "source_path": pa.array([os.path.relpath(r.path, source) if source else r.path for r in chunk]),
-            }, schema=SCHEMA)
+            table = pa.table(
+                {
+                    "image": pa.array(blobs, pa.binary()),
+                    "pid": pa.array([r.pid for r in chunk], pa.int64()),
+                    "camid": pa.array([r.camid for r in chunk], pa.int64()),
+                    "timeperiod": pa.array([r.timeperiod for r in chunk], pa.int64()),
+                    "frame": pa.array([r.frame for r in chunk], pa.int64()),
+                    "split": pa.array([split] * len(chunk), pa.string()),
+                    "source_path": pa.array([os.path.relpath(r.path, source) if source else r.path for r in chunk]),
+                },
+                schema=SCHEMA,
+            )
             buf = io.BytesIO()
             pq.write_table(table, buf, row_group_size=256, compression="none")  # JPEG bytes do not compress
             data = buf.getvalue()
             rel = f"{split}/part-{part:05d}-{run_id}.parquet"
             root.join(rel).write_bytes_atomic(data)
-            files[split].append({"path": rel, "rows": len(chunk), "bytes": len(data),
-                                 "sha256": hashlib.sha256(data).hexdigest()})
+            files[split].append(
+                {"path": rel, "rows": len(chunk), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            )
 
 
 def listed_files(manifest: dict[str, Any]) -> dict[str, str]:
@@ -237,7 +265,7 @@ def _delete_stale(root: Location, replaced: set[str], keep: set[str]) -> None:
     """Delete the replaced version's parts and old orphans; never a part another writer may still commit."""
     now = _dt.datetime.now(_dt.timezone.utc)
     for info in _part_files(root):
-        rel = info.path[len(root.path.rstrip("/")) + 1:]
+        rel = info.path[len(root.path.rstrip("/")) + 1 :]
         if rel in keep:
             continue
         mtime = info.mtime
@@ -275,12 +303,16 @@ class ShardSet:
         if not isinstance(manifest, dict):
             raise ShardError(f"{mloc.uri} is not a manifest (a JSON object), it holds a {type(manifest).__name__}")
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise ShardError(f"{mloc.uri}: schema_version {manifest.get('schema_version')!r} is not "
-                             f"{SCHEMA_VERSION}; re-shard with this version of the code")
+            raise ShardError(
+                f"{mloc.uri}: schema_version {manifest.get('schema_version')!r} is not "
+                f"{SCHEMA_VERSION}; re-shard with this version of the code"
+            )
         missing = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing or not isinstance(manifest["splits"], dict):
-            raise ShardError(f"{mloc.uri}: not a complete manifest (missing {missing or ['splits as a mapping']}); "
-                             "re-shard the dataset")
+            raise ShardError(
+                f"{mloc.uri}: not a complete manifest (missing {missing or ['splits as a mapping']}); "
+                "re-shard the dataset"
+            )
         return cls(loc, manifest)
 
     @property
@@ -304,8 +336,10 @@ class ShardSet:
                 raise ShardError(f"{loc.uri} is listed in the manifest but missing") from None
             digest = hashlib.sha256(data).hexdigest()
             if digest != f["sha256"]:
-                raise ShardError(f"{loc.uri}: sha256 {digest[:16]}... differs from the manifest's "
-                                 f"{f['sha256'][:16]}...: the shard is corrupt or was changed")
+                raise ShardError(
+                    f"{loc.uri}: sha256 {digest[:16]}... differs from the manifest's "
+                    f"{f['sha256'][:16]}...: the shard is corrupt or was changed"
+                )
             tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
         return pa.concat_tables(tables)
 
@@ -313,16 +347,15 @@ class ShardSet:
         """A split with its images kept encoded, decoded on demand at `image_size` (H, W)."""
         t = self.table(split)
         periods = t.column("timeperiod").fill_null(-1).to_numpy()
-        images = EncodedImages(t.column("image").to_pylist(), image_size,
-                               [f"{self.name}:{p}" for p in t.column("source_path").to_pylist()])
+        images = EncodedImages(
+            t.column("image").to_pylist(), image_size, [f"{self.name}:{p}" for p in t.column("source_path").to_pylist()]
+        )
         return ReIDArrays(images, t.column("pid").to_numpy(), t.column("camid").to_numpy(), periods)
 
     def training_data(self, nuisance: str, image_size: tuple[int, int]) -> TrainingData:
-        return TrainingData(self.arrays("train", image_size), self.arrays("val", image_size), nuisance,
-                            name=self.name)
+        return TrainingData(self.arrays("train", image_size), self.arrays("val", image_size), nuisance, name=self.name)
 
-    def eval_target(self, image_size: tuple[int, int], split: str | None = None,
-                    name: str | None = None) -> EvalTarget:
+    def eval_target(self, image_size: tuple[int, int], split: str | None = None, name: str | None = None) -> EvalTarget:
         """The test split as a direct-transfer target: query + gallery, or (VehicleID) one test list, which the
         VehicleID protocol splits itself. `split` picks the list (default: test800... the smallest present).
         `name` keys its metrics (default: the dataset's name, plus the list for VehicleID)."""

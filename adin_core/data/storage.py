@@ -105,7 +105,7 @@ def patient_retry_strategy(budget_s: float) -> pafs.S3RetryStrategy:
     """The AWS SDK's default strategy (waits of 50 ms, 100 ms, … doubling) with enough attempts to span
     `budget_s`: for filesystems handed to code that does not retry by itself (Ray's own storage writes)."""
     attempts = 1
-    while 0.025 * (2 ** attempts - 2) < budget_s:
+    while 0.025 * (2**attempts - 2) < budget_s:
         attempts += 1
     return pafs.AwsDefaultS3RetryStrategy(max_attempts=attempts)
 
@@ -122,8 +122,11 @@ class EnvS3FileSystem(pafs.S3FileSystem):
     which pyarrow's own pickling would drop."""
 
     def __init__(self, retry_budget_s: float | None = None) -> None:
-        strategy = (pafs.AwsStandardS3RetryStrategy(max_attempts=3) if retry_budget_s is None
-                    else patient_retry_strategy(retry_budget_s))
+        strategy = (
+            pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+            if retry_budget_s is None
+            else patient_retry_strategy(retry_budget_s)
+        )
         super().__init__(retry_strategy=strategy, **_s3_settings())
         self.retry_budget_s = retry_budget_s
 
@@ -135,11 +138,18 @@ def _s3_settings() -> dict:
     """S3FileSystem's arguments from the AWS variables; StorageError names what is missing."""
     key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
     if not key or not secret:
-        raise StorageError("s3:// storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                           "(and AWS_ENDPOINT_URL for a non-AWS endpoint)")
-    kwargs: dict = dict(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"),
-                        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), connect_timeout=5,
-                        request_timeout=30)
+        raise StorageError(
+            "s3:// storage needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_ENDPOINT_URL for a non-AWS endpoint)"
+        )
+    kwargs: dict = dict(
+        access_key=key,
+        secret_key=secret,
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        connect_timeout=5,
+        request_timeout=30,
+    )
     endpoint = s3_endpoint()
     if endpoint:
         parsed = urllib.parse.urlparse(endpoint)
@@ -160,7 +170,7 @@ def s3_filesystem(retry_budget_s: float | None = None) -> pafs.S3FileSystem:
 def resolve(uri: str, retry_budget_s: float | None = None) -> Location:
     """A URI (local path, file://, s3://bucket/prefix) as a filesystem and a path inside it."""
     if is_s3(uri):
-        rest = uri[len("s3://"):].strip("/")
+        rest = uri[len("s3://") :].strip("/")
         if not rest:
             raise StorageError(f"{uri!r} names no bucket: use s3://bucket/prefix")
         fs = s3_filesystem(retry_budget_s)
@@ -173,6 +183,6 @@ def resolve(uri: str, retry_budget_s: float | None = None) -> Location:
             raise StorageError(f"bucket {bucket!r} of {uri} does not exist")
         return Location(fs, rest, "s3://" + rest)
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     path = os.path.abspath(os.path.expanduser(uri))
     return Location(pafs.LocalFileSystem(), path, path)

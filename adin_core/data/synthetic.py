@@ -41,7 +41,9 @@ from PIL import Image
 from adin_core.data.layouts.base import ImageRecord
 from adin_core.data.memory import ReIDArrays, hold_out_indices
 
-PERIOD_LIGHT = np.array([[0.85, 0.9, 1.05], [1.15, 1.12, 1.05], [1.0, 0.85, 0.7]], dtype=np.float32)  # morning/noon/afternoon
+PERIOD_LIGHT = np.array(
+    [[0.85, 0.9, 1.05], [1.15, 1.12, 1.05], [1.0, 0.85, 0.7]], dtype=np.float32
+)  # morning/noon/afternoon
 PERIOD_GAIN = np.array([-1.0, 1.0, 0.0], dtype=np.float32)  # morning darker, noon brighter (times time_gain)
 
 
@@ -78,8 +80,10 @@ class SynthConfig:
             raise ValueError("SynthConfig.target_cameras must be >= max(2, cams_per_id)")
         cameras = min(self.num_cameras, self.target_cameras or self.num_cameras)
         if self.test_cams_per_id is not None and not 2 <= self.test_cams_per_id <= cameras:
-            raise ValueError("SynthConfig.test_cams_per_id must be in [2, min(num_cameras, target_cameras)]: every "
-                             "test identity needs a cross-camera match")
+            raise ValueError(
+                "SynthConfig.test_cams_per_id must be in [2, min(num_cameras, target_cameras)]: every "
+                "test identity needs a cross-camera match"
+            )
         if not 0 <= self.tint < 1:
             raise ValueError("SynthConfig.tint must be in [0, 1)")
         object.__setattr__(self, "person_width", tuple(float(v) for v in self.person_width))
@@ -91,17 +95,34 @@ class SynthConfig:
 
 PRESETS: dict[str, SynthConfig] = {
     # tiny and quick: what the test-suite trains on
-    "tiny": SynthConfig(height=32, width=16, palette_size=8, num_cameras=4, cams_per_id=2, style_strength=0.6,
-                        train_ids=24, test_ids=12, images_per_id=8),
+    "tiny": SynthConfig(
+        height=32,
+        width=16,
+        palette_size=8,
+        num_cameras=4,
+        cams_per_id=2,
+        style_strength=0.6,
+        train_ids=24,
+        test_ids=12,
+        images_per_id=8,
+    ),
     # unambiguous identities, mild camera style: plain training already transfers
-    "easy": SynthConfig(palette_size=24, num_cameras=6, cams_per_id=3, zipf_alpha=0.5, style_strength=0.4,
-                        noise=0.03),
+    "easy": SynthConfig(palette_size=24, num_cameras=6, cams_per_id=3, zipf_alpha=0.5, style_strength=0.4, noise=0.03),
     # ambiguous identities, a dominant camera style that also recolours the person (tint, time-of-day cast)
     "hard": SynthConfig(palette_size=6, num_cameras=12, cams_per_id=2, zipf_alpha=1.0, style_strength=1.0),
     # where invariance should matter (module docstring): camera a shortcut for identity, separable from it, and
     # a source whose many cameras span the style that the targets' few new cameras are drawn from
-    "shortcut": SynthConfig(palette_size=12, num_cameras=24, target_cameras=6, cams_per_id=2, zipf_alpha=1.0,
-                            style_strength=1.0, tint=0.0, time_cast=0.0, person_width=(0.25, 0.4)),
+    "shortcut": SynthConfig(
+        palette_size=12,
+        num_cameras=24,
+        target_cameras=6,
+        cams_per_id=2,
+        zipf_alpha=1.0,
+        style_strength=1.0,
+        tint=0.0,
+        time_cast=0.0,
+        person_width=(0.25, 0.4),
+    ),
 }
 
 
@@ -133,8 +154,9 @@ def _camera_styles(rng: np.random.Generator, n: int, tint: float) -> dict[str, n
     }
 
 
-def _identities(rng: np.random.Generator, n: int, palette: np.ndarray,
-                width: tuple[float, float]) -> dict[str, np.ndarray]:
+def _identities(
+    rng: np.random.Generator, n: int, palette: np.ndarray, width: tuple[float, float]
+) -> dict[str, np.ndarray]:
     k = len(palette)
     return {
         "top": palette[rng.integers(0, k, n)],
@@ -147,18 +169,25 @@ def _identities(rng: np.random.Generator, n: int, palette: np.ndarray,
     }
 
 
-def _render(cfg: SynthConfig, rng: np.random.Generator, ids: dict[str, np.ndarray], cams: dict[str, np.ndarray],
-            id_idx: np.ndarray, cam_idx: np.ndarray, period: np.ndarray) -> np.ndarray:
+def _render(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    ids: dict[str, np.ndarray],
+    cams: dict[str, np.ndarray],
+    id_idx: np.ndarray,
+    cam_idx: np.ndarray,
+    period: np.ndarray,
+) -> np.ndarray:
     n, h, w = len(id_idx), cfg.height, cfg.width
-    yy, xx = np.meshgrid(np.linspace(0, 1, h, dtype=np.float32), np.linspace(0, 1, w, dtype=np.float32),
-                         indexing="ij")
+    yy, xx = np.meshgrid(np.linspace(0, 1, h, dtype=np.float32), np.linspace(0, 1, w, dtype=np.float32), indexing="ij")
     yy, xx = yy[None], xx[None]
     s = cfg.style_strength
     # background: camera colour and oriented stripes, blended toward grey as style weakens
     ang, freq = cams["angle"][cam_idx][:, None, None], cams["freq"][cam_idx][:, None, None]
     wave = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(ang) * xx + np.sin(ang) * yy))
-    bg = (cams["bg"][cam_idx][:, None, None, :] * wave[..., None]
-          + cams["bg2"][cam_idx][:, None, None, :] * (1 - wave[..., None]))
+    bg = cams["bg"][cam_idx][:, None, None, :] * wave[..., None] + cams["bg2"][cam_idx][:, None, None, :] * (
+        1 - wave[..., None]
+    )
     bg = s * bg + (1 - s) * 0.5
     if cfg.with_time and cfg.time_scene:
         bg = bg * (1 + cfg.time_scene * PERIOD_GAIN[period])[:, None, None, None]
@@ -168,14 +197,15 @@ def _render(cfg: SynthConfig, rng: np.random.Generator, ids: dict[str, np.ndarra
     half = ids["width"][id_idx][:, None, None]
     dx = np.abs(xx - cx)
     legs_y = ids["legs"][id_idx][:, None, None]
-    head = (dx ** 2 + ((yy - 0.12) * w / h * 2) ** 2) < (0.35 * half) ** 2 + 0.004
+    head = (dx**2 + ((yy - 0.12) * w / h * 2) ** 2) < (0.35 * half) ** 2 + 0.004
     torso = (yy > 0.22) & (yy < legs_y) & (dx < half)
     legs = (yy >= legs_y) & (yy < 0.95) & (dx < half * 0.8) & (dx > half * 0.12)
     pattern = ids["pattern"][id_idx][:, None, None]
     stripes = (np.floor(yy * h / 3) % 2 == 0) & (pattern == 1)
     split = (xx > cx) & (pattern == 2)
-    top = np.where((stripes | split)[..., None], ids["accent"][id_idx][:, None, None, :],
-                   ids["top"][id_idx][:, None, None, :])
+    top = np.where(
+        (stripes | split)[..., None], ids["accent"][id_idx][:, None, None, :], ids["top"][id_idx][:, None, None, :]
+    )
     img = bg
     img = np.where(torso[..., None], top, img)
     img = np.where(legs[..., None], ids["bottom"][id_idx][:, None, None, :], img)
@@ -193,20 +223,22 @@ def _render(cfg: SynthConfig, rng: np.random.Generator, ids: dict[str, np.ndarra
         img[blur] = b
     flip = cams["flip"][cam_idx] & (s > 0)
     img[flip] = img[flip][:, :, ::-1]
-    img = img + rng.normal(0, 1, img.shape).astype(np.float32) * (cfg.noise * cams["noise"][cam_idx])[:, None, None, None]
+    img = (
+        img + rng.normal(0, 1, img.shape).astype(np.float32) * (cfg.noise * cams["noise"][cam_idx])[:, None, None, None]
+    )
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def _sample_views(cfg: SynthConfig, rng: np.random.Generator, n_ids: int, prior: np.ndarray,
-                  images_per_id: int, cams_per_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sample_views(
+    cfg: SynthConfig, rng: np.random.Generator, n_ids: int, prior: np.ndarray, images_per_id: int, cams_per_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each identity: its cameras (Zipf prior, without replacement), one image per camera first so every
     identity is cross-camera, then the rest drawn by the prior; a preferred time period per identity."""
     id_idx, cam_idx, period = [], [], []
     for i in range(n_ids):
         cams = rng.choice(len(prior), size=cams_per_id, replace=False, p=prior)
         p_local = prior[cams] / prior[cams].sum()
-        chosen = list(cams[:images_per_id]) + list(rng.choice(cams, size=max(0, images_per_id - len(cams)),
-                                                               p=p_local))
+        chosen = list(cams[:images_per_id]) + list(rng.choice(cams, size=max(0, images_per_id - len(cams)), p=p_local))
         home = rng.integers(0, 3)
         per = np.where(rng.random(images_per_id) < 0.7, home, rng.integers(0, 3, images_per_id))
         id_idx += [i] * images_per_id
@@ -215,8 +247,9 @@ def _sample_views(cfg: SynthConfig, rng: np.random.Generator, n_ids: int, prior:
     return np.array(id_idx), np.array(cam_idx), np.array(period)
 
 
-def generate_domain(cfg: SynthConfig, *, name: str, seed: int, pid_offset: int = 0, cam_offset: int = 0,
-                    with_train: bool = True) -> SynthDomain:
+def generate_domain(
+    cfg: SynthConfig, *, name: str, seed: int, pid_offset: int = 0, cam_offset: int = 0, with_train: bool = True
+) -> SynthDomain:
     """One domain: its own cameras (styles), its own identities; train split plus a query/gallery test split.
 
     Query: one image per (test identity, camera); gallery: the rest, so every query has a cross-camera match.
@@ -242,8 +275,9 @@ def generate_domain(cfg: SynthConfig, *, name: str, seed: int, pid_offset: int =
     _, first = np.unique(key, return_index=True)
     is_query = np.zeros(len(test), dtype=bool)
     is_query[first] = True
-    return SynthDomain(name, train, test.subset(np.flatnonzero(is_query)), test.subset(np.flatnonzero(~is_query)),
-                       cameras)
+    return SynthDomain(
+        name, train, test.subset(np.flatnonzero(is_query)), test.subset(np.flatnonzero(~is_query)), cameras
+    )
 
 
 @dataclass
@@ -253,8 +287,9 @@ class SynthBenchmark:
     targets: dict[str, SynthDomain]  # "select" (choose hyper-parameters on) and "report" (report on)
 
 
-def generate_benchmark(preset: str | SynthConfig = "hard", *, seed: int = 0, with_target_train: bool = False,
-                       **overrides) -> SynthBenchmark:
+def generate_benchmark(
+    preset: str | SynthConfig = "hard", *, seed: int = 0, with_target_train: bool = False, **overrides
+) -> SynthBenchmark:
     """Source domain plus `select` and `report` targets: disjoint identities, disjoint cameras (own styles)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -268,8 +303,14 @@ def generate_benchmark(preset: str | SynthConfig = "hard", *, seed: int = 0, wit
     source = generate_domain(cfg, name="source", seed=seed * 1000 + 1, pid_offset=0, cam_offset=0)
     target_cfg = replace(cfg, num_cameras=cfg.target_cameras or cfg.num_cameras, target_cameras=None)
     targets = {
-        name: generate_domain(target_cfg, name=name, seed=seed * 1000 + 2 + i, pid_offset=(i + 1) * stride,
-                              cam_offset=cfg.num_cameras + i * target_cfg.num_cameras, with_train=with_target_train)
+        name: generate_domain(
+            target_cfg,
+            name=name,
+            seed=seed * 1000 + 2 + i,
+            pid_offset=(i + 1) * stride,
+            cam_offset=cfg.num_cameras + i * target_cfg.num_cameras,
+            with_train=with_target_train,
+        )
         for i, name in enumerate(("select", "report"))
     }
     return SynthBenchmark(cfg, source, targets)
@@ -302,8 +343,17 @@ def domain_records(domain: SynthDomain) -> list[ImageRecord]:
         arr: ReIDArrays = getattr(domain, split)
         for i in range(len(arr)):
             period = int(arr.timeperiods[i])
-            out.append(ImageRecord(f"{domain.name}/{split}/{i:06d}.png", int(arr.pids[i]), int(arr.camids[i]), split,
-                                   period if period >= 0 else None, None, _png(arr.images[i])))
+            out.append(
+                ImageRecord(
+                    f"{domain.name}/{split}/{i:06d}.png",
+                    int(arr.pids[i]),
+                    int(arr.camids[i]),
+                    split,
+                    period if period >= 0 else None,
+                    None,
+                    _png(arr.images[i]),
+                )
+            )
     return out
 
 
@@ -313,21 +363,24 @@ def write_layout(domain: SynthDomain, out_dir: str, layout: str) -> str:
     Cameras and identities are numbered within the written dataset as the real one numbers them (cameras from 1;
     Market-1501 names hold one camera digit, so at most 6 cameras; MSMT17 names two). Returns the dataset folder.
     """
-    cams = sorted(set(domain.train.camids.tolist()) | set(domain.query.camids.tolist())
-                  | set(domain.gallery.camids.tolist()))
+    cams = sorted(
+        set(domain.train.camids.tolist()) | set(domain.query.camids.tolist()) | set(domain.gallery.camids.tolist())
+    )
     cam_no = {c: i + 1 for i, c in enumerate(cams)}
     pid_base = int(min(domain.query.pids.min(), domain.train.pids.min() if len(domain.train) else 10**9))
     if layout == "market1501":
         if len(cams) > 6:
-            raise ValueError(f"the Market-1501 layout names at most 6 cameras (one digit); this domain has {len(cams)}:"
-                             " write it with layout='msmt17'")
+            raise ValueError(
+                f"the Market-1501 layout names at most 6 cameras (one digit); this domain has {len(cams)}:"
+                " write it with layout='msmt17'"
+            )
         root = os.path.join(out_dir, "Market-1501-v15.09.15")
         folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
         for split, folder in folders.items():
             arr = getattr(domain, split)
             os.makedirs(os.path.join(root, folder), exist_ok=True)
             for i in range(len(arr)):
-                name = (f"{int(arr.pids[i]) - pid_base + 1:04d}_c{cam_no[int(arr.camids[i])]}s1_{i:06d}_00.jpg")
+                name = f"{int(arr.pids[i]) - pid_base + 1:04d}_c{cam_no[int(arr.camids[i])]}s1_{i:06d}_00.jpg"
                 with open(os.path.join(root, folder, name), "wb") as fh:
                     fh.write(_jpeg(arr.images[i]))
         return root

@@ -49,8 +49,14 @@ BUCKETS = ("adin-data", "adin-sweeps", "adin-mlflow")
 ACCESS_KEY, SECRET_KEY = "adin-local", "adin-local-secret"  # moto accepts any; local cluster only
 
 
-RAY_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port", "--runtime-env-agent-port",
-                  "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port")
+RAY_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--metrics-export-port",
+    "--runtime-env-agent-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+)
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
@@ -99,11 +105,13 @@ def create_database(state: str) -> str | None:
     try:
         conn = _pg_connect()
     except ImportError:
-        print("note: psycopg2 is missing (pip install -e \".[cluster]\"); MLflow and Optuna use SQLite files")
+        print('note: psycopg2 is missing (pip install -e ".[cluster]"); MLflow and Optuna use SQLite files')
         return None
     except Exception as exc:  # psycopg2.OperationalError: no server, refused, auth
-        print(f"note: no PostgreSQL at {PG['host']}:{PG['port']} ({str(exc).strip()[:120]}); MLflow and Optuna use "
-              "SQLite files")
+        print(
+            f"note: no PostgreSQL at {PG['host']}:{PG['port']} ({str(exc).strip()[:120]}); MLflow and Optuna use "
+            "SQLite files"
+        )
         return None
     name = f"adin_cluster_{secrets.token_hex(4)}"
     # not `with conn`: since psycopg2 2.9 it opens a transaction even in autocommit, and CREATE DATABASE refuses one
@@ -121,8 +129,9 @@ def drop_database(name: str) -> None:
     try:
         with conn.cursor() as cur:
             for store in STORES:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                            (f"{name}_{store}",))
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (f"{name}_{store}",)
+                )
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}_{store}"')
     finally:
         conn.close()
@@ -149,19 +158,29 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
     if os.path.exists(os.path.join(state, "pids.json")):
         raise SystemExit(f"{state}/pids.json exists: a cluster is up (run down.sh first)")
     if not shutil.which("moto_server") and not os.path.exists(_exe("moto_server")):
-        raise SystemExit("moto_server is missing: pip install -e \".[cluster]\"")
+        raise SystemExit('moto_server is missing: pip install -e ".[cluster]"')
     os.makedirs(state, exist_ok=True)
     state = os.path.abspath(state)
-    ports = {"s3": free_port(), "mlflow": free_port(), "gcs": free_port(), "dashboard": free_port(),
-             "client": free_port()}
+    ports = {
+        "s3": free_port(),
+        "mlflow": free_port(),
+        "gcs": free_port(),
+        "dashboard": free_port(),
+        "client": free_port(),
+    }
     token = secrets.token_hex(32)
     ray_tmp = tempfile.mkdtemp(prefix="adinray", dir="/tmp")  # short: Ray's socket paths are length-limited
     s3 = f"http://127.0.0.1:{ports['s3']}"
-    aws = {"AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    aws = {
+        "AWS_ENDPOINT_URL": s3,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     # the nodes' environment: every job and worker of the cluster inherits the credentials from its raylet
-    env = dict(os.environ, **RAY_MODE, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, AWS_EC2_METADATA_DISABLED="true",
-               **aws)
+    env = dict(
+        os.environ, **RAY_MODE, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, AWS_EC2_METADATA_DISABLED="true", **aws
+    )
     pids: dict[str, int] = {}
     info = {"ports": ports, "ray_tmp": ray_tmp, "pids": pids, "token": token, "database": None}
     try:
@@ -173,22 +192,63 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
         wait_until(lambda: port_open(ports["s3"]), "moto_server", 60, pid=pids["s3"], log=log)
         import boto3
 
-        client = boto3.client("s3", endpoint_url=s3, aws_access_key_id=ACCESS_KEY,
-                              aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
         for b in BUCKETS:
             client.create_bucket(Bucket=b)
         mlflow_env = dict(env, MLFLOW_S3_ENDPOINT_URL=s3, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         log = os.path.join(state, "mlflow.log")
-        pids["mlflow"] = _start([_exe("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports["mlflow"]),
-                                 "--backend-store-uri", tracking_db,
-                                 "--artifacts-destination", "s3://adin-mlflow/artifacts", "--workers", "1"],
-                                log, mlflow_env)
+        pids["mlflow"] = _start(
+            [
+                _exe("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["mlflow"]),
+                "--backend-store-uri",
+                tracking_db,
+                "--artifacts-destination",
+                "s3://adin-mlflow/artifacts",
+                "--workers",
+                "1",
+            ],
+            log,
+            mlflow_env,
+        )
         head_log = os.path.join(state, "ray_head.log")
         pids["ray_head"] = _start(
-            [_exe("ray"), "start", "--head", "--block", "--node-ip-address", NODE_IP, "--port", str(ports["gcs"]),
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]), "--include-dashboard",
-             "true", "--ray-client-server-port", str(ports["client"]), *_ray_ports(), "--num-cpus", str(head_cpus),
-             "--temp-dir", ray_tmp], head_log, env)
+            [
+                _exe("ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address",
+                NODE_IP,
+                "--port",
+                str(ports["gcs"]),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(ports["dashboard"]),
+                "--include-dashboard",
+                "true",
+                "--ray-client-server-port",
+                str(ports["client"]),
+                *_ray_ports(),
+                "--num-cpus",
+                str(head_cpus),
+                "--temp-dir",
+                ray_tmp,
+            ],
+            head_log,
+            env,
+        )
         wait_until(lambda: port_open(ports["dashboard"]), "the Ray head", 180, pid=pids["ray_head"], log=head_log)
         info["worker_cpus"] = worker_cpus
         _start_worker(state, info, env)
@@ -198,18 +258,31 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
         _write(state, info)
         down(state)
         raise
-    exports = {"RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}", "RAY_AUTH_MODE": "token",
-               "RAY_AUTH_TOKEN": token, **RAY_MODE,
-               "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}", "ADIN_STUDY_STORAGE": study_db, **aws}
+    exports = {
+        "RAY_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        **RAY_MODE,
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{ports['dashboard']}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+        "ADIN_STUDY_STORAGE": study_db,
+        **aws,
+    }
     with open(os.path.join(state, "env.sh"), "w") as fh:
         os.chmod(fh.name, 0o600)
         fh.write("".join(f"export {k}={v}\n" for k, v in exports.items()))
     # no credential here (the nodes have them): Ray logs a job's runtime env
-    runtime_env = {"env_vars": {"AWS_ENDPOINT_URL": s3, "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
-                                "ADIN_STORAGE": "s3://adin-sweeps/sweeps", "ADIN_DATA_ROOT": "s3://adin-data/datasets",
-                                "ADIN_STUDY_STORAGE": study_db, "AWS_EC2_METADATA_DISABLED": "true",
-                                "RAY_API_SERVER_ADDRESS": exports["RAY_API_SERVER_ADDRESS"]}}
+    runtime_env = {
+        "env_vars": {
+            "AWS_ENDPOINT_URL": s3,
+            "MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
+            "ADIN_STORAGE": "s3://adin-sweeps/sweeps",
+            "ADIN_DATA_ROOT": "s3://adin-data/datasets",
+            "ADIN_STUDY_STORAGE": study_db,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "RAY_API_SERVER_ADDRESS": exports["RAY_API_SERVER_ADDRESS"],
+        }
+    }
     with open(os.path.join(state, "runtime_env.json"), "w") as fh:
         os.chmod(fh.name, 0o600)
         json.dump(runtime_env, fh)
@@ -219,10 +292,20 @@ def up(state: str, head_cpus: float, worker_cpus: float) -> dict:
 
 def _ray_env(info: dict) -> dict[str, str]:
     """The environment the cluster's Ray nodes run with (what up gave them)."""
-    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{info['ports']['s3']}", "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-           "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
-    return dict(os.environ, **RAY_MODE, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=info["token"],
-                AWS_EC2_METADATA_DISABLED="true", **aws)
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{info['ports']['s3']}",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    return dict(
+        os.environ,
+        **RAY_MODE,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=info["token"],
+        AWS_EC2_METADATA_DISABLED="true",
+        **aws,
+    )
 
 
 def _start_worker(state: str, info: dict, env: dict[str, str]) -> None:
@@ -232,20 +315,46 @@ def _start_worker(state: str, info: dict, env: dict[str, str]) -> None:
     ports = _ray_ports()
     ports[ports.index("--dashboard-agent-grpc-port")] = "--metrics-agent-port"  # the same port, RayParams' name
     info["pids"]["ray_worker"] = _start(
-        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_node.py"), "--address",
-         f"{NODE_IP}:{gcs}", *ports, "--num-cpus", str(info["worker_cpus"])], log, env)
+        [
+            sys.executable,
+            os.path.join(os.path.dirname(os.path.abspath(__file__)), "ray_node.py"),
+            "--address",
+            f"{NODE_IP}:{gcs}",
+            *ports,
+            "--num-cpus",
+            str(info["worker_cpus"]),
+        ],
+        log,
+        env,
+    )
     wait_until(lambda: _nodes(gcs, env) == 2, "the second Ray node", 180, pid=info["pids"]["ray_worker"], log=log)
 
 
 def _round_trip(state: str, info: dict, env: dict[str, str]) -> None:
     """A test job through the job API (dashboard, its agents, a driver on the cluster): what `ray job submit`
     needs. "cluster up" is said only after it succeeded."""
-    out = subprocess.run([_exe("ray"), "job", "submit", "--address", f"http://127.0.0.1:{info['ports']['dashboard']}",
-                          "--", sys.executable, "-c", "import ray; ray.init(); print('adin-cluster-ok')"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            _exe("ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{info['ports']['dashboard']}",
+            "--",
+            sys.executable,
+            "-c",
+            "import ray; ray.init(); print('adin-cluster-ok')",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if out.returncode != 0 or "adin-cluster-ok" not in out.stdout:
-        raise ClusterError("a test job did not go through `ray job submit` (exit "
-                           f"{out.returncode}): {(out.stdout + out.stderr)[-2000:]}")
+        raise ClusterError(
+            "a test job did not go through `ray job submit` (exit "
+            f"{out.returncode}): {(out.stdout + out.stderr)[-2000:]}"
+        )
 
 
 def remove_worker(state: str) -> None:
@@ -291,8 +400,13 @@ def _write(state: str, info: dict) -> None:
 
 
 def _nodes(gcs_port: int, env: dict[str, str]) -> int:
-    out = subprocess.run([_exe("ray"), "status", "--address", f"{NODE_IP}:{gcs_port}"], env=env,
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [_exe("ray"), "status", "--address", f"{NODE_IP}:{gcs_port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     section = out.split("Active:", 1)[-1].split("Pending:", 1)[0]
     return sum(1 for line in section.splitlines() if line.strip().startswith("1 node_"))
 
@@ -357,12 +471,16 @@ def main() -> None:
         except ClusterError as exc:
             raise SystemExit(f"error: {exc}\nnothing is left running (down was run)") from None
         db = info["database"] and f"PostgreSQL databases {info['database']}_{{mlflow,optuna}}" or "SQLite files"
-        print(f"cluster up: Ray dashboard http://127.0.0.1:{info['ports']['dashboard']} (2 nodes), "
-              f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}, "
-              f"MLflow and Optuna store: {db}; a test job went through `ray job submit`")
+        print(
+            f"cluster up: Ray dashboard http://127.0.0.1:{info['ports']['dashboard']} (2 nodes), "
+            f"S3 http://127.0.0.1:{info['ports']['s3']}, MLflow http://127.0.0.1:{info['ports']['mlflow']}, "
+            f"MLflow and Optuna store: {db}; a test job went through `ray job submit`"
+        )
         print("lifetime: everything here (S3 objects, runs, studies) goes at down.sh; export winners first")
-        print(f"use it:  source {args.state}/env.sh && ray job submit --runtime-env-json "
-              f"\"$(cat {args.state}/runtime_env.json)\" -- python -m orchestrator.sweep --space search_spaces/smoke.yaml")
+        print(
+            f"use it:  source {args.state}/env.sh && ray job submit --runtime-env-json "
+            f'"$(cat {args.state}/runtime_env.json)" -- python -m orchestrator.sweep --space search_spaces/smoke.yaml'
+        )
     elif args.command == "remove-worker":
         remove_worker(args.state)
         print("worker node killed")

@@ -19,8 +19,14 @@ import signal
 import sys
 import time
 
-PORT_FLAGS = ("node_manager_port", "object_manager_port", "metrics_export_port", "runtime_env_agent_port",
-              "dashboard_agent_listen_port", "metrics_agent_port")
+PORT_FLAGS = (
+    "node_manager_port",
+    "object_manager_port",
+    "metrics_export_port",
+    "runtime_env_agent_port",
+    "dashboard_agent_listen_port",
+    "metrics_agent_port",
+)
 
 
 def main() -> None:
@@ -35,8 +41,12 @@ def main() -> None:
     import ray._private.node
     from ray._private.parameter import RayParams
 
-    params = RayParams(node_ip_address="127.0.0.1", gcs_address=args.address, num_cpus=args.num_cpus,
-                       **{flag: getattr(args, flag) or None for flag in PORT_FLAGS})
+    params = RayParams(
+        node_ip_address="127.0.0.1",
+        gcs_address=args.address,
+        num_cpus=args.num_cpus,
+        **{flag: getattr(args, flag) or None for flag in PORT_FLAGS},
+    )
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     node = ray._private.node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=True, connect_only=False)

@@ -16,14 +16,31 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from orchestrator.tracking import schema
-from orchestrator.tracking.store import (EndRun, LogInput, LogMetrics, OpenRun, RecordFaults, SetTags, TrackingQueue,
-                                         items, redact)
+from orchestrator.tracking.store import (
+    EndRun,
+    LogInput,
+    LogMetrics,
+    OpenRun,
+    RecordFaults,
+    SetTags,
+    TrackingQueue,
+    items,
+    redact,
+)
 
 _LIVE: dict[str, Callback] = {}
 
 SUMMARY = {schema.EVALUATION, "probe/camera_acc", "grip/adv_to_id"}  # with the objective: a trial's summary
-_TUNE_BOOKKEEPING = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
-                     "iterations_since_restore", "done", "training_iteration"}
+_TUNE_BOOKKEEPING = {
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "training_iteration",
+}
 
 
 def _live_callback(key: str) -> Callback:
@@ -57,11 +74,18 @@ class MLflowTrialCallback(LiveCallback):
     """A child run per trial: its full TrainConfig as parameters, every report's metrics, its latest checkpoint,
     phase and outcome as tags."""
 
-    def __init__(self, queue: TrackingQueue, experiment_id: str, sweep: str, *,
-                 trial_params: Callable[[dict[str, Any]], dict[str, Any]],
-                 run_name: Callable[[str, dict[str, Any]], str],
-                 checkpoint_uri: Callable[[str], str], inputs: tuple[LogInput, ...] = (),
-                 metric: str = schema.OBJECTIVE) -> None:
+    def __init__(
+        self,
+        queue: TrackingQueue,
+        experiment_id: str,
+        sweep: str,
+        *,
+        trial_params: Callable[[dict[str, Any]], dict[str, Any]],
+        run_name: Callable[[str, dict[str, Any]], str],
+        checkpoint_uri: Callable[[str], str],
+        inputs: tuple[LogInput, ...] = (),
+        metric: str = schema.OBJECTIVE,
+    ) -> None:
         self.queue, self.experiment_id, self.sweep, self.metric = queue, experiment_id, sweep, metric
         self.inputs = inputs  # the sweep's datasets, logged on every trial's run (the runs table's Dataset column)
         self.trial_params, self.run_name, self.checkpoint_uri = trial_params, run_name, checkpoint_uri
@@ -76,8 +100,14 @@ class MLflowTrialCallback(LiveCallback):
 
     def get_state(self) -> dict[str, Any] | None:
         """Saved by Tune with the sweep: writes still queued (an outage) are sent by a resumed sweep."""
-        return {"queue": self.queue.state(), "final": dict(self.final), "opened": sorted(self.opened),
-                "ended": sorted(self.ended), "logged": dict(self.logged), "diverged": dict(self.diverged)}
+        return {
+            "queue": self.queue.state(),
+            "final": dict(self.final),
+            "opened": sorted(self.opened),
+            "ended": sorted(self.ended),
+            "logged": dict(self.logged),
+            "diverged": dict(self.diverged),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.queue.restore(state.get("queue", {}))
@@ -97,14 +127,25 @@ class MLflowTrialCallback(LiveCallback):
         self.opened.add(trial.trial_id)
         self.ended.discard(trial.trial_id)
         parent = self.queue.run_ids["sweep"]
-        self.queue.submit(OpenRun(
-            trial.trial_id, self.experiment_id, self.run_name(trial.trial_id, trial.config),
-            find=((schema.PARENT, parent), (schema.TRIAL, trial.trial_id)),
-            tags=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_TRIAL),
-                  *([(schema.START_POINT, trial.config[schema.START_POINT_KEY])]
-                    if (trial.config or {}).get(schema.START_POINT_KEY) else [])),
-            params=items(redact(self.trial_params(trial.config)))),
-            *[replace(i, key=trial.trial_id) for i in self.inputs if first])
+        self.queue.submit(
+            OpenRun(
+                trial.trial_id,
+                self.experiment_id,
+                self.run_name(trial.trial_id, trial.config),
+                find=((schema.PARENT, parent), (schema.TRIAL, trial.trial_id)),
+                tags=(
+                    (schema.SWEEP, self.sweep),
+                    (schema.ROLE, schema.ROLE_TRIAL),
+                    *(
+                        [(schema.START_POINT, trial.config[schema.START_POINT_KEY])]
+                        if (trial.config or {}).get(schema.START_POINT_KEY)
+                        else []
+                    ),
+                ),
+                params=items(redact(self.trial_params(trial.config))),
+            ),
+            *[replace(i, key=trial.trial_id) for i in self.inputs if first],
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._open(trial, again=True)
@@ -127,12 +168,21 @@ class MLflowTrialCallback(LiveCallback):
             if step <= self.logged.get(tid, 0):
                 continue
             self.logged[tid] = step
-            metrics = tuple((k, float(v), ts, step) for k, v in report.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k))
+            metrics = tuple(
+                (k, float(v), ts, step)
+                for k, v in report.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and trial_metric(k)
+            )
             self.queue.submit(LogMetrics(tid, metrics))
         self.last.setdefault(tid, {}).update(  # the latest value of each (a grip only where adversarial steps ran)
-            {k: float(v) for k, v in result.items() if (k in SUMMARY or k == self.metric or k.startswith("seed"))
-             and isinstance(v, (int, float)) and not isinstance(v, bool)})
+            {
+                k: float(v)
+                for k, v in result.items()
+                if (k in SUMMARY or k == self.metric or k.startswith("seed"))
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            }
+        )
         faults = {k: float(v) for k, v in result.items() if k.startswith("faults/") and v}
         if faults:
             self.queue.trial_faults[tid] = faults
@@ -149,23 +199,33 @@ class MLflowTrialCallback(LiveCallback):
     def _end(self, trial, outcome: str, status: str) -> None:
         self._open(trial)
         self.ended.add(trial.trial_id)
-        self.queue.submit(SetTags(trial.trial_id, ((schema.OUTCOME, outcome), (schema.NOTE, self._summary(trial, outcome)))),
-                          EndRun(trial.trial_id, status))
+        self.queue.submit(
+            SetTags(trial.trial_id, ((schema.OUTCOME, outcome), (schema.NOTE, self._summary(trial, outcome)))),
+            EndRun(trial.trial_id, status),
+        )
 
     def _summary(self, trial, outcome: str) -> str:
         """The trial run's description: how it ended and its key figures, at the top of its page in the UI."""
         last, tid = self.last.get(trial.trial_id, {}), trial.trial_id
         start = (trial.config or {}).get(schema.START_POINT_KEY)
-        lines = [f"**{outcome}**" + (f" (start point `{start}`)" if start else "")
-                 + (f" after {last[schema.EVALUATION]:.0f} evaluations" if schema.EVALUATION in last else "")]
+        lines = [
+            f"**{outcome}**"
+            + (f" (start point `{start}`)" if start else "")
+            + (f" after {last[schema.EVALUATION]:.0f} evaluations" if schema.EVALUATION in last else "")
+        ]
         if tid in self.diverged:
             lines.append(self.diverged[tid])
-        for key, label in ((self.metric, self.metric), ("probe/camera_acc", "camera probe"),
-                           ("grip/adv_to_id", "grip of the adversary (||beta dL_adv/df|| / ||dL_I/df||)")):
+        for key, label in (
+            (self.metric, self.metric),
+            ("probe/camera_acc", "camera probe"),
+            ("grip/adv_to_id", "grip of the adversary (||beta dL_adv/df|| / ||dL_I/df||)"),
+        ):
             if key in last:
                 seeds = sorted(v for k, v in last.items() if k.startswith("seed") and k.endswith("/" + key))
-                lines.append(f"- {label}: {last[key]:.4f}" + (f" (seeds: {', '.join(f'{v:.4f}' for v in seeds)})"
-                                                               if len(seeds) > 1 else ""))
+                lines.append(
+                    f"- {label}: {last[key]:.4f}"
+                    + (f" (seeds: {', '.join(f'{v:.4f}' for v in seeds)})" if len(seeds) > 1 else "")
+                )
         return "\n".join(lines)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

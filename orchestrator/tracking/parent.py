@@ -11,8 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.tracking import schema as S
-from orchestrator.tracking.store import (LogInput, SweepRun, TrackingQueue, code_version, experiment_id,
-                                         without_password)
+from orchestrator.tracking.store import LogInput, SweepRun, TrackingQueue, code_version, experiment_id, without_password
 
 if TYPE_CHECKING:  # the plan is read, never imported: the plan itself checks tracking URIs with tracking.store
     from orchestrator.plan import SweepPlan
@@ -31,14 +30,22 @@ def dataset_inputs(plan: SweepPlan, key: str) -> tuple[LogInput, ...]:
 
 def _tags(plan: SweepPlan) -> dict[str, Any]:
     space = plan.space
-    return {S.SPACE_FILE: plan.space_file, S.CODE_VERSION: code_version(), S.SOURCE: plan.source,
-            S.SELECT: json.dumps([t.uri for t in plan.select]), S.REPORT: json.dumps([t.uri for t in plan.report]),
-            S.TARGET_NAMES: json.dumps({t.uri: t.name for t in plan.select + plan.report}), S.STORAGE: plan.storage,
-            S.OVERRIDES: json.dumps(plan.overrides), S.OBJECTIVE_METRIC: space.objective.metric,
-            S.OBJECTIVE_MODE: space.objective.mode, S.PROMOTE_SE: str(space.search.promote_se),
-            S.STUDY_STORAGE: json.dumps(without_password(plan.study_storage)),
-            S.DATA_VERSIONS: json.dumps({u: f"{d['dataset']}/{d['version']}" for u, d in plan.data_versions.items()}),
-            S.SWEEP_STATE: "running"}
+    return {
+        S.SPACE_FILE: plan.space_file,
+        S.CODE_VERSION: code_version(),
+        S.SOURCE: plan.source,
+        S.SELECT: json.dumps([t.uri for t in plan.select]),
+        S.REPORT: json.dumps([t.uri for t in plan.report]),
+        S.TARGET_NAMES: json.dumps({t.uri: t.name for t in plan.select + plan.report}),
+        S.STORAGE: plan.storage,
+        S.OVERRIDES: json.dumps(plan.overrides),
+        S.OBJECTIVE_METRIC: space.objective.metric,
+        S.OBJECTIVE_MODE: space.objective.mode,
+        S.PROMOTE_SE: str(space.search.promote_se),
+        S.STUDY_STORAGE: json.dumps(without_password(plan.study_storage)),
+        S.DATA_VERSIONS: json.dumps({u: f"{d['dataset']}/{d['version']}" for u, d in plan.data_versions.items()}),
+        S.SWEEP_STATE: "running",
+    }
 
 
 def open_parent(plan: SweepPlan, queue: TrackingQueue, folder: str) -> SweepRun:
@@ -49,10 +56,18 @@ def open_parent(plan: SweepPlan, queue: TrackingQueue, folder: str) -> SweepRun:
     parent.open()
     parent.save_view(space.objective.metric, space.objective.mode, [p.name for p in space.params])
     parent.set_tags(_tags(plan))
-    parent.log_params({"space": space.name, "sampler": space.search.sampler,
-                       "sampler.random_start": space.search.random_start, "num_samples": space.search.num_samples,
-                       "scheduler": space.scheduler.type, "workers": space.resources.workers,
-                       "epochs": space.training.epochs, **{f"fixed.{k}": v for k, v in space.fixed.items()}})
+    parent.log_params(
+        {
+            "space": space.name,
+            "sampler": space.search.sampler,
+            "sampler.random_start": space.search.random_start,
+            "num_samples": space.search.num_samples,
+            "scheduler": space.scheduler.type,
+            "workers": space.resources.workers,
+            "epochs": space.training.epochs,
+            **{f"fixed.{k}": v for k, v in space.fixed.items()},
+        }
+    )
     queue.submit(*dataset_inputs(plan, parent.key))
     versions = os.path.join(folder, "data_versions.json")
     with open(versions, "w") as fh:

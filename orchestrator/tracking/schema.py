@@ -89,5 +89,10 @@ def replayed(result: dict) -> list[dict]:
     return json.loads(text) if isinstance(text, str) and text else []
 
 
-__all__ = [name for name in dir() if name.isupper()] + ["EVALUATION", "OBJECTIVE", "evaluation_of", "replayed",
-                                                        "view_id"]
+__all__ = [name for name in dir() if name.isupper()] + [
+    "EVALUATION",
+    "OBJECTIVE",
+    "evaluation_of",
+    "replayed",
+    "view_id",
+]

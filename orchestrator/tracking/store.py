@@ -46,8 +46,10 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, *, must_exist: bool = Fal
     (`orchestrator.best`) needs the SQLite file to be there already (opening it would create an empty one)."""
     scheme = urllib.parse.urlparse(uri).scheme
     if scheme.split("+")[0] not in TRACKING_SCHEMES:
-        raise TrackingError(f"--tracking-uri {uri!r}: the scheme {scheme + '://' if scheme else '(none)'} is not one "
-                            "MLflow stores runs in; use sqlite:///FILE, http(s)://HOST:PORT or postgresql://...")
+        raise TrackingError(
+            f"--tracking-uri {uri!r}: the scheme {scheme + '://' if scheme else '(none)'} is not one "
+            "MLflow stores runs in; use sqlite:///FILE, http(s)://HOST:PORT or postgresql://..."
+        )
     if scheme in ("http", "https"):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
@@ -56,7 +58,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0, *, must_exist: bool = Fal
         except OSError as exc:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable: {exc}") from None
     elif scheme == "sqlite":
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         folder = os.path.dirname(os.path.abspath(path)) or "."
         if must_exist and not os.path.isfile(path):
             raise TrackingError(f"--tracking-uri {uri}: no tracking database at {path} (did a sweep run with it?)")
@@ -90,8 +92,9 @@ def _check_database(uri: str, timeout: float) -> None:
         engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
     except ModuleNotFoundError as exc:
         hint = " (postgresql+psycopg2://..., with pip install -e '.[cluster]')" if uri.startswith("postgresql") else ""
-        raise TrackingError(f"--tracking-uri {shown}: its database driver is not installed ({exc}); name an installed "
-                            f"one{hint}") from None
+        raise TrackingError(
+            f"--tracking-uri {shown}: its database driver is not installed ({exc}); name an installed one{hint}"
+        ) from None
     except Exception as exc:  # a malformed URL
         raise TrackingError(f"--tracking-uri {shown}: not a database URL SQLAlchemy reads ({exc})") from None
     try:
@@ -117,7 +120,7 @@ def absolute_tracking_uri(uri: str) -> str:
     """sqlite:///relative.db -> sqlite:////absolute/relative.db: a resumed sweep or a Ray job in another working
     folder then finds the same store."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
     return uri
 
 
@@ -147,18 +150,17 @@ def log_batched(client, run_id: str, *, params: dict[str, Any] | None = None, me
 
     batch = [Param(k, str(v)[:6000]) for k, v in redact(params or {}).items()]
     for i in range(0, len(batch), 100):
-        client.log_batch(run_id, params=batch[i:i + 100])
+        client.log_batch(run_id, params=batch[i : i + 100])
     metrics = metrics or []
     for i in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
 def code_version() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
-                               timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
         if rev.returncode == 0:
             return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -295,8 +297,10 @@ class TrackingQueue:
         """Queue writes and wait for them (one retry budget); a TrackingError names the server otherwise."""
         self.submit(*ops)
         if not self.drain():
-            raise TrackingError(f"MLflow tracking server {self.uri} unreachable for {self.backoff.budget_s:g} s "
-                                f"({what}); {len(self)} write(s) are kept with the sweep's state")
+            raise TrackingError(
+                f"MLflow tracking server {self.uri} unreachable for {self.backoff.budget_s:g} s "
+                f"({what}); {len(self)} write(s) are kept with the sweep's state"
+            )
 
     def __len__(self) -> int:
         with self._cond:
@@ -308,8 +312,12 @@ class TrackingQueue:
 
     def state(self) -> dict[str, Any]:
         with self._cond:
-            return {"pending": list(self._pending), "run_ids": dict(self.run_ids), "outages": list(self.outages),
-                    "trial_faults": dict(self.trial_faults)}
+            return {
+                "pending": list(self._pending),
+                "run_ids": dict(self.run_ids),
+                "outages": list(self.outages),
+                "trial_faults": dict(self.trial_faults),
+            }
 
     def restore(self, state: dict[str, Any]) -> None:
         """A resumed sweep takes over what its interrupted run had queued (writes an outage kept back)."""
@@ -350,11 +358,18 @@ class TrackingQueue:
 
     def _wait_out(self, exc: BaseException) -> None:
         if self._outage is None:
-            self._outage = {"service": "mlflow", "uri": self.uri, "attempts": 0,
-                            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                            "t0": time.monotonic(), "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            self.log(f"[tracking] MLflow at {self.uri} is unreachable; {len(self)} write(s) queued, retrying with "
-                     "backoff (trials go on)")
+            self._outage = {
+                "service": "mlflow",
+                "uri": self.uri,
+                "attempts": 0,
+                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "t0": time.monotonic(),
+                "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+            }
+            self.log(
+                f"[tracking] MLflow at {self.uri} is unreachable; {len(self)} write(s) queued, retrying with "
+                "backoff (trials go on)"
+            )
         time.sleep(self.backoff.delay(self._outage["attempts"]))
         self._outage["attempts"] += 1
 
@@ -363,8 +378,7 @@ class TrackingQueue:
         seconds = time.monotonic() - outage.pop("t0")
         outage["seconds"] = round(seconds, 1)
         self.outages.append(outage)
-        self.log(f"[tracking] MLflow is back after {seconds:.0f} s ({outage['attempts']} retries); queued writes "
-                 "sent")
+        self.log(f"[tracking] MLflow is back after {seconds:.0f} s ({outage['attempts']} retries); queued writes sent")
         if "sweep" in self.run_ids:
             self.submit(RecordFaults("sweep"))
 
@@ -396,8 +410,12 @@ class TrackingQueue:
         elif isinstance(op, LogInput):
             from mlflow.entities import Dataset, DatasetInput, InputTag  # deferred on purpose (module docstring)
 
-            ds = Dataset(name=op.name, digest=op.digest, source_type="local" if "://" not in op.source else "s3",
-                         source=json.dumps({"uri": op.source}))
+            ds = Dataset(
+                name=op.name,
+                digest=op.digest,
+                source_type="local" if "://" not in op.source else "s3",
+                source=json.dumps({"uri": op.source}),
+            )
             c.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", op.context)])])
         elif isinstance(op, EndRun):
             c.set_terminated(run_id, op.status)
@@ -429,17 +447,29 @@ def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: l
     searched parameters and each trial's outcome; grouped by sweep and role, so a sweep's own run and its trials
     are two groups apart from other sweeps of the space (a URL search filter would undo the view), sorted by the
     objective. It appears in the UI's "Views" menu and opens from `ui_url`."""
+
     def col(kind: str, key: str) -> str:
         return f"{kind}.`{key}`"
 
-    columns = [col("metrics", metric), col("metrics", f"{metric}_se"), col("metrics", "probe/camera_acc"),
-               col("metrics", "source/mAP"), *[col("params", p) for p in params], col("tags", schema.OUTCOME)]
-    state = {"selectedColumns": columns, "columnOrder": columns,
-             "groupBy": {"aggregateFunction": "max" if mode == "max" else "min",
-                         "groupByKeys": [{"mode": "tag", "groupByData": schema.SWEEP},
-                                         {"mode": "tag", "groupByData": schema.ROLE}]},
-             "runsExpanded": {parent_run_id: True}, "orderByKey": col("metrics", metric),
-             "orderByAsc": mode == "min"}
+    columns = [
+        col("metrics", metric),
+        col("metrics", f"{metric}_se"),
+        col("metrics", "probe/camera_acc"),
+        col("metrics", "source/mAP"),
+        *[col("params", p) for p in params],
+        col("tags", schema.OUTCOME),
+    ]
+    state = {
+        "selectedColumns": columns,
+        "columnOrder": columns,
+        "groupBy": {
+            "aggregateFunction": "max" if mode == "max" else "min",
+            "groupByKeys": [{"mode": "tag", "groupByData": schema.SWEEP}, {"mode": "tag", "groupByData": schema.ROLE}],
+        },
+        "runsExpanded": {parent_run_id: True},
+        "orderByKey": col("metrics", metric),
+        "orderByAsc": mode == "min",
+    }
     envelope = {"name": f"sweep {sweep}", "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
     return f"{schema.VIEW_TAG_PREFIX}{schema.view_id(sweep)}", json.dumps(envelope)
 
@@ -457,7 +487,7 @@ def artifact_root(uri: str) -> str | None:
     """Where a new experiment keeps its artifacts: beside an SQLite tracking database (runs/mlartifacts by default,
     so everything of the main job lives under ./runs, not in MLflow's ./mlruns); elsewhere the server's choice."""
     if uri.startswith("sqlite:///"):
-        return "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
+        return "file://" + os.path.join(os.path.dirname(uri[len("sqlite:///") :]), "mlartifacts")
     return None
 
 
@@ -477,9 +507,14 @@ def experiment_id(uri: str, name: str, backoff: Backoff) -> str:
         return exp_id
 
     try:
-        return call_with_backoff(get_or_create, service="tracking", what=f"opening MLflow experiment {name}",
-                                 retry_on=(MlflowException, OSError), transient=lambda exc: is_outage(uri, exc),
-                                 backoff=backoff)
+        return call_with_backoff(
+            get_or_create,
+            service="tracking",
+            what=f"opening MLflow experiment {name}",
+            retry_on=(MlflowException, OSError),
+            transient=lambda exc: is_outage(uri, exc),
+            backoff=backoff,
+        )
     except (MlflowException, OSError) as exc:
         raise TrackingError(f"MLflow tracking server {uri}: cannot open experiment {name!r}: {exc}") from None
 
@@ -494,9 +529,15 @@ class SweepRun:
     key: str = field(default="sweep", init=False)
 
     def open(self) -> str:
-        self.queue.write(OpenRun(self.key, self.experiment_id, self.sweep,
-                                 find=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_SWEEP))),
-                         what="opening the sweep's run")
+        self.queue.write(
+            OpenRun(
+                self.key,
+                self.experiment_id,
+                self.sweep,
+                find=((schema.SWEEP, self.sweep), (schema.ROLE, schema.ROLE_SWEEP)),
+            ),
+            what="opening the sweep's run",
+        )
         return self.run_id
 
     def save_view(self, metric: str, mode: str, params: list[str]) -> None:

@@ -66,8 +66,9 @@ def scan_images(folder: str, split: str, parse: Callable[[str], ImageRecord | No
     return out
 
 
-def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int,
-                        dataset: str) -> Callable[[str], ImageRecord | None]:
+def name_pattern_parser(
+    pattern: re.Pattern[str], split: str, *, max_cam: int, dataset: str
+) -> Callable[[str], ImageRecord | None]:
     """Parse whole file names `<pid>_c<cam>...<frame>...`: the pattern's groups are pid, camera and frame. pid -1
     marks junk (skipped, as torchreid does); cameras become 0-based. A name of another dataset does not match, so
     a tree sharded with the wrong --format is refused at its first image."""
@@ -76,8 +77,10 @@ def name_pattern_parser(pattern: re.Pattern[str], split: str, *, max_cam: int,
         name = os.path.basename(path)
         m = pattern.match(name)
         if m is None:
-            raise LayoutError(f"{path}: file name does not follow the {dataset} pattern {pattern.pattern!r} "
-                              "(another dataset's tree, or the wrong --format?)")
+            raise LayoutError(
+                f"{path}: file name does not follow the {dataset} pattern {pattern.pattern!r} "
+                "(another dataset's tree, or the wrong --format?)"
+            )
         pid, cam, frame = int(m.group(1)), int(m.group(2)), int(m.group(3))
         if pid == -1:
             return None
@@ -96,8 +99,15 @@ def check_listed_files(records: list[ImageRecord], where: dict[str, str]) -> Non
             raise LayoutError(f"{where.get(rec.path, 'a list file')}: {rec.path} is listed but missing")
 
 
-def read_pattern_layout(src: str, *, candidates: Iterable[str], folders: dict[str, str], pattern: re.Pattern[str],
-                        max_cam: int, dataset: str) -> list[ImageRecord]:
+def read_pattern_layout(
+    src: str,
+    *,
+    candidates: Iterable[str],
+    folders: dict[str, str],
+    pattern: re.Pattern[str],
+    max_cam: int,
+    dataset: str,
+) -> list[ImageRecord]:
     """The layouts that keep one folder per split and encode labels in file names (Market-1501, DukeMTMC-reID,
     VeRi-776): find the dataset folder, then parse every image name of every split folder."""
     root = find_dataset_dir(src, candidates, next(iter(folders.values())))

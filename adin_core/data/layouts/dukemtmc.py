@@ -11,5 +11,11 @@ PATTERN = re.compile(r"^(\d{4})_c(\d)_f(\d{7})\.(?:jpg|jpeg|png)$")  # the whole
 
 
 def read(src: str) -> list[ImageRecord]:
-    return read_pattern_layout(src, candidates=("DukeMTMC-reID", "dukemtmcreid"), folders=FOLDERS,
-                               pattern=PATTERN, max_cam=8, dataset="DukeMTMC-reID")
+    return read_pattern_layout(
+        src,
+        candidates=("DukeMTMC-reID", "dukemtmcreid"),
+        folders=FOLDERS,
+        pattern=PATTERN,
+        max_cam=8,
+        dataset="DukeMTMC-reID",
+    )

@@ -14,5 +14,11 @@ FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding
 
 
 def read(src: str) -> list[ImageRecord]:
-    return read_pattern_layout(src, candidates=("Market-1501-v15.09.15", "market1501", "Market-1501"),
-                               folders=FOLDERS, pattern=PATTERN, max_cam=6, dataset="Market-1501")
+    return read_pattern_layout(
+        src,
+        candidates=("Market-1501-v15.09.15", "market1501", "Market-1501"),
+        folders=FOLDERS,
+        pattern=PATTERN,
+        max_cam=6,
+        dataset="Market-1501",
+    )

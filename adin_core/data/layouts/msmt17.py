@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import re
 
-from adin_core.data.layouts.base import (PERIODS, ImageRecord, LayoutError, check_listed_files, require_dir,
-                                        require_file)
+from adin_core.data.layouts.base import PERIODS, ImageRecord, LayoutError, check_listed_files, require_dir, require_file
 
 VERSIONS = {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}
 LISTS = {"train": 0, "val": 0, "query": 1, "gallery": 1}  # which image folder each list refers to
@@ -27,8 +26,10 @@ def locate(src: str) -> tuple[str, str, str]:
         for version, (train, test) in VERSIONS.items():  # src is the version folder itself
             if os.path.isdir(os.path.join(base, train)) and os.path.isfile(os.path.join(base, "list_train.txt")):
                 return base, train, test
-    raise LayoutError(f"no MSMT17 found under {src}: expected MSMT17_V1/ (train/, test/) or MSMT17_V2/ "
-                      "(mask_train_v2/, mask_test_v2/) with list_train.txt")
+    raise LayoutError(
+        f"no MSMT17 found under {src}: expected MSMT17_V1/ (train/, test/) or MSMT17_V2/ "
+        "(mask_train_v2/, mask_test_v2/) with list_train.txt"
+    )
 
 
 def parse_name(rel: str, list_path: str, lineno: int) -> tuple[int, int, int]:

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import os
 
-from adin_core.data.layouts.base import (ImageRecord, LayoutError, check_listed_files, find_dataset_dir, require_dir,
-                                        require_file)
+from adin_core.data.layouts.base import (
+    ImageRecord,
+    LayoutError,
+    check_listed_files,
+    find_dataset_dir,
+    require_dir,
+    require_file,
+)
 
 TEST_SIZES = (800, 1600, 2400, 3200)
 
@@ -36,7 +42,8 @@ def read(src: str) -> list[ImageRecord]:
     where: dict[str, str] = {}
     out = _read_list(require_file(root, "train_test_split", "train_list.txt"), image_dir, "train", where)
     for size in TEST_SIZES:
-        out += _read_list(require_file(root, "train_test_split", f"test_list_{size}.txt"), image_dir, f"test{size}",
-                          where)
+        out += _read_list(
+            require_file(root, "train_test_split", f"test_list_{size}.txt"), image_dir, f"test{size}", where
+        )
     check_listed_files(out, where)
     return out

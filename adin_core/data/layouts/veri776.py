@@ -12,5 +12,6 @@ FOLDERS = {"train": "image_train", "query": "image_query", "gallery": "image_tes
 
 
 def read(src: str) -> list[ImageRecord]:
-    return read_pattern_layout(src, candidates=("VeRi", "veri", "VeRi-776"), folders=FOLDERS, pattern=PATTERN,
-                               max_cam=20, dataset="VeRi-776")
+    return read_pattern_layout(
+        src, candidates=("VeRi", "veri", "VeRi-776"), folders=FOLDERS, pattern=PATTERN, max_cam=20, dataset="VeRi-776"
+    )
