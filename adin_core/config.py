@@ -77,10 +77,10 @@ class TrainConfig:
     # L_adv's form (losses.py): rg (gradient reversal), ne (negative entropy, paper Eq. 5), kl (KL(u || c), the
     # non-saturating cross-entropy to uniform), js; "none" trains the plain identity baseline
     adv_loss: str = "kl"
-    beta: float = 0.1  # weight of L_adv (for "rg": the gradient-reversal coefficient); 0.1 measured best (README)
+    beta: float = 0.1  # weight of L_adv (for "rg": the gradient-reversal coefficient); 0.1 measured best (docs/results)
     # prior calibration of ne/kl (ignored for rg, js): class_prior weights class k's term by p_k (ne + class_prior
     # is the paper's CaNE, Eq. 6; kl + class_prior is KL(p || c)), sample_prior each sample by K * p[y] (the
-    # authors' code); none: KL(u || c), measured to transfer at least as well here (README)
+    # authors' code); none: KL(u || c), measured to transfer at least as well here (docs/results.md)
     calibration: str = "none"
     prior_temperature: float = 1.0  # p_k ** gamma, renormalised; 0 makes the calibration uniform
     nuisance: str = "camera"

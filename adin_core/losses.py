@@ -3,7 +3,7 @@
 The adversarial losses act on f_N's logits. Only `rg` needs the true nuisance label to push f_E; the others
 (`ne`, `kl`, `js`) only ask f_N's prediction to be uninformative, and `sample_prior` calibration uses the label to
 pick each sample's weight. Which of them keeps a grip on f_E when f_N is confident is said below, and measured in
-the README (`python -m adin_core.compare`).
+docs/results.md (`python -m adin_core.compare`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from threadpoolctl import ThreadpoolController
 
 PROBE_MAX_IMAGES = 4000  # large test splits (MSMT17: 94k images) are subsampled by identity to bound the cost
 PROBE_L2 = 1e-3  # weight decay of the probe, on standardised features
-PROBE_ITERS = 60  # L-BFGS iterations: the accuracy is then within ~0.01 of a fit run to convergence (tests; README)
+PROBE_ITERS = 60  # L-BFGS iterations: the accuracy is then within ~0.01 of a fit run to convergence (docs/benchmarks)
 PROBE_GTOL = 1e-5  # ... or fewer, where the gradient is already this small
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what is missing (pinned in pyproject.toml; torch from the local wheels; Chromium and chromedriver for the
-# UI check where apt is available), then run the test suite.
+# UI check where apt is available), then run the test suite: it also runs ruff, lint-imports and the strict docs build
+# (tests/test_structure.py, tests/test_docs.py), so CI fails on a broken rule or a broken link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -23,7 +23,7 @@ What makes invariance matter, the principle the `shortcut` preset follows (fixed
    colours: the identity-only baseline reaches a source cross-camera mAP of about 0.5 within the main job's CPU
    budget, so there is identity for invariance to protect.
 
-Also measured (README, `python -m adin_core.compare --gen ...`): a nuisance that varies *within* an identity's
+Also measured (docs/results.md, `python -m adin_core.compare --gen ...`): a nuisance that varies *within* an identity's
 images, such as a time-of-day change of the scene's brightness (`time_scene`), teaches the baseline some of the
 invariance on its own (it works like augmentation), and ADIN's margin shrinks. In `shortcut`, time of day is a
 label (each person keeps to a preferred period) that leaves no trace in the image.
@@ -49,7 +49,7 @@ PERIOD_GAIN = np.array([-1.0, 1.0, 0.0], dtype=np.float32)  # morning darker, no
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Every knob of the generator. Defaults are the `hard` preset's; `shortcut` is what the README measures."""
+    """Every knob of the generator. Defaults are the `hard` preset's; `shortcut` is what docs/results.md measures."""
 
     height: int = 64  # image size (pixels)
     width: int = 32
