@@ -155,3 +155,28 @@ def test_the_study_names_its_metric_and_links_each_trial_to_tune_and_mlflow():
     search.on_trial_complete("t1", _result(0.3, 3, 3, final=True))
     (trial,) = search._ot_study.trials
     assert trial.user_attrs == {"tune_trial_id": "t1", "mlflow_run_id": "run-abc"}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
+@pytest.mark.parametrize("path", ["search_spaces/thresholds.yaml", "search_spaces/adin.yaml"])
+def test_every_sampler_the_schema_allows_suggests_on_the_shipped_spaces(sampler, path):
+    """Each sampler past its random start, so its own model suggests (cmaes once needed a package not installed)."""
+    import dataclasses
+    import warnings
+
+    from orchestrator.search import make_sampler
+    from orchestrator.space import SAMPLERS, load_space
+
+    assert sampler in SAMPLERS
+    space = load_space(path)
+    settings = dataclasses.replace(space.search, sampler=sampler, seed=3, startup_trials=None)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(settings))
+    define = space.define_by_run()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cmaes and gp fall back to random for parameters under `when:`
+        for i in range(settings.random_start + 3):
+            trial = study.ask()
+            define(trial)
+            space.train_config(trial.params).validate()
+            study.tell(trial, float(i % 3))
+    assert len(study.trials) == settings.random_start + 3
