@@ -64,6 +64,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    """Every hyper-parameter of one ADIN training, with its default: one object that the search space names, a
+    trial trains, a checkpoint records and an export carries in `config.json`. Each field's meaning and range are
+    beside it in `adin_core/config.py`; `validate()` raises `ConfigError` naming the field."""
+
     # --- model -----------------------------------------------------------------------------------------
     backbone: str = "resnet50"
     pretrained: bool = False

@@ -35,6 +35,9 @@ class NonFiniteError(ValueError):
 
 @dataclass
 class RankResult:
+    """A retrieval's scores: `cmc[k-1]` is rank-k accuracy, `mAP` and `mINP` are means over the queries that have a
+    valid match (torchreid's protocol skips the others, counted in `num_valid_queries` of `num_queries`)."""
+
     cmc: np.ndarray  # (max_rank,) fraction of valid queries with a match within the top k
     mAP: float
     mINP: float

@@ -244,6 +244,9 @@ class DefineByRun:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A checked search space: what a sweep searches (`params`), holds fixed (`fixed`), trains and scores on, and how
+    it searches, stops and verifies. Frozen, so the plan can carry it to every process."""
+
     path: str
     name: str
     objective: Objective
@@ -335,6 +338,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def load_space(path: str) -> SearchSpace:
+    """Read and check a search-space YAML file (docs/search-spaces.md); a `SpaceError` names the file and the key."""
     if os.path.isdir(path):
         raise SpaceError(f"--space {path} is a folder; give a search-space YAML file (search_spaces/*.yaml)")
     try:
