@@ -120,6 +120,24 @@ class StartPointASHA(ASHAScheduler):
         return decision
 
 
+# Optuna's GP refits on every completed trial, so its suggestion time grows with the study: on 2 cores (with the
+# study in SQLite, bench/sampler_scale.py, docs/benchmarks.md) 0.2-0.5 s at 100 completed trials, 1.6-2.4 s at 1,000,
+# 5-7 s at 2,000, where TPE takes 24-44, 51-155 and 46-224 ms. A suggestion holds Tune's loop, so past this many
+# trials GP is named in a warning, with TPE as the alternative.
+GP_SLOW_AFTER = 500
+
+
+def sampler_warning(settings: SearchSettings) -> str | None:
+    """One line for a sampler whose suggestions will slow the sweep at its size; None when it will not."""
+    if settings.sampler == "gp" and settings.num_samples > GP_SLOW_AFTER:
+        return (
+            f"search.sampler gp with num_samples {settings.num_samples}: each suggestion refits on every finished "
+            f"trial, about 1.6 s at 1,000 and 5 s at 2,000 on 2 cores, holding Tune's loop; "
+            f"sampler tpe takes under 0.25 s there (bench/sampler_scale.py)"
+        )
+    return None
+
+
 def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
     """The space's sampler, its random start as `SearchSettings.random_start` says."""
     if settings.sampler == "random":

@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         except PLAN_ERRORS as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INPUT
+        if warning := search.sampler_warning(plan.space.search):
+            print(f"warning: {warning}", file=sys.stderr)
         return Sweep(plan, stops, t_start).run()
     except KeyboardInterrupt:
         print(f"\ninterrupted before the sweep started (exit {stops.exit_code}); nothing to resume", file=sys.stderr)

@@ -180,3 +180,16 @@ def test_every_sampler_the_schema_allows_suggests_on_the_shipped_spaces(sampler,
             space.train_config(trial.params).validate()
             study.tell(trial, float(i % 3))
     assert len(study.trials) == settings.random_start + 3
+
+
+def test_a_gp_search_past_its_scale_is_warned_about_and_tpe_is_not():
+    import dataclasses
+
+    from orchestrator.search import GP_SLOW_AFTER, sampler_warning
+    from orchestrator.space import load_space
+
+    settings = load_space("search_spaces/thresholds.yaml").search
+    big = dataclasses.replace(settings, sampler="gp", num_samples=GP_SLOW_AFTER + 1)
+    assert "search.sampler gp with num_samples" in sampler_warning(big) and "tpe" in sampler_warning(big)
+    assert sampler_warning(dataclasses.replace(big, num_samples=GP_SLOW_AFTER)) is None
+    assert sampler_warning(dataclasses.replace(big, sampler="tpe", num_samples=5000)) is None
