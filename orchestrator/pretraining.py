@@ -37,7 +37,6 @@ import ray.train.torch
 import torch
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.logger import JsonLoggerCallback
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardSet
@@ -45,7 +44,7 @@ from adin_core.evaluation import EvaluationHook, Evaluator
 from adin_core.repeats import aggregate
 from adin_core.train import ADINTrainer, pretraining_key
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, torch_trainer
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, torch_trainer, tune_run_config
 from orchestrator.targets import open_target, source_target
 
 STATE, SNAPSHOT = "state.pt", "snapshot.json"
@@ -180,14 +179,7 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
         trainable,
         param_space={"jobs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=path,
-            storage_filesystem=fs,
-            verbose=0,
-            callbacks=[JsonLoggerCallback(), *callbacks],
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+        run_config=tune_run_config(name, path, fs, callbacks),
     )
     tuner.fit()
     result.seconds = time.perf_counter() - t0

@@ -20,10 +20,12 @@ import sys
 from typing import Any
 
 import ray
+from ray import tune
 from ray._private import services
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.execution import class_cache
+from ray.tune.logger import JsonLoggerCallback
 from ray.util.state import list_placement_groups
 from ray.util.state.exception import RayStateApiException
 
@@ -205,6 +207,19 @@ def torch_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=MAX_WORKER_FAILURES),
         ),
+    )
+
+
+def tune_run_config(name: str, path: str, fs, callbacks: list) -> tune.RunConfig:
+    """The RunConfig of every Tune experiment a sweep runs (the search, the pretraining stages, the verification
+    rounds): stored under the sweep's storage, quiet, results also as JSON, one retry of a failed trial."""
+    return tune.RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=fs,
+        verbose=0,
+        callbacks=[JsonLoggerCallback(), *callbacks],
+        failure_config=tune.FailureConfig(max_failures=1),
     )
 
 

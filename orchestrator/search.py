@@ -9,13 +9,12 @@ from typing import Any, Mapping, Sequence
 
 import optuna
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.plan import SweepPlan, open_study_storage
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, tune_run_config
 from orchestrator.space import SearchSettings
 from orchestrator.tracking import schema
 from orchestrator.tracking.callback import live_callback
@@ -195,12 +194,5 @@ def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | 
             metric=space.objective.metric,
             mode=space.objective.mode,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=path,
-            storage_filesystem=fs,
-            verbose=0,
-            callbacks=[JsonLoggerCallback(), *callbacks],
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+        run_config=tune_run_config(name, path, fs, callbacks),
     )

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
 from adin_core.config import PAPER_CANE, TrainConfig
 from adin_core.evaluation import REPORT_MAP
 from adin_core.repeats import seed_list
 from adin_core.stats import Paired, detectable_effect
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES
+from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, tune_run_config
 from orchestrator.space import VERIFY_ARMS, make_train_config
 from orchestrator.trial import train_trial
 
@@ -211,14 +210,7 @@ def build_round(
             "params": dict(winner_params),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=path,
-            storage_filesystem=fs,
-            verbose=0,
-            callbacks=[JsonLoggerCallback(), *callbacks],
-            failure_config=tune.FailureConfig(max_failures=1),
-        ),
+        run_config=tune_run_config(name, path, fs, callbacks),
     )
 
 
