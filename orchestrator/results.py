@@ -45,7 +45,7 @@ class WinnerChoice:
     row: TrialRow | None
     incumbent: TrialRow | None = None  # the best start point that finished
     lead: float = 0.0  # the winner's mean paired lead over the incumbent, in the objective's direction
-    se: float = 0.0  # its standard error
+    se: float | None = None  # its standard error; None: one seed a trial, no paired spread to weigh the lead by
     held_back: tuple[str, ...] = ()  # trials ahead of the incumbent by less than promote_se standard errors
 
     def why(self, promote_se: float) -> str:
@@ -61,6 +61,12 @@ class WinnerChoice:
                 else ""
             )
             return f"the start point `{self.incumbent.start_point}`{held}"
+        if self.se is None:
+            return (
+                f"ahead of the start point `{self.incumbent.start_point}` by {self.lead:+.4f}, with one seed a trial: "
+                f"no paired standard error, so the best objective wins and promote_se {promote_se:g} cannot hold "
+                "back a lead inside the noise (search.seeds >= 2 lets it)"
+            )
         return (
             f"ahead of the start point `{self.incumbent.start_point}` by {self.lead:+.4f} (standard error "
             f"{self.se:.4f} over the paired seeds: more than {promote_se:g} of them)"

@@ -93,6 +93,17 @@ def test_the_start_point_stays_the_winner_unless_a_trial_leads_it_by_more_than_i
     assert choose_winner([_paired("s", [0.4, 0.3], "defaults"), low], Objective("m", "min"), 0.0).row is low
 
 
+def test_with_one_seed_a_trial_the_winner_line_says_no_standard_error_guarded_the_lead():
+    """One seed a trial leaves no paired spread: the best objective wins, and the line says so rather than print a
+    standard error of 0."""
+    from orchestrator.results import choose_winner
+
+    start, better = _paired("s", [0.40], start="defaults"), _paired("a", [0.43])
+    choice = choose_winner([start, better], Objective(), promote_se=2.0)
+    assert choice.row is better and choice.se is None and choice.lead == pytest.approx(0.03)
+    assert "no paired standard error" in choice.why(2.0) and "0.0000" not in choice.why(2.0)
+
+
 def test_the_winner_is_never_worse_than_the_best_start_point():
     import random
 
