@@ -5,7 +5,7 @@ and the Tuner that runs the trials (`build_tuner`), restored from the sweep's st
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from ray import tune
@@ -160,11 +160,18 @@ def make_scheduler(plan: SweepPlan) -> TrialScheduler:
     )
 
 
-def build_tuner(plan: SweepPlan, callbacks: list, study_attrs: dict[str, str] | None = None) -> tune.Tuner:
-    """The search's Tuner: a trial per sampled config (orchestrator.trial.run_trial), restored on --resume."""
+def build_tuner(
+    plan: SweepPlan,
+    callbacks: list,
+    study_attrs: dict[str, str] | None = None,
+    trial: Callable[[dict[str, Any], SweepPlan], None] | None = None,
+) -> tune.Tuner:
+    """The search's Tuner: a trial per sampled config (`trial(tune_config, plan)`; None: orchestrator.trial.run_trial;
+    bench/sweep_scale.py gives a stand-in that measures this whole path at scale without training), restored on
+    --resume."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
     space = plan.space
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(trial or run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     path, fs, name = plan.layout.search_experiment()
     if plan.resume:
         return tune.Tuner.restore(

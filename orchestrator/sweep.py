@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, Sequence
 
 # Set before Ray is imported (below): what every process of the sweep, and every Ray process it starts, runs with.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # single-machine mode: a local Ray on 127.0.0.1 only
@@ -221,10 +221,19 @@ class Sweep:
     """One run of a sweep, in stages: Ray started (and its resources checked), the sweep's MLflow run opened, the
     search (shared pretraining, then the trials), the winner summarised and verified, the report; the exit code
     tells what happened. Each stage returns what it did; nothing is kept between them but the plan and the stop
-    signals."""
+    signals. `trial` and `callbacks`: the search's trial function (None: orchestrator.trial.run_trial) and extra Tune
+    callbacks, set only where a benchmark measures the sweep around a stand-in (bench/sweep_scale.py)."""
 
-    def __init__(self, plan: SweepPlan, stops: StopSignals, t_start: float) -> None:
+    def __init__(
+        self,
+        plan: SweepPlan,
+        stops: StopSignals,
+        t_start: float,
+        trial: Callable[[dict[str, Any], SweepPlan], None] | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
         self.plan, self.stops, self.t_start, self.t_checked = plan, stops, t_start, time.perf_counter()
+        self.trial, self.extra_callbacks = trial, list(callbacks)
 
     def run(self) -> int:
         for name in ("ray.tune", "ray.train", "mlflow.store.db.utils"):  # their INFO lines would drown the table
@@ -353,7 +362,7 @@ class Sweep:
             inputs=dataset_inputs(plan, "trial"),
             metric=space.objective.metric,
         )
-        callbacks = [tracking, self.stops.watcher(plan.sweep)]
+        callbacks = [tracking, self.stops.watcher(plan.sweep), *self.extra_callbacks]
         if not plan.quiet:
             callbacks.append(
                 ProgressTable(
@@ -366,7 +375,7 @@ class Sweep:
         t0 = time.perf_counter()
         if self.stops.received:
             raise KeyboardInterrupt
-        results = search.build_tuner(plan, callbacks, self._study_attrs(parent)).fit()
+        results = search.build_tuner(plan, callbacks, self._study_attrs(parent), self.trial).fit()
         trials = Stage(
             time.perf_counter() - t0,
             epochs_shared=sum(float((r.metrics or {}).get("pretraining/shared_epochs", 0.0)) for r in results),
