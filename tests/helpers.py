@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import socket
+import subprocess
 import threading
 
 import numpy as np
@@ -212,3 +215,25 @@ class TcpProxy:
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)
+
+
+@contextlib.contextmanager
+def another_ray(env: dict[str, str], temp_dir: str | None = None):
+    """A Ray a user started on this host (`ray start --head`, one CPU, free ports, 127.0.0.1), as a notebook's or a
+    shell's would be; yields (process, GCS port, dashboard port) and stops that process group by its id, never
+    with `ray stop`."""
+    port, dash = free_port(), free_port()
+    command = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)]
+    command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "1"]
+    command += ["--include-dashboard", "true", *(["--temp-dir", temp_dir] if temp_dir else [])]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield proc, port, dash
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the instance this helper started, and only it
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port, wait_for_port
+from tests.helpers import another_ray, wait_for_port
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,61 +196,33 @@ def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_1
     """Another Ray instance (as a notebook's would be) is up: trials still start one after the other (the first
     trial's resources are released), and `ray job stop`'s SIGTERM ends the sweep with 143."""
     ray_tmp = tempfile.mkdtemp(prefix="rayo", dir="/tmp")
-    port, dash = free_port(), free_port()
-    other = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dash),
-            "--num-cpus",
-            "1",
-            "--temp-dir",
-            ray_tmp,
-            "--include-dashboard",
-            "true",
-        ],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     proc = None
     try:
-        wait_for_port(dash, timeout=90)
-        proc = subprocess.Popen(
-            _args(tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none"),
-            cwd=REPO,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        exp_dir = str(tmp_path / "sweeps" / "beside")
-        deadline = time.time() + 600
-        while time.time() < deadline and len(glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json"))) < 2:
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            time.sleep(0.5)
-        assert len(glob.glob(os.path.join(exp_dir, "run_trial_*", "result.json"))) >= 2, "the second trial never ran"
-        proc.send_signal(signal.SIGTERM)  # the driver only, as `ray job stop` does
-        out, _ = proc.communicate(timeout=120)
+        with another_ray(_env(), temp_dir=ray_tmp) as (_, _, dash):
+            wait_for_port(dash, timeout=90)
+            proc = subprocess.Popen(
+                _args(
+                    tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none"
+                ),
+                cwd=REPO,
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            exp_dir = str(tmp_path / "sweeps" / "beside")
+            deadline = time.time() + 600
+            trials = os.path.join(exp_dir, "run_trial_*", "result.json")
+            while time.time() < deadline and len(glob.glob(trials)) < 2:
+                assert proc.poll() is None, proc.communicate()[0][-3000:]
+                time.sleep(0.5)
+            assert len(glob.glob(trials)) >= 2, "the second trial never ran"
+            proc.send_signal(signal.SIGTERM)  # the driver only, as `ray job stop` does
+            out, _ = proc.communicate(timeout=120)
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        os.killpg(other.pid, signal.SIGTERM)  # the instance this test started, and only it
-        try:
-            other.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(other.pid, signal.SIGKILL)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 143, out[-4000:]
     assert "--resume beside" in out and "multiple active Ray" not in out

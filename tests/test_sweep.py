@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import another_ray, free_port
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,44 +70,14 @@ def users_ray():
     import tempfile
 
     temp_root = tempfile.mkdtemp(prefix="ru", dir="/tmp")  # short: Ray's socket paths are length-limited
-    port, dash = free_port(), free_port()
-    env = _env(RAY_TMPDIR=temp_root)
-    other = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-host",
-            "127.0.0.1",
-            "--dashboard-port",
-            str(dash),
-            "--num-cpus",
-            "1",
-            "--include-dashboard",
-            "true",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        deadline = time.time() + 120
-        while not glob.glob(os.path.join(temp_root, "ray", "ray_current_cluster")):
-            assert other.poll() is None and time.time() < deadline, "the user's Ray did not start"
-            time.sleep(0.5)
-        yield temp_root, f"127.0.0.1:{port}"
+        with another_ray(_env(RAY_TMPDIR=temp_root)) as (other, port, _):
+            deadline = time.time() + 120
+            while not glob.glob(os.path.join(temp_root, "ray", "ray_current_cluster")):
+                assert other.poll() is None and time.time() < deadline, "the user's Ray did not start"
+                time.sleep(0.5)
+            yield temp_root, f"127.0.0.1:{port}"
     finally:
-        os.killpg(other.pid, signal.SIGTERM)  # the instance this test started, and only it
-        try:
-            other.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(other.pid, signal.SIGKILL)
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
