@@ -1,12 +1,14 @@
 """Evaluation speed and memory: adin_core.metrics against the per-query NumPy protocol, same run, same data.
 
-    python bench/eval_speed.py            # Market-1501 size and MSMT17 size
+    python bench/eval_speed.py            # Market-1501 size and MSMT17 size (2048-d and 3072-d features)
     python bench/eval_speed.py --quick    # smaller MSMT17-size reference subset
     python bench/eval_speed.py --fastreid ~/src/fast-reid   # also fast-reid's Cython evaluator, built here
 
 Features are synthetic but shaped like a trained model's: identity centres plus a per-camera bias plus noise,
 so the mAP lands where real direct-transfer numbers do (neither 0 nor 1) and the hardest matches sit deep in
-the ranking. Each case runs in its own subprocess so that its peak resident memory (ru_maxrss) is its own.
+the ranking. Each case runs in its own subprocess so that its peak resident memory is its own: VmHWM, the high-water
+mark of the child's own address space (Linux's ru_maxrss carries the parent's peak across exec, so it read the
+bench's own earlier allocations as the child's).
 
 --fastreid DIR (a fast-reid checkout; `pip install cython`, a C compiler) builds its Cython evaluator
 (`fastreid/evaluation/rank_cylib/rank_cy.pyx`, `evaluate_cy`) in a temporary folder and times it on the same
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -58,8 +61,6 @@ def make_problem(num_q: int, num_g: int, num_ids: int, num_cams: int, dim: int, 
 
 # --------------------------------------------------------------------------------------------------------------
 def _child(case: str, path: str, repeat: int) -> dict:
-    import resource
-
     import torch
 
     from adin_core.metrics import evaluate_features, evaluate_rank, evaluate_rank_reference
@@ -67,7 +68,7 @@ def _child(case: str, path: str, repeat: int) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     z = np.load(path)
     labels = (z["q_pids"], z["g_pids"], z["q_cams"], z["g_cams"])
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_rss = _peak_rss_kb()
     times = []
     if case == "cython":  # fast-reid's evaluate_cy on the same matrix; mAP and mINP over the valid queries
         sys.path.insert(0, z["cython_dir"].item())
@@ -86,7 +87,9 @@ def _child(case: str, path: str, repeat: int) -> dict:
             num_valid_queries=int(valid.sum()),
         )
     elif case == "features":  # features in, block-wise distances: never the full matrix
-        qf, gf = torch.from_numpy(z["qf"]), torch.from_numpy(z["gf"])
+        # from .npy files: an array in an .npz is read through a buffer as large as itself, a peak of the
+        # bench's loading, not of the evaluation
+        qf, gf = torch.from_numpy(np.load(z["qf_path"].item())), torch.from_numpy(np.load(z["gf_path"].item()))
         for _ in range(repeat):
             t = time.perf_counter()
             r = evaluate_features(qf, gf, *labels)
@@ -100,7 +103,7 @@ def _child(case: str, path: str, repeat: int) -> dict:
             t = time.perf_counter()
             r = fn(*sub)
             times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kb()
     return {
         "case": case,
         "seconds": float(np.median(times)),
@@ -112,6 +115,15 @@ def _child(case: str, path: str, repeat: int) -> dict:
         "peak_rss_mb": peak / 1024,
         "inputs_rss_mb": base_rss / 1024,
     }
+
+
+def _peak_rss_kb() -> int:
+    """This process's own peak resident memory (VmHWM), in kB; ru_maxrss where /proc is absent."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def build_cython(fastreid_dir: str, tmp: str) -> str:
@@ -178,6 +190,9 @@ def bench_market(tmp: str, cython_dir: str | None) -> None:
     dpath = os.path.join(tmp, "market_dist.npy")
     np.save(dpath, distmat)
     path = os.path.join(tmp, "market.npz")
+    qf_path, gf_path = os.path.join(tmp, "market_qf.npy"), os.path.join(tmp, "market_gf.npy")
+    np.save(qf_path, qf)
+    np.save(gf_path, gf)
     np.savez(
         path,
         q_pids=qp,
@@ -186,8 +201,8 @@ def bench_market(tmp: str, cython_dir: str | None) -> None:
         g_cams=gc,
         distmat_path=dpath,
         ref_queries=3368,
-        qf=qf,
-        gf=gf,
+        qf_path=qf_path,
+        gf_path=gf_path,
         cython_dir=cython_dir or "",
     )
     ref = run_child("reference", path, 1)
@@ -217,11 +232,24 @@ def bench_market(tmp: str, cython_dir: str | None) -> None:
     )
 
 
-def bench_msmt(tmp: str, ref_queries: int, cython_dir: str | None) -> None:
-    print("MSMT17 size: 11,659 queries x 82,161 gallery, 2048-d features (full float32 distmat would be 3.8 GB)")
-    qf, gf, qp, gp, qc, gc = make_problem(11659, 82161, 3060, 15, 2048, seed=1, noise=3.2)
+def bench_msmt(tmp: str, ref_queries: int, cython_dir: str | None, dim: int = 2048) -> None:
+    print(f"MSMT17 size: 11,659 queries x 82,161 gallery, {dim}-d features (full float32 distmat would be 3.8 GB)")
+    qf, gf, qp, gp, qc, gc = make_problem(11659, 82161, 3060, 15, dim, seed=1, noise=3.2 * (dim / 2048) ** 0.5)
     path = os.path.join(tmp, "msmt.npz")
-    np.savez(path, q_pids=qp, g_pids=gp, q_cams=qc, g_cams=gc, qf=qf, gf=gf, distmat_path="", ref_queries=0)
+    qf_path, gf_path = os.path.join(tmp, "msmt_qf.npy"), os.path.join(tmp, "msmt_gf.npy")
+    np.save(qf_path, qf)
+    np.save(gf_path, gf)
+    np.savez(
+        path,
+        q_pids=qp,
+        g_pids=gp,
+        q_cams=qc,
+        g_cams=gc,
+        qf_path=qf_path,
+        gf_path=gf_path,
+        distmat_path="",
+        ref_queries=0,
+    )
     feat_bytes = qf.nbytes + gf.nbytes
     del qf, gf
     ours = run_child("features", path, 1)
@@ -239,7 +267,8 @@ def bench_msmt(tmp: str, ref_queries: int, cython_dir: str | None) -> None:
     from adin_core.metrics import pairwise_distance
 
     z = np.load(path)
-    sub_d = pairwise_distance(torch.from_numpy(z["qf"][:ref_queries]), torch.from_numpy(z["gf"])).numpy()
+    q_sub = np.load(qf_path)[:ref_queries]
+    sub_d = pairwise_distance(torch.from_numpy(q_sub), torch.from_numpy(np.load(gf_path))).numpy()
     dpath = os.path.join(tmp, "msmt_sub.npy")
     np.save(dpath, sub_d)
     sub = os.path.join(tmp, "msmt_sub.npz")
@@ -270,14 +299,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="check MSMT17-size results on 300 queries, not 1,500")
     ap.add_argument("--skip-msmt", action="store_true")
+    ap.add_argument("--skip-market", action="store_true")
+    ap.add_argument(
+        "--dims", type=int, nargs="+", default=[2048, 3072], help="MSMT17-size feature widths (ResNet-50, dual-branch)"
+    )
     ap.add_argument("--fastreid", metavar="DIR", help="a fast-reid checkout: time its Cython evaluator in this run")
     args = ap.parse_args()
     print(f"cores: {os.cpu_count()}, numpy {np.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         cython_dir = build_cython(args.fastreid, tmp) if args.fastreid else None
-        bench_market(tmp, cython_dir)
-        if not args.skip_msmt:
-            bench_msmt(tmp, 300 if args.quick else 1500, cython_dir)
+        if not args.skip_market:
+            bench_market(tmp, cython_dir)
+        for dim in [] if args.skip_msmt else args.dims:
+            bench_msmt(tmp, 300 if args.quick else 1500, cython_dir, dim)
 
 
 if __name__ == "__main__":

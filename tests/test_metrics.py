@@ -132,3 +132,18 @@ def test_a_metric_outside_its_range_is_an_error_not_a_score():
     check_range({"mAP": 1.0, "rank1": 0.0})
     with pytest.raises(ArithmeticError, match="mAP"):
         check_range({"mAP": 1.25, "rank1": 1.0})
+
+
+def test_non_finite_values_are_counted_across_the_chunks_checked():
+    """check_finite looks at a few rows at a time (bounded memory): every bad value is still counted, in a tensor
+    or an array, and a clean input passes."""
+    from adin_core.metrics import NonFiniteError, check_finite
+
+    values = np.zeros((10, 4), np.float32)
+    values[1, 2], values[8, 0], values[9, 3] = np.nan, np.inf, -np.inf
+    for given in (values, torch.from_numpy(values)):
+        with pytest.raises(NonFiniteError, match="feats: 3 of 40 values"):
+            check_finite("feats", given, chunk_elements=8)
+    check_finite("feats", np.zeros((10, 4), np.float32), chunk_elements=8)
+    with pytest.raises(NonFiniteError, match="x: 1 of 1"):
+        check_finite("x", torch.tensor(float("nan")))
