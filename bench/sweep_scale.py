@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         "--train-floor", type=int, metavar="N", help="instead of the sweep: N bare TorchTrainer runs, Ray Train's floor"
     )
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if __name__ != "__main__":  # imported (a test): Ray's workers cannot import this file, so its functions travel
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     os.makedirs(args.out, exist_ok=True)
     space = write_space(args, args.out)
     t0 = time.perf_counter()
@@ -497,8 +499,10 @@ def main(argv: list[str] | None = None) -> int:
             code = sweep_module.Sweep(plan, stops, t0, trial=make_standin(args.eval_s, state), callbacks=[clock]).run()
         finally:
             stops.restore()
-    if not clock.ended:
-        print(f"no trial ended (sweep exit {code})", file=sys.stderr)
+    if not any(clock.evals.values()):
+        print(
+            f"error: no trial reported an evaluation (sweep exit {code}); see the trials' errors above", file=sys.stderr
+        )
         return code or 1
     report(args, clock, timings, time.perf_counter() - t0)
     return code
