@@ -7,13 +7,14 @@ checkpoint at every report into the sweep's storage (a folder or the S3 API), Tu
     python bench/sweep_scale.py --postgres                       # MLflow and the study on PostgreSQL (127.0.0.1)
     python bench/sweep_scale.py --trials 20 --evals 5 --eval-s 1 # a quick look
     python bench/sweep_scale.py --train-floor 5                  # Ray Train's own cost per trial, no sweep
-    source runs/cluster/env.sh && python bench/sweep_scale.py -- --ray-address "$RAY_ADDRESS" \\
-        --storage s3://adin-sweeps/bench                         # the local two-node cluster (cluster/local/up.sh)
+    source runs/cluster/env.sh && ray job submit --runtime-env-json "$(cat runs/cluster/runtime_env.json)" -- \\
+        python bench/sweep_scale.py -- --storage s3://adin-sweeps/bench --tracking-uri "$MLFLOW_TRACKING_URI"
+                                                                 # the local two-node cluster (cluster/local/up.sh)
 
-Arguments after `--` go to the sweep as they would on `python -m orchestrator.sweep` (its --ray-address, --storage,
---tracking-uri, --study-storage); the space is written by the bench: thresholds.yaml's parameters and lr_backbone (so no
-pretraining is shared: the stand-in has none), the shipped default as its start point, TPE, ASHA on the evaluation
-index, 2 paired seeds a trial, no verification.
+Arguments after `--` go to the sweep as they would on `python -m orchestrator.sweep` (its --storage,
+--tracking-uri, --study-storage, --ray-address); the space is written by the bench: thresholds.yaml's parameters
+and lr_backbone (so no pretraining is shared: the stand-in has none), the shipped default as its start point, TPE,
+ASHA on the evaluation index, 2 paired seeds a trial, no verification.
 
 The stand-in (`standin_trial`, `standin_worker`) is a trial function the sweep runs in place of
 orchestrator.trial.run_trial (`Sweep(trial=...)`): it builds and validates the trial's TrainConfig as a real trial

@@ -6,9 +6,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min/--max-worker-port: its workers bind these
 _pick = random.SystemRandom()  # not the global RNG, which a seeded run would make repeat across processes
@@ -68,7 +66,7 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> 
 
 
 def ray_address_problem(address: str, timeout: float = 5.0) -> str | None:
-    """What is wrong with a Ray address (host:port, ray://host:port, http://host:port), or None: it must answer, and
+    """What is wrong with a Ray address (host:port or ray://host:port), or None: it must answer, and
     answer as Ray does, before ray.init is asked to join it (ray.init retries a dead address, or a port some other
     server holds, Redis on Ray's default 6379 say, for minutes)."""
     if address in ("auto", "local"):
@@ -76,9 +74,14 @@ def ray_address_problem(address: str, timeout: float = 5.0) -> str | None:
     parsed = urllib.parse.urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
         return "expected host:port, ray://host:port or http://host:port"
-    http = parsed.scheme in ("http", "https")
+    if parsed.scheme in ("http", "https"):  # ray.init refuses these (Ray 2.60: "Invalid Ray address")
+        return (
+            "an http address is a Ray dashboard's, which `ray job submit` takes; give the sweep the cluster's GCS "
+            "address (host:port, `ray start --port`) or ray://host:10001, or submit it: ray job submit -- "
+            "python -m orchestrator.sweep ..."
+        )
     try:
-        ray_like = _dashboard_answers(address, timeout) if http else _speaks_grpc(parsed.hostname, parsed.port, timeout)
+        ray_like = _speaks_grpc(parsed.hostname, parsed.port, timeout)
     except OSError as exc:
         return (
             f"nothing answers at {parsed.hostname}:{parsed.port} ({exc}); start the cluster, or leave "
@@ -86,9 +89,9 @@ def ray_address_problem(address: str, timeout: float = 5.0) -> str | None:
         )
     if ray_like:
         return None
-    what = "a Ray dashboard" if http else "Ray (its GCS or client server speak gRPC)"
     return (
-        f"something answers at {parsed.hostname}:{parsed.port}, but not {what}; check the port (the GCS is "
+        f"something answers at {parsed.hostname}:{parsed.port}, but not Ray (its GCS or client server speak gRPC); "
+        "check the port (the GCS is "
         "`ray start --port`, the dashboard its --dashboard-port)"
     )
 
@@ -108,15 +111,3 @@ def _speaks_grpc(host: str, port: int, timeout: float) -> bool:
         except socket.timeout:
             return False
     return len(frame) == 9 and frame[3] == 4
-
-
-def _dashboard_answers(address: str, timeout: float) -> bool:
-    """Whether a Ray dashboard answers at the http(s) address: its version endpoint names the Ray version (or asks
-    for Ray's token)."""
-    try:
-        with urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=timeout) as resp:
-            body = resp.read(4096).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        body = exc.read(4096).decode(errors="replace") if exc.code in (401, 403) else ""
-        return "token" in body.lower()
-    return "ray_version" in body

@@ -137,6 +137,10 @@ SWEEP_CASES = {
         lambda t: ["--space", SMOKE, "--name", "a/b"],
         "--name 'a/b': a sweep name uses ASCII letters",
     ),
+    "--ray-address given as a dashboard's http address (what env.sh's RAY_ADDRESS is, for ray job submit)": (
+        lambda t: ["--space", SMOKE, "--ray-address", "http://127.0.0.1:8265"],
+        "an http address is a Ray dashboard's, which `ray job submit` takes",
+    ),
     "--ray-address that nothing answers": (
         lambda t: ["--space", SMOKE, "--ray-address", f"127.0.0.1:{free_port()}"],
         "nothing answers at 127.0.0.1",
