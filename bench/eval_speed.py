@@ -179,6 +179,18 @@ def _same(a: dict, b: dict) -> bool:
     )
 
 
+def save_problem(tmp: str, name: str, qf, gf, labels, **extra) -> str:
+    """A problem for the children: features as .npy files (np.load reads them straight into their arrays; an array
+    in an .npz goes through a buffer as large as itself), the labels and settings in `<name>.npz`; returns its path."""
+    qf_path, gf_path = os.path.join(tmp, f"{name}_qf.npy"), os.path.join(tmp, f"{name}_gf.npy")
+    np.save(qf_path, qf)
+    np.save(gf_path, gf)
+    path = os.path.join(tmp, f"{name}.npz")
+    qp, gp, qc, gc = labels
+    np.savez(path, q_pids=qp, g_pids=gp, q_cams=qc, g_cams=gc, qf_path=qf_path, gf_path=gf_path, **extra)
+    return path
+
+
 def bench_market(tmp: str, cython_dir: str | None) -> None:
     import torch
 
@@ -189,21 +201,8 @@ def bench_market(tmp: str, cython_dir: str | None) -> None:
     distmat = pairwise_distance(torch.from_numpy(qf), torch.from_numpy(gf)).numpy()
     dpath = os.path.join(tmp, "market_dist.npy")
     np.save(dpath, distmat)
-    path = os.path.join(tmp, "market.npz")
-    qf_path, gf_path = os.path.join(tmp, "market_qf.npy"), os.path.join(tmp, "market_gf.npy")
-    np.save(qf_path, qf)
-    np.save(gf_path, gf)
-    np.savez(
-        path,
-        q_pids=qp,
-        g_pids=gp,
-        q_cams=qc,
-        g_cams=gc,
-        distmat_path=dpath,
-        ref_queries=3368,
-        qf_path=qf_path,
-        gf_path=gf_path,
-        cython_dir=cython_dir or "",
+    path = save_problem(
+        tmp, "market", qf, gf, (qp, gp, qc, gc), distmat_path=dpath, ref_queries=3368, cython_dir=cython_dir or ""
     )
     ref = run_child("reference", path, 1)
     ours = run_child("ours", path, 5)
@@ -235,21 +234,7 @@ def bench_market(tmp: str, cython_dir: str | None) -> None:
 def bench_msmt(tmp: str, ref_queries: int, cython_dir: str | None, dim: int = 2048) -> None:
     print(f"MSMT17 size: 11,659 queries x 82,161 gallery, {dim}-d features (full float32 distmat would be 3.8 GB)")
     qf, gf, qp, gp, qc, gc = make_problem(11659, 82161, 3060, 15, dim, seed=1, noise=3.2 * (dim / 2048) ** 0.5)
-    path = os.path.join(tmp, "msmt.npz")
-    qf_path, gf_path = os.path.join(tmp, "msmt_qf.npy"), os.path.join(tmp, "msmt_gf.npy")
-    np.save(qf_path, qf)
-    np.save(gf_path, gf)
-    np.savez(
-        path,
-        q_pids=qp,
-        g_pids=gp,
-        q_cams=qc,
-        g_cams=gc,
-        qf_path=qf_path,
-        gf_path=gf_path,
-        distmat_path="",
-        ref_queries=0,
-    )
+    path = save_problem(tmp, "msmt", qf, gf, (qp, gp, qc, gc), distmat_path="", ref_queries=0)
     feat_bytes = qf.nbytes + gf.nbytes
     del qf, gf
     ours = run_child("features", path, 1)
@@ -267,8 +252,8 @@ def bench_msmt(tmp: str, ref_queries: int, cython_dir: str | None, dim: int = 20
     from adin_core.metrics import pairwise_distance
 
     z = np.load(path)
-    q_sub = np.load(qf_path)[:ref_queries]
-    sub_d = pairwise_distance(torch.from_numpy(q_sub), torch.from_numpy(np.load(gf_path))).numpy()
+    q_sub = np.load(z["qf_path"].item())[:ref_queries]
+    sub_d = pairwise_distance(torch.from_numpy(q_sub), torch.from_numpy(np.load(z["gf_path"].item()))).numpy()
     dpath = os.path.join(tmp, "msmt_sub.npy")
     np.save(dpath, sub_d)
     sub = os.path.join(tmp, "msmt_sub.npz")

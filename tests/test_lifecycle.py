@@ -44,6 +44,15 @@ def _env(**extra) -> dict[str, str]:
     return dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONUNBUFFERED="1", **extra)
 
 
+def _start_sweep(root, *extra: str, **popen) -> subprocess.Popen:
+    """The smoke sweep as a user's shell starts it: its output merged, in its own session unless `popen` says
+    otherwise (process_group=0: in the shell's group, as a job is)."""
+    popen = popen or {"start_new_session": True}
+    return subprocess.Popen(
+        _args(root, *extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
 def _runs(root):
     from mlflow.tracking import MlflowClient
 
@@ -82,26 +91,18 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     # 20 evaluations a trial, Ctrl-C once a running trial has logged its second: the graceful stop (2-8 s, at
     # 0.5 s an evaluation on the smoke space) cannot let that trial finish, as it once did with 10 (then no trial
     # was left to resume from a checkpoint)
-    proc = subprocess.Popen(
-        _args(
-            tmp_path,
-            "--name",
-            "life",
-            "--num-samples",
-            "2",
-            "--max-concurrent",
-            "1",
-            "--epochs",
-            "20",
-            "--scheduler",
-            "none",
-        ),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc = _start_sweep(
+        tmp_path,
+        "--name",
+        "life",
+        "--num-samples",
+        "2",
+        "--max-concurrent",
+        "1",
+        "--epochs",
+        "20",
+        "--scheduler",
+        "none",
     )
     try:
         _wait_for_a_running_trial(tmp_path, 2, proc)
@@ -137,15 +138,7 @@ def test_ctrl_c_then_sigterm_to_the_resumed_sweeps_group_each_stop_it_and_resume
     # to its whole process group (what `timeout`, a container stop or a scheduler send), the sweep leading its
     # group as a shell job does. A resumed sweep once took such a stop for success (exit 0, "winner", the cut trial
     # "pruned" and its run left RUNNING); SIGTERM to the group once killed Ray under the driver (exit 1 after 62 s).
-    resumed = subprocess.Popen(
-        _args(tmp_path, "--resume", "life"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        process_group=0,
-    )
+    resumed = _start_sweep(tmp_path, "--resume", "life", process_group=0)
     try:
         _wait_for_a_running_trial(tmp_path, 5, resumed)
         t2 = time.perf_counter()
@@ -200,16 +193,8 @@ def test_a_second_ray_on_the_host_does_not_disturb_the_sweep_and_sigterm_exits_1
     try:
         with another_ray(_env(), temp_dir=ray_tmp) as (_, _, dash):
             wait_for_port(dash, timeout=90)
-            proc = subprocess.Popen(
-                _args(
-                    tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none"
-                ),
-                cwd=REPO,
-                env=_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
+            proc = _start_sweep(
+                tmp_path, "--name", "beside", "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none"
             )
             exp_dir = str(tmp_path / "sweeps" / "beside")
             deadline = time.time() + 600
