@@ -10,16 +10,17 @@ from orchestrator.search import StudySearch
 from orchestrator.tracking import schema as S
 
 
-def _search() -> StudySearch:
-    def space(trial: optuna.Trial) -> None:
-        trial.suggest_float("beta", 0.01, 1.0, log=True)
+def _space(trial: optuna.Trial) -> None:
+    trial.suggest_float("beta", 0.01, 1.0, log=True)
 
+
+def _search(storage: optuna.storages.BaseStorage | None = None) -> StudySearch:
     return StudySearch(
-        space=space,
+        space=_space,
         metric="transfer_mAP",
         mode="max",
         study_name="s",
-        storage=optuna.storages.InMemoryStorage(),
+        storage=storage or optuna.storages.InMemoryStorage(),
         sampler=optuna.samplers.RandomSampler(seed=0),
     )
 
@@ -193,3 +194,77 @@ def test_a_gp_search_past_its_scale_is_warned_about_and_tpe_is_not():
     assert "search.sampler gp with num_samples" in sampler_warning(big) and "tpe" in sampler_warning(big)
     assert sampler_warning(dataclasses.replace(big, num_samples=GP_SLOW_AFTER)) is None
     assert sampler_warning(dataclasses.replace(big, sampler="tpe", num_samples=5000)) is None
+
+
+class _HeldStorage(optuna.storages.InMemoryStorage):
+    """A study storage whose intermediate-value writes wait for `release` (a slow database), or fail."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        import threading
+
+        self.release, self.fail, self.writes = threading.Event(), fail, 0
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.release.wait(10)
+        if self.fail:
+            raise RuntimeError("database is locked")
+        self.writes += 1
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+
+def test_a_result_never_waits_on_the_study_storage_and_a_trial_is_told_after_its_values():
+    """Tune's loop handed each result to trial.report inline: the study's write was the driver's p99 per result."""
+    import threading
+    import time
+
+    storage = _HeldStorage()
+    search = _search(storage)
+    search.suggest("t1")
+    started = time.perf_counter()
+    for k in range(1, 4):
+        search.on_trial_result("t1", _result(0.1 * k, k, k))
+    assert time.perf_counter() - started < 1.0 and storage.writes == 0  # queued, the storage still held
+    threading.Timer(0.3, storage.release.set).start()
+    search.on_trial_complete("t1", _result(0.4, 4, 4, final=True))  # waits for the queue, then tells
+    (trial,) = search._ot_study.trials
+    assert storage.writes == 3 and trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_study_write_that_fails_is_raised_when_the_trial_completes():
+    storage = _HeldStorage(fail=True)
+    storage.release.set()
+    search = _search(storage)
+    search.suggest("t1")
+    search.on_trial_result("t1", _result(0.1, 1, 1))
+    with pytest.raises(RuntimeError, match="database is locked"):
+        search.on_trial_complete("t1", _result(0.2, 2, 2, final=True))
+
+
+def test_writes_still_queued_are_saved_with_the_searcher_and_applied_on_restore(tmp_path):
+    """Tune saves the searcher (`save`, a pickle of its state) and restores it on --resume (`restore`)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log")))
+    search = _search(storage)
+    search.suggest("t1")
+    search._writes._thread = _never_started()  # nothing applied before the save: the writes are all pending
+    search.on_trial_result("t1", _result(0.1, 1, 1))
+    search.on_trial_result("t1", _result(0.2, 2, 2))
+    assert len(search._writes) == 2
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = _search(storage)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("t1", _result(0.3, 3, 3, final=True))
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.intermediate_values == pytest.approx({1: 0.1, 2: 0.2}) and trial.value == pytest.approx(0.3)
+
+
+def _never_started():
+    """A thread object that reports itself alive, so StudyWrites starts no writer of its own."""
+    import threading
+
+    class Alive(threading.Thread):
+        def is_alive(self) -> bool:
+            return True
+
+    return Alive(target=lambda: None)

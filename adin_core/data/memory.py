@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
 from adin_core.nuisance import NuisanceLabeler, heads_for
 
@@ -96,6 +95,8 @@ class EncodedImages:
     def _decode_chunk(self, idx: np.ndarray) -> np.ndarray:
         """libjpeg-turbo batch decode (torchvision; libpng for PNG), then one uint8 antialiased bilinear resize per
         group of equal native size; PIL for anything else, which also names the file when one cannot be decoded."""
+        from torchvision.io import ImageReadMode, decode_jpeg, decode_png  # costs ~1.8 s: only where images decode
+
         blobs = [self.blobs[int(i)] for i in idx]
         images = None
         try:
