@@ -1,11 +1,13 @@
 """What does the orchestration cost per trial at the sizes users sweep? The real sweep, with the training replaced by a
 stand-in, run through the whole stack: the plan, Ray Tune with StudySearch on its study storage and the space's
-ASHA, the MLflow parent run, queue and callback, a Ray Train run (TorchTrainer, one worker) per trial writing a
-checkpoint at every report into the sweep's storage (a folder or the S3 API), Tune's restore files.
+ASHA, the MLflow parent run, queue and callback, each trial's loop where a real one runs (one worker: in the Tune
+trial's own process; --workers 2: a Ray Train TorchTrainer; orchestrator.loop_context) writing a checkpoint at
+every report into the sweep's storage (a folder or the S3 API), Tune's restore files.
 
     python bench/sweep_scale.py                                  # 200 trials x 20 evaluations of 2 s, SQLite
     python bench/sweep_scale.py --postgres                       # MLflow and the study on PostgreSQL (127.0.0.1)
     python bench/sweep_scale.py --trials 20 --evals 5 --eval-s 1 # a quick look
+    python bench/sweep_scale.py --workers 2 --concurrent 4       # trials in Ray Train (2 workers each)
     python bench/sweep_scale.py --train-floor 5                  # Ray Train's own cost per trial, no sweep
     source runs/cluster/env.sh && ray job submit --runtime-env-json "$(cat runs/cluster/runtime_env.json)" -- \\
         python bench/sweep_scale.py -- --storage s3://adin-sweeps/bench --tracking-uri "$MLFLOW_TRACKING_URI"
@@ -18,7 +20,7 @@ ASHA on the evaluation index, 2 paired seeds a trial, no verification.
 
 The stand-in (`standin_trial`, `standin_worker`) is a trial function the sweep runs in place of
 orchestrator.trial.run_trial (`Sweep(trial=...)`): it builds and validates the trial's TrainConfig as a real trial
-does, starts a TorchTrainer with the sweep's own settings (orchestrator.ray_session.torch_trainer), and its worker
+does, runs its loop as a real trial does (orchestrator.loop_context.run_loop, the sweep's own settings), and the loop
 sleeps --eval-s per evaluation and then reports what a real trial reports (the objective on each paired seed, its
 mean and standard error, the losses, probe and phase: ~30 metrics) with a checkpoint as large as a real one. The
 objective is a smooth function of the sampled parameters, rising with the evaluation index, plus seeded noise, so
@@ -66,12 +68,12 @@ from orchestrator import sweep as sweep_module  # noqa: E402  (first: it sets Ra
 import ray.train  # noqa: E402
 import ray.tune  # noqa: E402
 from ray.tune.execution.tune_controller import TuneController  # noqa: E402
-from ray.tune.integration.ray_train import TuneReportCallback  # noqa: E402
 
 from adin_core.data.shards import ShardSet  # noqa: E402
 from adin_core.train import ADINTrainer  # noqa: E402
 from orchestrator import ray_session  # noqa: E402
 from orchestrator.checkpoints import state_file  # noqa: E402
+from orchestrator.loop_context import LoopContext, run_loop  # noqa: E402
 from orchestrator.plan import PLAN_ERRORS, SweepPlan, make_plan  # noqa: E402
 from orchestrator.ray_session import torch_trainer  # noqa: E402
 from orchestrator.search import StudySearch  # noqa: E402
@@ -127,14 +129,14 @@ def curve(q: float, key: str, evaluation: int, evals: int) -> dict[str, float]:
     return out
 
 
-def standin_worker(loop: dict[str, Any]) -> None:
-    """Ray Train's loop in place of adin_core's: sleep an evaluation's time, report it with a checkpoint (rank 0);
-    a restarted run continues after its checkpoint's evaluation, as a real trial does."""
-    rank = ray.train.get_context().get_world_rank()
+def standin_worker(loop: dict[str, Any], ctx: LoopContext) -> None:
+    """The loop in place of adin_core's: sleep an evaluation's time, report it with a checkpoint (rank 0); a
+    restarted run continues after its checkpoint's evaluation, as a real trial does."""
+    rank = ctx.rank
     started = time.time()
     evals, eval_s = int(loop["evals"]), float(loop["eval_s"])
     first = 1
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ctx.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.json")) as fh:
             first = int(json.load(fh)["evaluation"]) + 1
@@ -153,8 +155,8 @@ def standin_worker(loop: dict[str, Any]) -> None:
                 for k in range(SEEDS):  # what a real trial's checkpoint holds: each seed's trainer state
                     with open(os.path.join(tmp, state_file(k)), "wb") as fh:
                         fh.write(state)
-                saved = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=saved)
+                saved = tmp
+            ctx.report(metrics, saved)
 
 
 def trainer_state(plan: SweepPlan) -> bytes:
@@ -182,14 +184,8 @@ def make_standin(eval_s: float, state: bytes):
             "quality": quality(plan, sampled),
             "key": json.dumps(sampled, sort_keys=True, default=str),
         }
-        torch_trainer(
-            plan,
-            standin_worker,
-            loop,
-            train_run_name(trial_id),
-            [TuneReportCallback()],
-            checkpoints_to_keep=plan.space.training.checkpoints_to_keep,
-        ).fit()
+        keep = plan.space.training.checkpoints_to_keep
+        run_loop(plan, standin_worker, loop, train_run_name(trial_id), checkpoints_to_keep=keep)
 
     return standin_trial
 
@@ -339,7 +335,8 @@ def write_space(args: argparse.Namespace, folder: str) -> str:
     parameters = dict(shipped["parameters"])
     parameters["lr_backbone"] = {"type": "float", "low": 0.005, "high": 0.05, "log": True}
     epochs = float(shipped["training"]["epochs"])
-    cpus = round(2.0 / args.concurrent - 0.02, 3) if args.cpus_per_trial is None else args.cpus_per_trial
+    share = (2.0 / args.concurrent - 0.02) / args.workers  # a Ray Train trial's own process holds 0.01 CPU
+    cpus = round(share, 3) if args.cpus_per_trial is None else args.cpus_per_trial
     space = {
         "name": "sweep-scale",
         "objective": {"metric": "transfer_mAP", "mode": "max"},
@@ -354,7 +351,7 @@ def write_space(args: argparse.Namespace, folder: str) -> str:
             "start_from": ["defaults"],
         },
         "scheduler": {"type": "asha", "grace_period": max(1, args.evals // 4), "reduction_factor": 3},
-        "resources": {"workers": 1, "cpus_per_worker": cpus, "gpus_per_worker": 0},
+        "resources": {"workers": args.workers, "cpus_per_worker": cpus, "gpus_per_worker": 0},
         # the shipped budget in epochs (the start point's pretraining must fit in it), cut into --evals evaluations
         "training": {"epochs": epochs, "eval_every_epochs": epochs / args.evals, "checkpoints_to_keep": 2},
         "verify": {"seeds": 0},
@@ -430,7 +427,7 @@ def report(args: argparse.Namespace, clock: TrialClock, timings: Timings, wall_t
     print(f"trial start latency (its config suggested -> its first report, less one evaluation): {_spread(first)}")
     print("  (target: median <= 3 s); of which, from its suggestion:")
     print(f"    its Tune actor is up (on_trial_start): {_spread(since_added(clock.started))}")
-    print(f"    the Train worker's loop runs: {_spread(since_added(clock.loop_started))}")
+    print(f"    the loop runs (in the trial's process, or its Train worker): {_spread(since_added(clock.loop_started))}")
     print(f"trial end latency (last report -> Tune records it complete): {_spread(ends)}")
     print(f"driver time per result, {len(timings.result_s)} results: {_spread(timings.result_s, 'ms', 1000, 1)}")
     print(f"  of which the searcher (the study's write): {_spread(timings.searcher_s, 'ms', 1000, 1)}")
@@ -461,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--evals", type=int, default=20, help="evaluations in a full trial")
     ap.add_argument("--eval-s", type=float, default=2.0, help="seconds the stand-in sleeps per evaluation")
     ap.add_argument("--concurrent", type=int, default=8, help="trials at once (search.max_concurrent)")
-    ap.add_argument("--cpus-per-trial", type=float, help="the one worker's CPUs (default: 2 / --concurrent)")
+    ap.add_argument("--workers", type=int, default=1, help="workers a trial (1: in process; more: Ray Train)")
+    ap.add_argument("--cpus-per-trial", type=float, help="each worker's CPUs (default: 2 / --concurrent / --workers)")
     ap.add_argument("--postgres", action="store_true", help="MLflow and the study on PostgreSQL at 127.0.0.1:5432")
     ap.add_argument("--out", default=os.path.join("runs", "bench-sweep-scale"))
     ap.add_argument(

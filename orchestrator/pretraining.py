@@ -5,9 +5,9 @@ Until pretraining ends, configs that differ only in `adin_core.config.DECISION_F
 adversarial loss, its weight and calibration) train the very same thing: the same f_E, f_I and f_N, the same
 optimiser state, RNG streams and data position. A thresholds sweep's trials and its verification arms are such
 configs, so each of them used to retrain the same pretraining on each of its seeds: about a third of all the
-seed-epochs of the main job. Here a stage of Ray Train runs (one per seed, like trials, with the trials' workers)
-trains it once (`ADINTrainer.pretrain`: up to the last pretraining check, before the decision it takes), and
-stores it under the sweep:
+seed-epochs of the main job. Here a stage of runs (one per seed, like trials, with the trials' workers, through
+orchestrator.loop_context) trains it once (`ADINTrainer.pretrain`: up to the last pretraining check, before the
+decision it takes), and stores it under the sweep:
 
     <storage>/<sweep>/pretrained/<key>/seed-<seed>/state.pt        the trainer's state, the check pending
     <storage>/<sweep>/pretrained/<key>/seed-<seed>/snapshot.json   its sha256, what it serves, the reports of the
@@ -32,19 +32,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardSet
 from adin_core.evaluation import EvaluationHook, Evaluator
 from adin_core.repeats import aggregate
 from adin_core.train import ADINTrainer, pretraining_key
+from orchestrator.loop_context import LoopContext, run_loop
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, torch_trainer, tune_run_config
+from orchestrator.ray_session import trial_resources, tune_run_config
 from orchestrator.targets import open_target, source_target
 
 STATE, SNAPSHOT = "state.pt", "snapshot.json"
@@ -171,7 +169,7 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
     if not jobs:
         return result
     t0 = time.perf_counter()
-    trainable = tune.with_resources(tune.with_parameters(run_pretraining, plan=plan), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(run_pretraining, plan=plan), trial_resources(plan))
     path, fs, name = plan.layout.sweep_experiment(f"{name}-{int(time.time())}")
     slots = max(1, min(len(jobs), plan.space.search.max_concurrent))
     groups = [[job.__dict__ for job in jobs[g::slots]] for g in range(slots)]
@@ -179,7 +177,7 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
         trainable,
         param_space={"jobs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune_run_config(name, path, fs, callbacks),
+        run_config=tune_run_config(plan, name, path, fs, callbacks),
     )
     tuner.fit()
     result.seconds = time.perf_counter() - t0
@@ -193,18 +191,17 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
 
 
 def run_pretraining(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """The Tune function of a group of jobs: a TorchTrainer on the trials' workers, pretraining each in turn."""
+    """The Tune function of a group of jobs, pretraining each in turn on the trials' workers (run_loop)."""
     jobs = [Job(**job) for job in tune_config["jobs"]]
     name = f"pretrain-{jobs[0].key}-seed{'-'.join(str(j.seed) for j in jobs)}"
-    torch_trainer(plan, pretrain_worker, {"plan": plan, "jobs": jobs}, name, [TuneReportCallback()]).fit()
+    run_loop(plan, pretrain_worker, {"plan": plan, "jobs": jobs}, name)
 
 
-def pretrain_worker(loop_config: dict[str, Any]) -> None:
+def pretrain_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
     """Every worker pretrains (gradients all-reduced); rank 0 evaluates at the trials' cadence (when the snapshot
     serves search trials) and writes the snapshot. A job whose snapshot exists already (a retried run) is skipped."""
     plan: SweepPlan = loop_config["plan"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = ctx.rank, ctx.world
     data, evaluator = {}, None
     for job in loop_config["jobs"]:
         if snapshot_location(plan, job.key, job.seed).join(SNAPSHOT).exists():
@@ -224,12 +221,13 @@ def pretrain_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 evaluator.select = [open_target(t, size) for t in plan.select]
                 evaluator.source = source_target(plan.source, size)
-        _pretrain_one(plan, job, config, data[key], evaluator if job.evaluate else None, rank, world)
-    ray.train.report({"pretrained": float(len(loop_config["jobs"]))} if rank == 0 else {})  # Tune's record of it
+        _pretrain_one(plan, job, config, data[key], evaluator if job.evaluate else None, ctx)
+    ctx.report({"pretrained": float(len(loop_config["jobs"]))} if rank == 0 else {})  # Tune's record of it
 
 
-def _pretrain_one(plan: SweepPlan, job: Job, config: TrainConfig, data, evaluator, rank: int, world: int) -> None:
-    trainer = ADINTrainer(config, data, device=ray.train.torch.get_device(), rank=rank, world_size=world)
+def _pretrain_one(plan: SweepPlan, job: Job, config: TrainConfig, data, evaluator, ctx: LoopContext) -> None:
+    rank, world = ctx.rank, ctx.world
+    trainer = ADINTrainer(config, data, device=ctx.device(), rank=rank, world_size=world)
     reports: list[dict[str, Any]] = []
     if evaluator is not None:
 

@@ -210,22 +210,44 @@ def torch_trainer(
     )
 
 
-def tune_run_config(name: str, path: str, fs, callbacks: list) -> tune.RunConfig:
+def trains_in_process(plan: SweepPlan) -> bool:
+    """Whether the plan's loops run in their Tune trial's own process (one worker) rather than in Ray Train's
+    workers (orchestrator.loop_context says why)."""
+    return plan.space.resources.workers == 1
+
+
+def tune_run_config(
+    plan: SweepPlan, name: str, path: str, fs, callbacks: list, checkpoints_to_keep: int | None = None
+) -> tune.RunConfig:
     """The RunConfig of every Tune experiment a sweep runs (the search, the pretraining stages, the verification
-    rounds): stored under the sweep's storage, quiet, results also as JSON, one retry of a failed trial."""
+    rounds): stored under the sweep's storage, quiet, results also as JSON, one retry of a failed trial. A trial
+    that trains in its own process (one worker: orchestrator.loop_context) is also its own worker group, so Tune
+    keeps its checkpoints (`checkpoints_to_keep`) and restarts it as often as Train would restart a worker group."""
+    one_process = trains_in_process(plan)
     return tune.RunConfig(
         name=name,
         storage_path=path,
         storage_filesystem=fs,
         verbose=0,
         callbacks=[JsonLoggerCallback(), *callbacks],
-        failure_config=tune.FailureConfig(max_failures=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep if one_process else None),
+        failure_config=tune.FailureConfig(max_failures=1 + (MAX_WORKER_FAILURES if one_process else 0)),
     )
+
+
+def trial_resources(plan: SweepPlan) -> dict[str, float]:
+    """What a trial's (or stage's) own Tune process asks of Ray: the worker's CPUs and GPUs when it trains itself
+    (one worker), else next to nothing, since its TorchTrainer's workers ask for theirs."""
+    r = plan.space.resources
+    if trains_in_process(plan):
+        return {"cpu": r.cpus_per_worker, **({"gpu": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    return dict(TRIAL_DRIVER_RESOURCES)
 
 
 def trial_needs(plan: SweepPlan) -> dict[str, float]:
     r = plan.space.resources
-    need = {"CPU": r.workers * r.cpus_per_worker + TRIAL_DRIVER_RESOURCES["cpu"]}
+    extra = 0.0 if trains_in_process(plan) else TRIAL_DRIVER_RESOURCES["cpu"]
+    need = {"CPU": r.workers * r.cpus_per_worker + extra}
     if r.gpus_per_worker:
         need["GPU"] = r.workers * r.gpus_per_worker
     return need

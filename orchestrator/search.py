@@ -16,7 +16,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.plan import SweepPlan, open_study_storage
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, tune_run_config
+from orchestrator.ray_session import trial_resources, tune_run_config
 from orchestrator.space import SearchSettings
 from orchestrator.tracking import schema
 from orchestrator.tracking.callback import live_callback
@@ -255,7 +255,7 @@ def build_tuner(
     --resume."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
     space = plan.space
-    trainable = tune.with_resources(tune.with_parameters(trial or run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(trial or run_trial, plan=plan), trial_resources(plan))
     path, fs, name = plan.layout.search_experiment()
     if plan.resume:
         return tune.Tuner.restore(
@@ -285,5 +285,7 @@ def build_tuner(
             metric=space.objective.metric,
             mode=space.objective.mode,
         ),
-        run_config=tune_run_config(name, path, fs, callbacks),
+        run_config=tune_run_config(
+            plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep
+        ),
     )

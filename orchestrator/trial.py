@@ -1,15 +1,15 @@
-"""One sweep trial: a Tune function that launches a Ray Train `TorchTrainer` running adin_core's loop.
+"""One sweep trial: a Tune function running adin_core's loop, in its own process for one worker, else in a Ray
+Train `TorchTrainer`'s workers (orchestrator.loop_context).
 
 Every worker trains (gradients all-reduced by adin_core over the process group Ray Train sets up: gloo on CPU,
 NCCL on GPU). adin_core's `EvaluationHook` decides when to evaluate and rank 0 scores (direct transfer to the
 `select` targets, the source's own test split and the nuisance probe); this module only reports to Ray and
-checkpoints: every rank calls `ray.train.report`, rank 0 with the metrics and a checkpoint, and
-`TuneReportCallback` forwards them to Tune. Report targets are never scored here.
+checkpoints: every rank reports, rank 0 with the metrics and a checkpoint. Report targets are never scored here.
 
-The Train run is named after the Tune trial, under the sweep's storage: a restarted trial (worker lost, sweep
-resumed) finds its own run and continues from the last checkpoint. Rank 0 also keeps `progress.json` there (the
-step reached, every few seconds), so a restart can say how many steps it redid; storage reads and checkpoint
-uploads retry with backoff (orchestrator.retry). Both are reported as `faults/*` metrics.
+A restarted trial (worker lost, sweep resumed) finds its own run (the Train run is named after the Tune trial)
+and continues from the last checkpoint. Rank 0 also keeps `progress.json` beside the checkpoints (the step
+reached, every few seconds), so a restart can say how many steps it redid; storage reads and checkpoint uploads
+retry with backoff (orchestrator.retry). Both are reported as `faults/*` metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +22,8 @@ import time
 from typing import Any, Callable
 
 import pyarrow.fs as pafs
-import ray.train
-import ray.train.torch
 import ray.tune
 import torch
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardSet
@@ -36,8 +33,8 @@ from adin_core.repeats import SeedGroup, seed_list
 from adin_core.train import ADINTrainer, CheckReport, TrainingDiverged
 from orchestrator import pretraining
 from orchestrator.checkpoints import REPORTS_FILE, load_checkpoint, state_file
+from orchestrator.loop_context import LoopContext, run_loop
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import torch_trainer
 from orchestrator.retry import Backoff, RetryStats, call_with_backoff
 from orchestrator.targets import open_target, source_target
 from orchestrator.tracking import schema
@@ -65,9 +62,9 @@ class TrialProgress:
         self.missed_writes = 0
 
     @classmethod
-    def for_current_run(cls) -> "TrialProgress":
-        storage = ray.train.get_context().get_storage()
-        return cls(_fail_fast(storage.storage_filesystem), f"{storage.experiment_fs_path}/{PROGRESS_FILE}")
+    def for_run(cls, ctx: LoopContext) -> "TrialProgress":
+        fs, folder = ctx.run_folder()
+        return cls(_fail_fast(fs), f"{folder}/{PROGRESS_FILE}")
 
     def read(self) -> dict[str, Any]:
         try:
@@ -113,15 +110,15 @@ class TrialProgress:
 
 
 class RaySink:
-    """What the seed group hands each evaluation to: every rank calls `ray.train.report` (Train needs all of
-    them), rank 0 with the metrics and a checkpoint of every seed's state, uploaded through `upload` (with
-    backoff); the progress record and the storage retries ride along as `faults/*`.
+    """What the seed group hands each evaluation to: every rank reports (Train needs all of them), rank 0 with the
+    metrics and a checkpoint of every seed's state, copied into storage through `copy` (with backoff); the
+    progress record and the storage retries ride along as `faults/*`.
 
     Each checkpoint also holds every report up to its own (REPORTS_FILE), so that a trial resumed from it can resend
     the reports Tune never took (`resend`; schema.replayed says why they can be lost)."""
 
-    def __init__(self, rank: int, progress: TrialProgress | None, stats: RetryStats, upload: Callable) -> None:
-        self.rank, self.progress, self.stats, self.upload = rank, progress, stats, upload
+    def __init__(self, ctx: LoopContext, progress: TrialProgress | None, stats: RetryStats, copy: Callable) -> None:
+        self.ctx, self.rank, self.progress, self.stats, self.copy = ctx, ctx.rank, progress, stats, copy
         self.history: list[dict[str, Any]] = []  # rank 0: the reports so far, oldest first
         self.extra: dict[str, float] = {}  # on every report: the shared pretraining the trial started from
         self._unsent: list[dict[str, Any]] = []  # reports made before this run's first, sent with it
@@ -141,7 +138,7 @@ class RaySink:
     def __call__(
         self, trainers: list[ADINTrainer], reports: list[CheckReport], metrics: dict[str, Any], final: bool
     ) -> None:
-        checkpoint = None
+        directory = None
         with tempfile.TemporaryDirectory() as tmp:
             if self.rank == 0:
                 if self.progress is not None:
@@ -152,17 +149,16 @@ class RaySink:
                 self.history.append(_plain(metrics))
                 with open(os.path.join(tmp, REPORTS_FILE), "w") as fh:
                     json.dump(self.history, fh)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                directory = tmp
                 if self._unsent:
                     metrics[schema.REPLAY] = json.dumps(self._unsent)
                     self._unsent = []
 
-            def upload(ckpt, dir_name: str):
-                persisted = self.upload(ckpt, dir_name)
+            def copy(fs: pafs.FileSystem, source: str, dest: str) -> None:
+                self.copy(fs, source, dest)
                 metrics.update(self.stats.metrics())  # this report carries the retries its own upload needed
-                return persisted
 
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload)
+            self.ctx.report(metrics, directory, copy)
 
     def diverged(self, exc: TrainingDiverged) -> None:
         """The trial's last report (every rank, no checkpoint): it stopped because a seed's weights went non-finite.
@@ -177,7 +173,7 @@ class RaySink:
                 schema.FINAL: 0.0,
             }
             print(f"[trial] {exc}; the trial stops here", flush=True)
-        ray.train.report(metrics)
+        self.ctx.report(metrics)
 
     def resend(self, checkpoint, history: list[dict[str, Any]]) -> None:
         """After a restore from `checkpoint`: one report (every rank, no new checkpoint) with that checkpoint's
@@ -189,7 +185,7 @@ class RaySink:
             metrics = dict(history[-1], checkpoint_path=checkpoint.path, **{schema.REPLAY: json.dumps(history[:-1])})
             if self.progress is not None:
                 metrics.update(self.progress.metrics())
-        ray.train.report(metrics)
+        self.ctx.report(metrics)
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -203,23 +199,19 @@ def _fail_fast(run_fs):
     return s3_filesystem() if isinstance(run_fs, pafs.S3FileSystem) else run_fs
 
 
-def _persist(storage, checkpoint, dir_name: str):
-    """Ray's checkpoint copy (persist_current_checkpoint), through a fail-fast filesystem."""
-    run_fs = storage.storage_filesystem
+def _copy_checkpoint(run_fs: pafs.FileSystem, source: str, dest: str) -> None:
+    """Ray's checkpoint copy (persist_current_checkpoint) from a local folder, through a fail-fast filesystem."""
     fs = _fail_fast(run_fs)
-    dest = storage.build_checkpoint_path_from_name(dir_name)
     fs.create_dir(dest)
-    pafs.copy_files(checkpoint.path, dest, source_filesystem=checkpoint.filesystem, destination_filesystem=fs)
-    return ray.train.Checkpoint(filesystem=run_fs, path=dest)
+    pafs.copy_files(source, dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's per-worker loop: the trial's config on each of its seeds, in turns (adin_core.repeats)."""
+def train_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
+    """Each worker's loop: the trial's config on each of its seeds, in turns (adin_core.repeats)."""
     plan: SweepPlan = loop_config["plan"]
     config: TrainConfig = loop_config["config"]
     seeds: list[int] = loop_config["seeds"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = ctx.rank, ctx.world
     size = (config.image_height, config.image_width)
     stats = RetryStats()
     storage_retry = _storage_retry(plan, stats)
@@ -235,15 +227,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         storage_retry,
         report=bool(loop_config.get("report")),
     )
-    progress = TrialProgress.for_current_run() if rank == 0 else None
-    sink = RaySink(rank, progress, stats, _uploader(ctx.get_storage(), storage_retry))
-    device = ray.train.torch.get_device()
+    progress = TrialProgress.for_run(ctx) if rank == 0 else None
+    sink = RaySink(ctx, progress, stats, _copier(storage_retry))
+    device = ctx.device()
     trainers = [
         ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank, world_size=world)
         for seed in seeds
     ]
     group = SeedGroup(trainers, evaluator, sink, objective=plan.space.objective.metric, rank=rank)
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ctx.checkpoint()
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
         history = _restore(checkpoint, trainers, group, storage_retry)
@@ -261,15 +253,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         sink.diverged(exc)
 
 
-def _uploader(storage, storage_retry) -> Callable[[Any, str], Any]:
-    """The sink's checkpoint upload: Ray's copy into the run's storage, retried through an outage."""
+def _copier(storage_retry) -> Callable[[pafs.FileSystem, str, str], None]:
+    """The sink's checkpoint copy into the run's storage, retried through an outage."""
 
-    def upload(checkpoint, dir_name: str):
-        return storage_retry(
-            functools.partial(_persist, storage, checkpoint, dir_name), what=f"uploading checkpoint {dir_name}"
+    def copy(run_fs: pafs.FileSystem, source: str, dest: str) -> None:
+        storage_retry(
+            functools.partial(_copy_checkpoint, run_fs, source, dest),
+            what=f"uploading checkpoint {dest.rsplit('/', 1)[-1]}",
         )
 
-    return upload
+    return copy
 
 
 def _storage_retry(plan: SweepPlan, stats: RetryStats | None = None) -> Callable[..., Any]:
@@ -353,22 +346,21 @@ def train_run_name(trial_id: str) -> str:
 
 
 def run_trial(tune_config: dict[str, Any], plan: SweepPlan) -> None:
-    """The Tune function trainable: one TorchTrainer per trial, training the search's seeds. Its TrainConfig is
-    built (and validated) here, once, from the plan's fixed values and the sampled ones."""
+    """The Tune function trainable, training the search's seeds. Its TrainConfig is built (and validated) here,
+    once, from the plan's fixed values and the sampled ones."""
     config = plan.space.train_config(plan.space.sampled(tune_config))
     train_trial(plan, config, seed_list(config, plan.space.search.seeds), report=False)
 
 
 def train_trial(plan: SweepPlan, config: TrainConfig, seeds: list[int], *, report: bool) -> None:
-    """Train `config` on `seeds` in the current Tune trial's Ray Train run; `report`: a verification trial, scored
-    on the report targets at its end only."""
+    """Train `config` on `seeds` for the current Tune trial (run_loop: in this process, or in its Ray Train run);
+    `report`: a verification trial, scored on the report targets at its end only."""
     trial_id = ray.tune.get_context().get_trial_id()
     _storage_retry(plan)(plan.layout.train_runs, what=f"opening the sweep storage {plan.storage}")
-    torch_trainer(
+    run_loop(
         plan,
         train_worker,
         {"config": config, "plan": plan, "seeds": seeds, "report": report},
         train_run_name(trial_id),
-        [TuneReportCallback()],
         checkpoints_to_keep=plan.space.training.checkpoints_to_keep,
-    ).fit()
+    )

@@ -37,7 +37,7 @@ from adin_core.evaluation import REPORT_MAP
 from adin_core.repeats import seed_list
 from adin_core.stats import Paired, detectable_effect
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import TRIAL_DRIVER_RESOURCES, tune_run_config
+from orchestrator.ray_session import trial_resources, tune_run_config
 from orchestrator.space import VERIFY_ARMS, make_train_config
 from orchestrator.trial import train_trial
 
@@ -194,7 +194,7 @@ def build_round(
     plan: SweepPlan, winner_params: dict[str, Any], round_index: int, seed_indices: list[int], callbacks: list
 ):
     """One round's Tuner: its trials (`jobs`), restored if a resumed sweep had started it."""
-    trainable = tune.with_resources(tune.with_parameters(run_verification, plan=plan), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(run_verification, plan=plan), trial_resources(plan))
     path, fs, name = plan.layout.sweep_experiment(f"{EXPERIMENT}-r{round_index}")
     exp = plan.layout.experiment_path(path, fs, name)
     if tune.Tuner.can_restore(exp, storage_filesystem=fs):
@@ -210,7 +210,9 @@ def build_round(
             "params": dict(winner_params),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
-        run_config=tune_run_config(name, path, fs, callbacks),
+        run_config=tune_run_config(
+            plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep
+        ),
     )
 
 

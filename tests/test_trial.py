@@ -1,5 +1,5 @@
-"""The trial's side of Ray Train: what a checkpoint holds beyond the model, and what a trial restored from one
-sends first (schema.replayed says why)."""
+"""The trial's side of Ray: what a checkpoint holds beyond the model, what a trial restored from one sends first
+(schema.replayed says why), and a one-worker loop in its Tune trial's own process (orchestrator.loop_context)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,29 @@ import torch
 
 from orchestrator.checkpoints import REPORTS_FILE
 from orchestrator.checkpoints import load_checkpoint as _load_checkpoint
+from orchestrator.loop_context import LoopContext
 from orchestrator.retry import RetryStats
 from orchestrator.tracking import schema as S
 from orchestrator.trial import RaySink
 
 
-class _Reports:
-    """Stands in for ray.train.report: keeps each call's metrics and a copy of its checkpoint's files."""
+class _Reports(LoopContext):
+    """A loop's context that keeps each report's metrics and a copy of its checkpoint's files."""
 
-    def __init__(self, root) -> None:
-        self.root, self.calls = root, []
+    def __init__(self, root, rank: int = 0) -> None:
+        self.root, self.rank, self.calls = root, rank, []
 
-    def __call__(self, metrics, checkpoint=None, checkpoint_upload_fn=None):
+    def report(self, metrics, directory=None, copy=None):
         kept = None
-        if checkpoint is not None:  # the sink's folder is temporary: keep a copy, as Train's upload would
-            kept = ray.train.Checkpoint.from_directory(
-                shutil.copytree(checkpoint.path, self.root / f"ckpt{len(self.calls)}")
-            )
+        if directory is not None:  # the sink's folder is temporary: keep a copy, as the upload would
+            kept = ray.train.Checkpoint.from_directory(shutil.copytree(directory, self.root / f"ckpt{len(self.calls)}"))
         self.calls.append((dict(metrics), kept))
 
 
-def test_a_checkpoint_holds_every_report_to_it_and_a_restored_trial_resends_them(tmp_path, monkeypatch):
+def test_a_checkpoint_holds_every_report_to_it_and_a_restored_trial_resends_them(tmp_path):
     reports = _Reports(tmp_path)
-    monkeypatch.setattr(ray.train, "report", reports)
     trainer = SimpleNamespace(state_dict=lambda: {"w": 1})
-    sink = RaySink(0, None, RetryStats(), upload=lambda ckpt, name: ckpt)
+    sink = RaySink(reports, None, RetryStats(), copy=None)
     for k in (1, 2, 3):
         sink([trainer], [], {S.EVALUATION: k, "transfer_mAP": 0.1 * k, "phase": "rescue", "final": 0.0}, False)
     checkpoint = reports.calls[-1][1]
@@ -43,7 +41,7 @@ def test_a_checkpoint_holds_every_report_to_it_and_a_restored_trial_resends_them
     assert states == [{"w": 1}] and [h[S.EVALUATION] for h in history] == [1, 2, 3]
     assert history[-1] == {S.EVALUATION: 3, "transfer_mAP": 0.30000000000000004, "phase": "rescue", "final": 0.0}
 
-    restored = RaySink(0, None, RetryStats(), upload=lambda ckpt, name: ckpt)
+    restored = RaySink(reports, None, RetryStats(), copy=None)
     restored.resend(checkpoint, history)
     metrics, new_checkpoint = reports.calls[-1]
     assert new_checkpoint is None  # the checkpoint is Train's already: only its report goes again
@@ -54,13 +52,82 @@ def test_a_checkpoint_holds_every_report_to_it_and_a_restored_trial_resends_them
     assert [h[S.EVALUATION] for h in history] == [1, 2, 3, 4]  # the history goes on in the resumed attempt
 
 
-def test_other_ranks_resend_an_empty_report_and_an_old_checkpoint_has_no_history(tmp_path, monkeypatch):
-    reports = _Reports(tmp_path)
-    monkeypatch.setattr(ray.train, "report", reports)
-    RaySink(1, None, RetryStats(), upload=None).resend(SimpleNamespace(path="/x"), [{S.EVALUATION: 1}])
+def test_other_ranks_resend_an_empty_report_and_an_old_checkpoint_has_no_history(tmp_path):
+    reports = _Reports(tmp_path, rank=1)
+    RaySink(reports, None, RetryStats(), copy=None).resend(SimpleNamespace(path="/x"), [{S.EVALUATION: 1}])
     assert reports.calls == [({}, None)]  # Train needs every rank's report; rank 0's carries the metrics
     old = tmp_path / "old"
     old.mkdir()
     torch.save({"w": 2}, old / "state.pt")
     assert _load_checkpoint(ray.train.Checkpoint.from_directory(str(old)), 1) == ([{"w": 2}], [])
     assert not (old / REPORTS_FILE).exists()
+
+
+def _one_worker_loop(config: dict) -> None:
+    """A Tune trial's function running a loop in its own process, as a one-worker trial does: three reports with
+    checkpoints copied by the caller's copy; the first attempt dies after the second."""
+    import json
+    import os
+    import tempfile
+
+    from orchestrator.loop_context import TuneProcess
+    from orchestrator.trial import _copy_checkpoint
+
+    ctx = TuneProcess(use_gpu=False)
+    first, start = 1, ctx.checkpoint()
+    if start is not None:
+        with start.as_directory() as folder, open(os.path.join(folder, "k.json")) as fh:
+            first = json.load(fh)["k"] + 1
+    for k in range(first, 4):
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "k.json"), "w") as fh:
+                json.dump({"k": k}, fh)
+            copied: list[str] = []
+
+            def copy(fs, source, dest):
+                _copy_checkpoint(fs, source, dest)
+                copied.append(dest)
+
+            metrics = {"k": k, "resumed_from": first - 1}
+            ctx.report(metrics, tmp, copy if k != 3 else None)  # the last through Tune's own copy
+            assert metrics["checkpoint_path"] == ray.tune.get_context().get_storage().checkpoint_fs_path
+        assert ctx.device().type == "cpu" and (ctx.rank, ctx.world) == (0, 1)
+        assert k == 3 or os.path.basename(copied[0]) == os.path.basename(
+            ray.tune.get_context().get_storage().checkpoint_fs_path
+        )
+        if k == 2 and not os.path.exists(config["marker"]):
+            open(config["marker"], "w").close()
+            raise RuntimeError("the trial's process died")
+
+
+def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_resumes_from_them(tmp_path):
+    """No TorchTrainer: the checkpoint Tune records is the one the caller's copy wrote (its retries are ours), the
+    failed attempt resumes from it, and Tune keeps `checkpoints_to_keep` of them."""
+    import os
+
+    import ray
+    from ray import tune
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(_one_worker_loop, {"cpu": 1}),
+            param_space={"marker": str(tmp_path / "failed-once")},
+            run_config=tune.RunConfig(
+                name="one-worker",
+                storage_path=str(tmp_path / "storage"),
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+        (result,) = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert result.error is None and result.metrics["k"] == 3 and result.metrics["resumed_from"] == 2
+    assert result.metrics["checkpoint_path"] == result.checkpoint.path  # where the sweep finds it
+    trial_dir = os.path.dirname(result.checkpoint.path)
+    kept = sorted(n for n in os.listdir(trial_dir) if n.startswith("checkpoint_"))
+    assert kept == ["checkpoint_000001", "checkpoint_000002"]  # three written, two kept
+    with result.checkpoint.as_directory() as folder, open(os.path.join(folder, "k.json")) as fh:
+        assert fh.read() == '{"k": 3}'

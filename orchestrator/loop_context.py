@@ -1,0 +1,165 @@
+"""Where a training loop (a trial's, a pretraining stage's) runs, and the one interface it reports through.
+
+A loop is `loop(loop_config, ctx)`; `run_loop` picks where it runs:
+
+- several workers: Ray Train's workers (a `TorchTrainer`: the gloo/NCCL process group, Train's worker restarts),
+  with `TrainWorker` over `ray.train`'s API; the reports reach Tune through Train's `TuneReportCallback`;
+- one worker: the Tune trial's own process, with `TuneProcess` over `ray.tune`'s API. A TorchTrainer of one worker
+  starts five more Ray processes a trial (Train's controller, its placement-group cleaner and synchronisation
+  actor, the worker, the queue that carries its reports to Tune), most of them importing torch; on 2 cores that
+  put a trial's first report 43 s after its suggestion (median, bench/sweep_scale.py) and Ray Train's bare floor
+  at 10 s, for a loop that needs none of it. Ray Train's own local mode (`num_workers=0`) runs a loop in process
+  but does not report to Tune, and `ray.train.report` refuses to run inside a Tune trial: hence this interface.
+
+Both keep a trial's files the same way: every checkpoint is copied into storage by the caller's `copy` (through
+a fail-fast filesystem, retried with backoff and recorded) and found again through what Tune reports (its path,
+logged to MLflow), never by layout. Under Train a trial's checkpoints and `progress.json` sit in its Train run
+(`<sweep>/train/trial-<id>/`), in process in Tune's trial folder (`<sweep>/<trial folder>/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from orchestrator.plan import SweepPlan
+from orchestrator.ray_session import torch_trainer, trains_in_process
+
+# copy(run filesystem, local checkpoint folder, destination path on it): the caller's upload, retried as it likes
+Copy = Callable[[pafs.FileSystem, str, str], None]
+
+
+class LoopContext:
+    """What a loop asks of where it runs."""
+
+    rank: int = 0
+    world: int = 1
+
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def run_folder(self) -> tuple[pafs.FileSystem, str]:
+        """The filesystem and folder of this run's checkpoints (a restarted run finds its own there)."""
+        raise NotImplementedError
+
+    def checkpoint(self) -> Any | None:
+        """The checkpoint a restarted run resumes from; None on a first start."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, copy: Copy | None = None) -> None:
+        """Report `metrics` (every rank must), with the checkpoint in local `directory` (rank 0), put into storage
+        by `copy` (None: Ray's own copy)."""
+        raise NotImplementedError
+
+
+class TrainWorker(LoopContext):
+    """A Ray Train worker of a TorchTrainer."""
+
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self._storage = ctx.get_storage()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def run_folder(self) -> tuple[pafs.FileSystem, str]:
+        return self._storage.storage_filesystem, self._storage.experiment_fs_path
+
+    def checkpoint(self) -> Any | None:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, copy: Copy | None = None) -> None:
+        if directory is None:
+            ray.train.report(metrics)
+            return
+        storage = self._storage
+
+        def upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+            dest = storage.build_checkpoint_path_from_name(dir_name)
+            copy(storage.storage_filesystem, checkpoint.path, dest)
+            return ray.train.Checkpoint(filesystem=storage.storage_filesystem, path=dest)
+
+        checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload if copy else None)
+
+
+class TuneProcess(LoopContext):
+    """The Tune trial's own process (a one-worker loop): rank 0 of 1, on the GPU Ray gave the trial if any."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        self._use_gpu = use_gpu
+        self._storage = ray.tune.get_context().get_storage()
+
+    def device(self) -> torch.device:
+        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU, so it is device 0 here
+        return torch.device("cuda", 0) if self._use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+    def run_folder(self) -> tuple[pafs.FileSystem, str]:
+        return self._storage.storage_filesystem, self._storage.trial_fs_path
+
+    def checkpoint(self) -> Any | None:
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None, copy: Copy | None = None) -> None:
+        if directory is None:
+            ray.tune.report(metrics)
+            return
+        # Tune's report copies a checkpoint itself (StorageContext.persist_current_checkpoint, into the trial
+        # folder's next checkpoint_NNNNNN, with no retry of ours). With a `copy`, the checkpoint is copied there
+        # first, and Tune's copy, for this one call, hands back that copy. Either way the report carries the path
+        # (`checkpoint_path`, as Train's TuneReportCallback adds it): the sweep finds a trial's checkpoint by it.
+        storage = self._storage
+        name = f"checkpoint_{storage.current_checkpoint_index + 1:06d}"
+        dest = posixpath.join(storage.trial_fs_path, name)
+        metrics[CHECKPOINT_PATH_KEY] = dest
+        checkpoint = ray.tune.Checkpoint.from_directory(directory)
+        if copy is None:
+            ray.tune.report(metrics, checkpoint=checkpoint)
+        else:
+            copy(storage.storage_filesystem, directory, dest)
+            persisted = ray.tune.Checkpoint(filesystem=storage.storage_filesystem, path=dest)
+            storage.persist_current_checkpoint = lambda _checkpoint: persisted
+            try:
+                ray.tune.report(metrics, checkpoint=checkpoint)
+            finally:
+                del storage.persist_current_checkpoint
+        if storage.checkpoint_dir_name != name:  # Ray named it otherwise: the checkpoint Tune records is elsewhere
+            raise RuntimeError(f"Tune recorded checkpoint {storage.checkpoint_dir_name}, expected {name}")
+
+
+def _in_train_worker(loop: Callable[[dict[str, Any], LoopContext], None], loop_config: dict[str, Any]) -> None:
+    loop(loop_config, TrainWorker())
+
+
+def run_loop(
+    plan: SweepPlan,
+    loop: Callable[[dict[str, Any], LoopContext], None],
+    loop_config: dict[str, Any],
+    name: str,
+    checkpoints_to_keep: int | None = None,
+) -> None:
+    """Run `loop` for the current Tune trial: in this process for one worker, else in a TorchTrainer named `name`
+    (a restarted trial finds its own Train run by it) under the sweep's train-runs folder."""
+    if trains_in_process(plan):
+        loop(loop_config, TuneProcess(use_gpu=plan.space.resources.gpus_per_worker > 0))
+        return
+    torch_trainer(
+        plan,
+        functools.partial(_in_train_worker, loop),
+        loop_config,
+        name,
+        [TuneReportCallback()],
+        checkpoints_to_keep=checkpoints_to_keep,
+    ).fit()
+
+
+__all__ = ["LoopContext", "TrainWorker", "TuneProcess", "run_loop"]
