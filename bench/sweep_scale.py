@@ -427,7 +427,7 @@ def report(args: argparse.Namespace, clock: TrialClock, timings: Timings, wall_t
     print(f"trial start latency (its config suggested -> its first report, less one evaluation): {_spread(first)}")
     print("  (target: median <= 3 s); of which, from its suggestion:")
     print(f"    its Tune actor is up (on_trial_start): {_spread(since_added(clock.started))}")
-    print(f"    the loop runs (in the trial's process, or its Train worker): {_spread(since_added(clock.loop_started))}")
+    print(f"    the loop runs (trial process or Train worker): {_spread(since_added(clock.loop_started))}")
     print(f"trial end latency (last report -> Tune records it complete): {_spread(ends)}")
     print(f"driver time per result, {len(timings.result_s)} results: {_spread(timings.result_s, 'ms', 1000, 1)}")
     print(f"  of which the searcher (the study's write): {_spread(timings.searcher_s, 'ms', 1000, 1)}")

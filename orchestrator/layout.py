@@ -3,7 +3,8 @@ every worker with it (as Ray's `StorageContext` is the one source of truth for a
 
     <storage>/<sweep>/sweep.json                    the first run's space file, its digest and overrides (--resume)
     <storage>/<sweep>/                              Tune's experiment of the search (its state, the searcher's)
-    <storage>/<sweep>/train/trial-<id>/             each trial's Ray Train run and its checkpoints
+    <storage>/<sweep>/run_trial_<id>_.../           each trial's Tune folder; a one-worker trial's checkpoints
+    <storage>/<sweep>/train/trial-<id>/             a trial's Ray Train run and its checkpoints (several workers)
     <storage>/<sweep>/pretrained/<key>/seed-<s>/    shared pretraining (orchestrator.pretraining)
     <storage>/<sweep>/pretrain-<stage>-<time>/      the Tune experiments of the pretraining stages
     <storage>/<sweep>/verify-r<round>/              the verification's rounds

@@ -497,10 +497,9 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
         )
     )
 
-    def training_on_worker_node() -> bool:
+    def training_on_worker_node() -> bool:  # a one-worker trial trains in its Tune trial's own actor
         return _reported(env, sweep) >= 2 and any(
-            a.get("node_id") == worker_node
-            for a in _ray_list(env, "actors", "class_name=RayTrainWorker", "state=ALIVE")
+            a.get("node_id") == worker_node for a in _ray_list(env, "actors", "class_name=ImplicitFunc", "state=ALIVE")
         )
 
     wait_for(training_on_worker_node, 300, "a trial training on the worker node")

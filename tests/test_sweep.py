@@ -281,8 +281,11 @@ def test_a_diverged_trial_is_reported_as_such_and_never_crowned(tmp_path):
 
 @pytest.mark.rehearsal
 def test_resume_after_killing_the_driver(tmp_path):
+    """One-worker trials (they train in their Tune trial's own process; test_lifecycle resumes Train's)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = sweep_args(tmp_path, "--name", "smoke-resume", "--max-concurrent", "1", "--num-samples", "2")
+    args = sweep_args(
+        tmp_path, "--name", "smoke-resume", "--max-concurrent", "1", "--num-samples", "2", "--workers", "1"
+    )
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.sweep", *args],
         cwd=REPO,

@@ -27,7 +27,7 @@ _spec.loader.exec_module(ss)
 def plan(tmp_path_factory):
     """The plan of the bench's space at 10 trials x 8 evaluations, 4 at once (its data generated once)."""
     tmp = tmp_path_factory.mktemp("sweep_scale")
-    args = argparse.Namespace(trials=10, evals=8, concurrent=4, cpus_per_trial=None)
+    args = argparse.Namespace(trials=10, evals=8, concurrent=4, workers=1, cpus_per_trial=None)
     space = ss.write_space(args, str(tmp))
     common = ["--storage", str(tmp / "s"), "--data-root", str(tmp / "d")]
     return make_plan(parse_args(["--space", space, *common, "--tracking-uri", f"sqlite:///{tmp}/m.db"]))
