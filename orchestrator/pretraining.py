@@ -42,7 +42,7 @@ from adin_core.repeats import aggregate
 from adin_core.train import ADINTrainer, pretraining_key
 from orchestrator.loop_context import LoopContext, run_loop
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import trial_resources, tune_run_config
+from orchestrator.ray_session import trains_in_process, trial_resources, tune_run_config
 from orchestrator.targets import open_target, source_target
 
 STATE, SNAPSHOT = "state.pt", "snapshot.json"
@@ -176,7 +176,9 @@ def run_stage(plan: SweepPlan, jobs: list[Job], name: str, callbacks: list) -> S
     tuner = tune.Tuner(
         trainable,
         param_space={"jobs": tune.grid_search(groups)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=plan.space.search.max_concurrent, reuse_actors=trains_in_process(plan)
+        ),
         run_config=tune_run_config(plan, name, path, fs, callbacks),
     )
     tuner.fit()

@@ -16,7 +16,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.plan import SweepPlan, open_study_storage
-from orchestrator.ray_session import trial_resources, tune_run_config
+from orchestrator.ray_session import trains_in_process, trial_resources, tune_run_config
 from orchestrator.space import SearchSettings
 from orchestrator.tracking import schema
 from orchestrator.tracking.callback import live_callback
@@ -284,6 +284,7 @@ def build_tuner(
             num_samples=space.search.num_samples,
             metric=space.objective.metric,
             mode=space.objective.mode,
+            reuse_actors=trains_in_process(plan),
         ),
         run_config=tune_run_config(
             plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep

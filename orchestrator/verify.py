@@ -37,7 +37,7 @@ from adin_core.evaluation import REPORT_MAP
 from adin_core.repeats import seed_list
 from adin_core.stats import Paired, detectable_effect
 from orchestrator.plan import SweepPlan
-from orchestrator.ray_session import trial_resources, tune_run_config
+from orchestrator.ray_session import trains_in_process, trial_resources, tune_run_config
 from orchestrator.space import VERIFY_ARMS, make_train_config
 from orchestrator.trial import train_trial
 
@@ -209,7 +209,9 @@ def build_round(
             ),
             "params": dict(winner_params),
         },
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.space.search.max_concurrent),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=plan.space.search.max_concurrent, reuse_actors=trains_in_process(plan)
+        ),
         run_config=tune_run_config(
             plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep
         ),

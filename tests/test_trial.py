@@ -95,14 +95,15 @@ def _one_worker_loop(config: dict) -> None:
         assert k == 3 or os.path.basename(copied[0]) == os.path.basename(
             ray.tune.get_context().get_storage().checkpoint_fs_path
         )
-        if k == 2 and not os.path.exists(config["marker"]):
+        if k == 2 and config["marker"] and not os.path.exists(config["marker"]):
             open(config["marker"], "w").close()
             raise RuntimeError("the trial's process died")
 
 
 def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_resumes_from_them(tmp_path):
     """No TorchTrainer: the checkpoint Tune records is the one the caller's copy wrote (its retries are ours), the
-    failed attempt resumes from it, and Tune keeps `checkpoints_to_keep` of them."""
+    failed attempt resumes from it, and Tune keeps `checkpoints_to_keep` of them. The next trial reuses the actor
+    (reuse_actors, as a sweep's one-worker trials do) and starts from nothing of the last one's."""
     import os
 
     import ray
@@ -112,7 +113,8 @@ def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_
     try:
         tuner = tune.Tuner(
             tune.with_resources(_one_worker_loop, {"cpu": 1}),
-            param_space={"marker": str(tmp_path / "failed-once")},
+            param_space={"marker": tune.grid_search([str(tmp_path / "failed-once"), ""])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="one-worker",
                 storage_path=str(tmp_path / "storage"),
@@ -121,10 +123,12 @@ def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
         )
-        (result,) = tuner.fit()
+        result, after = sorted(tuner.fit(), key=lambda r: -len(r.config["marker"]))
     finally:
         ray.shutdown()
     assert result.error is None and result.metrics["k"] == 3 and result.metrics["resumed_from"] == 2
+    assert after.error is None and after.metrics["k"] == 3 and after.metrics["resumed_from"] == 0
+    assert after.metrics["pid"] == result.metrics["pid"]  # the same process: the actor was reused
     assert result.metrics["checkpoint_path"] == result.checkpoint.path  # where the sweep finds it
     trial_dir = os.path.dirname(result.checkpoint.path)
     kept = sorted(n for n in os.listdir(trial_dir) if n.startswith("checkpoint_"))
