@@ -10,6 +10,8 @@ A loop is `loop(loop_config, ctx)`; `run_loop` picks where it runs:
   put a trial's first report 43 s after its suggestion (median, bench/sweep_scale.py) and Ray Train's bare floor
   at 10 s, for a loop that needs none of it. Ray Train's own local mode (`num_workers=0`) runs a loop in process
   but does not report to Tune, and `ray.train.report` refuses to run inside a Tune trial: hence this interface.
+  Such trials also reuse their Tune actor for the next trial (`reuse_actors`), so a process start and torch's
+  import are paid once per concurrent slot, not per trial.
 
 Both keep a trial's files the same way: every checkpoint is copied into storage by the caller's `copy` (through
 a fail-fast filesystem, retried with backoff and recorded) and found again through what Tune reports (its path,
