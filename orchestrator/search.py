@@ -176,13 +176,13 @@ class StudySearch(OptunaSearch):
         if result is not None and result.get(schema.DIVERGED):  # no objective: a failed trial, with the reason
             if trial_id in self._ot_trials and trial_id not in self._completed_trials:
                 self._ot_trials[trial_id].set_user_attr("diverged", str(result.get(schema.DIVERGED_WHY, "")))
-            return super().on_trial_complete(trial_id, None, error=True)
-        if result is not None and not error and not result.get(schema.FINAL):
+            result, error = None, True
+        elif result is not None and not error and not result.get(schema.FINAL):
             if trial_id not in self._completed_trials and trial_id in self._ot_trials:
                 for report in (*schema.replayed(result), result):  # stopped at its first report: with what it resent
                     self._report(trial_id, report)
             result = None  # Optuna then records the trial as pruned
-        self._writes.flush()
+        self._writes.flush()  # every branch: the trial's queued values go in before it is told
         super().on_trial_complete(trial_id, result, error)
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # a searcher saved before StudyWrites existed

@@ -268,3 +268,20 @@ def _never_started():
             return True
 
     return Alive(target=lambda: None)
+
+
+def test_a_diverged_trial_is_told_only_after_its_queued_values_are_written():
+    """The diverged branch told the study before the queue drained: the writer's report then met a finished trial,
+    and its error ended the sweep at the next trial's completion."""
+    import threading
+
+    storage = _HeldStorage()
+    search = _search(storage)
+    search.suggest("t1")
+    search.on_trial_result("t1", _result(0.1, 1, 1))
+    threading.Timer(0.3, storage.release.set).start()
+    search.on_trial_complete("t1", {S.DIVERGED: 1.0, S.DIVERGED_WHY: "seed 0 diverged at step 9", S.FINAL: 0.0})
+    search._writes.flush()  # nothing failed behind the tell
+    (trial,) = search._ot_study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.intermediate_values == pytest.approx({1: 0.1})
+    assert trial.user_attrs["diverged"] == "seed 0 diverged at step 9"
