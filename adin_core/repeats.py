@@ -8,12 +8,18 @@ The K trainers of a trial take turns in the same process, check by check, each w
 (`ADINTrainer.run_check`), so seed k trains exactly as it would alone; after each has reached its next evaluation,
 the group hands on the seeds' metrics averaged (and, for the key metrics, each seed's own as `seed<k>/<metric>`).
 A data-parallel group runs the same turns on every rank.
+
+The adversarial phase makes a trial's objective move between consecutive evaluations by as much as settings differ
+(on `shortcut`, +/-0.05 select mAP), so a search that reads one evaluation ranks that wobble. With `average_last`
+n > 1 the group also reports, per seed, the mean of the objective over its last n evaluations, as
+`<objective>_avg<n>` (Ray Tune's `last-n-avg` scope, made a reported metric so ASHA's rungs and the sampler see it
+too); the raw value is reported as before.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,9 +35,16 @@ def seed_list(config: TrainConfig, repeats: int, offset: int = 0) -> list[int]:
     return [config.seed + offset + k for k in range(repeats)]
 
 
-def aggregate(per_seed: Sequence[dict[str, Any]], objective: str = OBJECTIVE) -> dict[str, Any]:
+def averaged_name(metric: str, n: int) -> str:
+    """The reported name of `metric` averaged over a trial's last `n` evaluations (n == 1: the metric itself)."""
+    return metric if n == 1 else f"{metric}_avg{n}"
+
+
+def aggregate(
+    per_seed: Sequence[dict[str, Any]], objective: str = OBJECTIVE, also: Sequence[str] = ()
+) -> dict[str, Any]:
     """The seeds' metrics as one report: numeric values averaged, the objective's spread (`<objective>_sd`,
-    `<objective>_se`, the standard error of the mean), and each seed's key metrics as `seed<k>/<key>`."""
+    `<objective>_se`, the standard error of the mean), and each seed's key metrics (and `also`) as `seed<k>/<key>`."""
     out: dict[str, Any] = {}
     keys = [k for k in per_seed[0] if all(k in m for m in per_seed)]
     for key in keys:
@@ -47,11 +60,57 @@ def aggregate(per_seed: Sequence[dict[str, Any]], objective: str = OBJECTIVE) ->
         out[f"{objective}_sd"] = sd
         out[f"{objective}_se"] = sd / math.sqrt(n)
         for k, m in enumerate(per_seed):
-            for key in dict.fromkeys((objective, *PER_SEED_KEYS)):
+            for key in dict.fromkeys((objective, *also, *PER_SEED_KEYS)):
                 if key in m:
                     out[f"seed{k}/{key}"] = float(m[key])
     out["seeds"] = float(n)
     return out
+
+
+class ObjectiveWindow:
+    """Each seed's last `n` values of the objective, and their mean reported as `averaged_name(objective, n)`."""
+
+    def __init__(self, objective: str, n: int, seeds: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"average_last must be a whole number of evaluations >= 1, got {n!r}")
+        self.objective, self.n, self.key = objective, n, averaged_name(objective, n)
+        self.values: list[list[float]] = [[] for _ in range(seeds)]
+
+    def add(self, per_seed: Sequence[dict[str, Any]], fresh: Mapping[int, bool] | None = None) -> list[dict[str, Any]]:
+        """The seeds' metrics with the windowed objective added (n == 1: unchanged). `fresh`: which seeds these are
+        (by index) and whether each evaluated anew; one that did not (it finished before the others) keeps its
+        window. None: all seeds, all fresh."""
+        if self.n == 1:
+            return list(per_seed)
+        out = []
+        for (k, new), m in zip((fresh or dict.fromkeys(range(len(per_seed)), True)).items(), per_seed):
+            m = dict(m)
+            if self.objective in m:
+                if new:
+                    self.values[k] = (self.values[k] + [float(m[self.objective])])[-self.n :]
+                m[self.key] = float(np.mean(self.values[k]))
+            out.append(m)
+        return out
+
+    def aggregated(self, per_seed: Sequence[dict[str, Any]], fresh: Mapping[int, bool] | None = None) -> dict[str, Any]:
+        """One evaluation of the seeds as a group reports it: their windows move (`add`), then `aggregate` (its
+        spread and per-seed values for the windowed objective and the raw one)."""
+        return aggregate(self.add(per_seed, fresh), self.key, also=(self.objective,))
+
+    def restore(self, history: Sequence[dict[str, Any]]) -> None:
+        """The windows as they stood after these reports (the group's own aggregated ones: each seed's raw
+        objective is `seed<k>/<objective>`, or the objective itself for one seed)."""
+        self.values = [[] for _ in self.values]
+        if self.n == 1:
+            return
+        for report in history:
+            if len(self.values) == 1:
+                raw = [report.get(self.objective)]
+            else:
+                raw = [report.get(f"seed{k}/{self.objective}") for k in range(len(self.values))]
+            for k, v in enumerate(raw):
+                if v is not None:
+                    self.values[k] = (self.values[k] + [float(v)])[-self.n :]
 
 
 class SeedGroup:
@@ -66,9 +125,11 @@ class SeedGroup:
         sink: Callable[..., None],
         *,
         objective: str = OBJECTIVE,
+        average_last: int = 1,
         rank: int = 0,
     ) -> None:
         self.trainers, self.sink, self.objective, self.rank = list(trainers), sink, objective, rank
+        self.window = ObjectiveWindow(objective, average_last, len(self.trainers))
         self._latest: list[tuple[CheckReport, dict[str, Any], bool] | None] = [None] * len(self.trainers)
         self._fresh = [False] * len(self.trainers)
         self.hooks = []
@@ -84,11 +145,13 @@ class SeedGroup:
 
         return keep
 
-    def restored(self) -> None:
+    def restored(self, history: Sequence[dict[str, Any]] = ()) -> None:
         """After the trainers loaded a checkpoint or adopted shared pretraining: evaluations resume from the steps
-        they reached (a pending check's from where its interval began)."""
+        they reached (a pending check's from where its interval began), and the objective's window from the
+        reports made before (`history`, as `ObjectiveWindow.aggregated` made them)."""
         for hook, trainer in zip(self.hooks, self.trainers):
             hook.previous_step = trainer.resume_step
+        self.window.restore(history)
 
     @property
     def done(self) -> bool:
@@ -106,10 +169,11 @@ class SeedGroup:
                 return
             latest = [x for x in self._latest if x is not None]
             final = self.done
-            metrics = aggregate([m for _, m, _ in latest], self.objective) if self.rank == 0 else {}
+            fresh = {k: f for k, (x, f) in enumerate(zip(self._latest, self._fresh)) if x is not None}
+            metrics = self.window.aggregated([m for _, m, _ in latest], fresh) if self.rank == 0 else {}
             if self.rank == 0:
                 metrics["final"] = float(final)
             self.sink(self.trainers, [r for r, _, _ in latest], metrics, final)
 
 
-__all__ = ["SeedGroup", "aggregate", "seed_list"]
+__all__ = ["ObjectiveWindow", "SeedGroup", "aggregate", "averaged_name", "seed_list"]

@@ -24,8 +24,10 @@ each trial's epochs from its last evaluation (a stopped trial counts the epochs 
 started from, in the order the trials ended; with 2 trials in flight this ignores the unfinished one, the same way
 for every method. The budget is what `random` trained in all; a method's curve is cut there.
 
-Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does (what a rung there
-can know; "all equal" where every trial was still the same model), then the best objective so far (select-target mAP,
+Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does, on the metric the
+search reads (the space's objective, averaged over its last evaluations where the space says so: an evaluation whose
+window overlaps the last one's shares values with it); what a rung there can know; "all equal" where every trial was
+still the same model, then the best objective so far (select-target mAP,
 what the search sees) against epochs spent, and the report-target mAP of that best-so-far pick (its checkpoint, all
 seeds, scored after the sweep; the search never sees the report targets). The headline figure: the epochs `tpe+asha`
 needs to reach `random`'s final best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target
@@ -292,7 +294,7 @@ def main() -> None:
                 )
         full = [p for p in (parent_of(sweep_name(m, sweep_seed)) for m in ("random", "tpe")) if p is not None]
         if full:
-            rho = rank_agreement(MlflowClient(args.tracking_uri), full, space.objective.metric, space.scheduler.max_t)
+            rho = rank_agreement(MlflowClient(args.tracking_uri), full, space.objective.key, space.scheduler.max_t)
             lines.append(
                 f"  seed {sweep_seed}  rank agreement with the last evaluation (Spearman, random's and tpe's "
                 "trials), by evaluation: "

@@ -30,7 +30,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from ray import tune
@@ -38,7 +38,6 @@ from ray import tune
 from adin_core.config import TrainConfig
 from adin_core.data.shards import ShardSet
 from adin_core.evaluation import EvaluationHook, Evaluator
-from adin_core.repeats import aggregate
 from adin_core.train import ADINTrainer, pretraining_key
 from orchestrator.loop_context import LoopContext, run_loop
 from orchestrator.plan import SweepPlan
@@ -126,14 +125,17 @@ def load(loc) -> tuple[dict[str, Any], dict[str, Any]]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), record
 
 
-def replay(records: list[dict[str, Any]], objective: str) -> list[dict[str, Any]]:
-    """The evaluations made inside pretraining, aggregated over a trial's seeds as its own reports would be."""
+def replay(
+    records: list[dict[str, Any]], aggregated: Callable[[list[dict[str, Any]]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The evaluations made inside pretraining, aggregated over a trial's seeds as its own reports would be
+    (`aggregated`: the trial's `ObjectiveWindow.aggregated`)."""
     counts = {len(r["reports"]) for r in records}
     if len(counts) != 1:
         raise SnapshotError(f"the seeds' snapshots hold different numbers of evaluations ({sorted(counts)})")
     out = []
     for i in range(counts.pop()):
-        metrics = aggregate([r["reports"][i] for r in records], objective)
+        metrics = aggregated([r["reports"][i] for r in records])
         metrics["final"] = 0.0
         out.append(metrics)
     return out

@@ -25,9 +25,9 @@ def _objective_cell(row: TrialRow) -> str:
 def leaderboard(plan: SweepPlan, rows: Sequence[TrialRow]) -> None:
     """Every trial, best first, with why a diverged one stopped."""
     space = plan.space
-    names, metric = [p.name for p in space.params], space.objective.metric
+    names, metric = [p.name for p in space.params], space.objective.key
     seeds = f"; mean over {space.search.seeds} seeds +/- standard error" if space.search.seeds > 1 else ""
-    print(f"\nleaderboard ({metric}, {space.objective.mode}{seeds})")
+    print(f"\nleaderboard ({space.objective.describe()}{seeds})")
     print(
         format_table(
             ["trial", "outcome", "evals", metric, "probe camera", *names, "start"],
@@ -163,7 +163,7 @@ def hints(plan: SweepPlan, experiment_id: str) -> None:
 
 
 def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification: dict) -> str:
-    metric, names = plan.space.objective.metric, [p.name for p in plan.space.params]
+    metric, names = plan.space.objective.key, [p.name for p in plan.space.params]
     board = [
         "| trial | outcome | " + metric + " | " + " | ".join(names) + " | start |",
         "|" + " --- |" * (4 + len(names)),

@@ -160,16 +160,16 @@ def rows_from_results(results, space: SearchSpace, checkpoint_uri) -> list[Trial
         rows.append(
             TrialRow(
                 trial=str(m.get("trial_id") or (r.path or "?").rsplit("_", 1)[-1]),
-                objective=m.get(space.objective.metric),
+                objective=m.get(space.objective.key),
                 outcome=outcome,
                 evals=schema.evaluation_of(m),
                 params=space.sampled(r.config or {}),
                 checkpoint=checkpoint_uri(ckpt) if ckpt else None,
                 order=float(m.get("timestamp", 0)) - float(m.get("time_total_s", 0)),
                 probe=m.get("probe/camera_acc"),
-                spread=m.get(f"{space.objective.metric}_se"),
+                spread=m.get(f"{space.objective.key}_se"),
                 note=str(m.get(schema.DIVERGED_WHY, "")),
-                per_seed=per_seed_values(m, space.objective.metric),
+                per_seed=per_seed_values(m, space.objective.key),
                 start_point=str((r.config or {}).get(schema.START_POINT_KEY, "")),
             )
         )

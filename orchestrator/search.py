@@ -267,7 +267,7 @@ def build_tuner(
         )
     searcher = StudySearch(
         space=space.define_by_run(),
-        metric=space.objective.metric,
+        metric=space.objective.key,
         mode=space.objective.mode,
         sampler=make_sampler(space.search),
         study_name=plan.sweep,
@@ -282,7 +282,7 @@ def build_tuner(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.search.max_concurrent),
             scheduler=make_scheduler(plan),
             num_samples=space.search.num_samples,
-            metric=space.objective.metric,
+            metric=space.objective.key,
             mode=space.objective.mode,
             reuse_actors=trains_in_process(plan),
         ),

@@ -2,7 +2,8 @@
 
 ```yaml
 name: thresholds                 # MLflow experiment; Tune experiment prefix
-objective: {metric: transfer_mAP, mode: max}   # the mean direct-transfer mAP over the `select` targets
+objective: {metric: transfer_mAP, mode: max}   # the mean direct-transfer mAP over the `select` targets;
+                                 # average_last: n ranks its mean over a trial's last n evaluations
 source: synthetic:shortcut/source    # a shard-set URI (<root>/<dataset>/<version>) or synthetic:<preset>/<domain>
 targets:
   select: [synthetic:shortcut/select]   # choose hyper-parameters on these
@@ -46,6 +47,7 @@ import yaml
 
 from adin_core.config import ADVERSARIAL_PHASE_FIELDS, DECISION_FIELDS, ConfigError, TrainConfig
 from adin_core.evaluation import OBJECTIVE, PROBE_KINDS
+from adin_core.repeats import averaged_name
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 SCHEDULERS = ("asha", "none")
@@ -104,8 +106,24 @@ def make_train_config(fixed: Mapping[str, Any], sampled: Mapping[str, Any], epoc
 # ------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Objective:
-    metric: str = OBJECTIVE
+    metric: str = OBJECTIVE  # what a trial evaluates
     mode: str = "max"
+    # the search ranks the mean of the metric over a trial's last n evaluations (per seed, then over its seeds):
+    # one evaluation of the adversarial phase wobbles by as much as settings differ
+    average_last: int = 1
+
+    @property
+    def key(self) -> str:
+        """The reported metric the search, ASHA and the winner rule read (`metric` itself when average_last is 1)."""
+        return averaged_name(self.metric, self.average_last)
+
+    def describe(self) -> str:
+        n = self.average_last
+        return (
+            f"{self.metric} ({self.mode})"
+            if n == 1
+            else f"{self.metric}, mean of the last {n} evaluations ({self.mode})"
+        )
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
@@ -523,6 +541,14 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if verify.seeds and not targets.report:
         raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
     training = _training(raw, path)
+    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
+    if objective.average_last > evaluations:
+        raise _err(
+            path,
+            "objective.average_last",
+            f"{objective.average_last} evaluations is more than a trial makes ({evaluations}: "
+            f"{training.epochs:g} epochs, one evaluation every {training.eval_every_epochs:g})",
+        )
     resources = _resources(raw, path)
     params = _params(raw, path)
     fixed = _fixed(raw, path, params)
@@ -577,11 +603,14 @@ def _check_top(raw: Any, path: str) -> None:
 
 
 def _objective(raw: Mapping[str, Any], path: str) -> Objective:
-    obj = _section(raw, path, "objective", {"metric", "mode"})
+    obj = _section(raw, path, "objective", {"metric", "mode", "average_last"})
     mode = obj.get("mode", "max")
     if mode not in ("max", "min"):
         raise _err(path, "objective.mode", f"{mode!r} is not allowed; choose 'max' or 'min'")
-    return Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode)
+    n = obj.get("average_last", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise _err(path, "objective.average_last", f"must be a whole number of evaluations >= 1, got {n!r}")
+    return Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode, n)
 
 
 def _targets(raw: Mapping[str, Any], path: str) -> Targets:

@@ -367,14 +367,14 @@ class Sweep:
             run_name=self._run_name,
             checkpoint_uri=plan.layout.checkpoint_uri,
             inputs=dataset_inputs(plan, "trial"),
-            metric=space.objective.metric,
+            metric=space.objective.key,
         )
         callbacks = [tracking, self.stops.watcher(plan.sweep), *self.extra_callbacks]
         if not plan.quiet:
             callbacks.append(
                 ProgressTable(
                     plan.sweep,
-                    space.objective.metric,
+                    space.objective.key,
                     [p.name for p in space.params],
                     waiting_reason=lambda: ray_session.waiting_reason(plan),
                 )
@@ -409,7 +409,7 @@ class Sweep:
             "mlflow_tracking_uri": plan.tracking_uri,
             "mlflow_experiment_id": parent.experiment_id,
             "mlflow_parent_run_id": parent.run_id,
-            "objective": f"{plan.space.objective.metric} ({plan.space.objective.mode})",
+            "objective": plan.space.objective.describe(),
         }
 
     def _pretrain(self, consumers: list, evaluate: bool, name: str) -> Stage:
@@ -445,13 +445,13 @@ class Sweep:
         model, config = model_from_state(state)
         size = (config.image_height, config.image_width)
         scores = score_targets(model, [open_target(t, size) for t in plan.report], config)
-        print(f"  {plan.space.objective.metric} {winner.objective:.4f}")
+        print(f"  {plan.space.objective.key} {winner.objective:.4f}")
         for name, s in scores.items():
             print(f"  report target {name}: mAP {s['mAP']:.4f}  rank-1 {s['rank1']:.4f}")
         parent.set_tags({S.BEST_TRIAL: winner.trial, S.BEST_CHECKPOINT: winner.checkpoint})
         parent.log_metrics(
             {
-                plan.space.objective.metric: winner.objective,
+                plan.space.objective.key: winner.objective,
                 **{f"report/{n}/{k}": v for n, s in scores.items() for k, v in s.items()},
             }
         )
@@ -460,7 +460,7 @@ class Sweep:
         write_model_files(out, state)
         parent.log_artifact(os.path.join(out, "model.pt"), "winner")
         parent.log_artifact(os.path.join(out, "config.json"), "winner")
-        for path in save_plots(self._study(rows), folder, metric=plan.space.objective.metric):
+        for path in save_plots(self._study(rows), folder, metric=plan.space.objective.key):
             parent.log_artifact(path, "plots")
 
     def _study(self, rows: list[TrialRow]):

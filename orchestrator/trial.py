@@ -234,7 +234,10 @@ def train_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
         ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank, world_size=world)
         for seed in seeds
     ]
-    group = SeedGroup(trainers, evaluator, sink, objective=plan.space.objective.metric, rank=rank)
+    objective = plan.space.objective
+    group = SeedGroup(
+        trainers, evaluator, sink, objective=objective.metric, average_last=objective.average_last, rank=rank
+    )
     checkpoint = ctx.checkpoint()
     history: list[dict[str, Any]] = []
     if checkpoint is not None:
@@ -281,7 +284,7 @@ def _restore(checkpoint, trainers: list[ADINTrainer], group: SeedGroup, storage_
     states, history = storage_retry(lambda: load_checkpoint(checkpoint, len(trainers)), what="restoring the checkpoint")
     for trainer, state in zip(trainers, states):
         trainer.load_state_dict(state)
-    group.restored()
+    group.restored(history)
     return history
 
 
@@ -326,13 +329,13 @@ def _start_from_shared_pretraining(
         return
     try:
         loaded = [storage_retry(functools.partial(pretraining.load, loc), what=f"reading {loc.uri}") for loc in locs]
-        replayed = pretraining.replay([record for _, record in loaded], plan.space.objective.metric) if evaluate else []
+        replayed = pretraining.replay([record for _, record in loaded], group.window.aggregated) if evaluate else []
     except pretraining.SnapshotError as exc:
         print(f"[trial] shared pretraining not used ({exc}); pretraining here", flush=True)
         return
     for trainer, (state, _) in zip(trainers, loaded):  # found by this config's own key: it serves all of them
         trainer.adopt_pretraining(state)
-    group.restored()
+    group.restored(replayed)
     epochs = sum(record["epochs"] for _, record in loaded)
     sink.adopted(replayed, {f"{SHARED_PREFIX}shared_seeds": float(len(seeds)), f"{SHARED_PREFIX}shared_epochs": epochs})
     print(

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from adin_core.repeats import ObjectiveWindow
 from orchestrator import pretraining
 from orchestrator.layout import SweepLayout
 from orchestrator.plan import Target
@@ -86,8 +87,8 @@ def test_the_evaluations_inside_pretraining_are_replayed_as_the_seeds_mean():
         {"reports": [{"transfer_mAP": 0.2, "evaluation": 1.0, "phase": "pretrain_id"}]},
         {"reports": [{"transfer_mAP": 0.4, "evaluation": 1.0, "phase": "pretrain_id"}]},
     ]
-    (report,) = pretraining.replay(records, "transfer_mAP")
+    (report,) = pretraining.replay(records, ObjectiveWindow("transfer_mAP", 1, 2).aggregated)
     assert report["transfer_mAP"] == pytest.approx(0.3) and report["seed1/transfer_mAP"] == 0.4
     assert report["evaluation"] == 1.0 and report["final"] == 0.0
     with pytest.raises(pretraining.SnapshotError, match="different numbers of evaluations"):
-        pretraining.replay([records[0], {"reports": []}], "transfer_mAP")
+        pretraining.replay([records[0], {"reports": []}], ObjectiveWindow("transfer_mAP", 1, 2).aggregated)

@@ -93,6 +93,9 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
         ("verify.colour", 1, r"verify.colour: unknown key"),
         ("parameters.beta.high", float("nan"), r"parameters.beta.high: must be a finite number"),
         ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
+        ("objective.average_last", 0, r"objective.average_last: must be a whole number of evaluations >= 1, got 0"),
+        ("objective.average_last", "3", r"objective.average_last: must be a whole number of evaluations"),
+        ("objective.average_last", 9, r"objective.average_last: 9 evaluations is more than a trial makes \(8: 8 epochs"),
         # start points: inside the space, naming searched parameters, valid configs
         ("search.start_from", "defaults", r"search.start_from: must be a list of points"),
         ("search.start_from", [{"beta": 20.0}], r"start_from\[0\].beta: 20.0 lies outside the searched range 0.1..10"),
@@ -368,3 +371,10 @@ def test_sweep_checks_nuisance_labels_against_the_source_manifest(tmp_path):
     raw = with_("parameters.nuisance", {"type": "categorical", "choices": ["camera", "camera+time"]})
     with pytest.raises(SpaceError, match=r"nuisance 'camera\+time' needs label kind\(s\) \['time'\]"):
         check_nuisance_labels(parse_space(raw, "space.yaml"), source)
+
+
+def test_an_averaged_objective_is_ranked_by_its_own_reported_metric():
+    space = parse_space(with_("objective.average_last", 3), "space.yaml")
+    assert space.objective.key == "transfer_mAP_avg3" and space.objective.metric == "transfer_mAP"
+    assert "mean of the last 3 evaluations" in space.objective.describe()
+    assert parse_space(BASE, "space.yaml").objective.key == "transfer_mAP"

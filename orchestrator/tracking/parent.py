@@ -39,7 +39,7 @@ def _tags(plan: SweepPlan) -> dict[str, Any]:
         S.TARGET_NAMES: json.dumps({t.uri: t.name for t in plan.select + plan.report}),
         S.STORAGE: plan.storage,
         S.OVERRIDES: json.dumps(plan.overrides),
-        S.OBJECTIVE_METRIC: space.objective.metric,
+        S.OBJECTIVE_METRIC: space.objective.key,
         S.OBJECTIVE_MODE: space.objective.mode,
         S.PROMOTE_SE: str(space.search.promote_se),
         S.STUDY_STORAGE: json.dumps(without_password(plan.study_storage)),
@@ -54,7 +54,7 @@ def open_parent(plan: SweepPlan, queue: TrackingQueue, folder: str) -> SweepRun:
     space = plan.space
     parent = SweepRun(queue, experiment_id(plan.tracking_uri, space.name, queue.backoff), plan.sweep)
     parent.open()
-    parent.save_view(space.objective.metric, space.objective.mode, [p.name for p in space.params])
+    parent.save_view(space.objective.key, space.objective.mode, [p.name for p in space.params])
     parent.set_tags(_tags(plan))
     parent.log_params(
         {
