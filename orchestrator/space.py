@@ -541,14 +541,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if verify.seeds and not targets.report:
         raise _err(path, "verify.seeds", "verification scores the report targets; targets.report is empty")
     training = _training(raw, path)
-    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
-    if objective.average_last > evaluations:
-        raise _err(
-            path,
-            "objective.average_last",
-            f"{objective.average_last} evaluations is more than a trial makes ({evaluations}: "
-            f"{training.epochs:g} epochs, one evaluation every {training.eval_every_epochs:g})",
-        )
+    _check_window(path, objective, training)
     resources = _resources(raw, path)
     params = _params(raw, path)
     fixed = _fixed(raw, path, params)
@@ -611,6 +604,17 @@ def _objective(raw: Mapping[str, Any], path: str) -> Objective:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise _err(path, "objective.average_last", f"must be a whole number of evaluations >= 1, got {n!r}")
     return Objective(_check_metric(path, obj.get("metric", OBJECTIVE)), mode, n)
+
+
+def _check_window(path: str, objective: Objective, training: TrainingSettings) -> None:
+    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
+    if objective.average_last > evaluations:
+        raise _err(
+            path,
+            "objective.average_last",
+            f"{objective.average_last} evaluations is more than a trial makes ({evaluations}: "
+            f"{training.epochs:g} epochs, one evaluation every {training.eval_every_epochs:g})",
+        )
 
 
 def _targets(raw: Mapping[str, Any], path: str) -> Targets:

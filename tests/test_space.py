@@ -95,7 +95,11 @@ def test_shipped_spaces_train_as_the_measured_benchmark_does(path):
         ("objective.metric", "select/x", r"objective.metric: 'select/x' is not a metric"),
         ("objective.average_last", 0, r"objective.average_last: must be a whole number of evaluations >= 1, got 0"),
         ("objective.average_last", "3", r"objective.average_last: must be a whole number of evaluations"),
-        ("objective.average_last", 9, r"objective.average_last: 9 evaluations is more than a trial makes \(8: 8 epochs"),
+        (
+            "objective.average_last",
+            9,
+            r"objective.average_last: 9 evaluations is more than a trial makes \(8: 8 epochs",
+        ),
         # start points: inside the space, naming searched parameters, valid configs
         ("search.start_from", "defaults", r"search.start_from: must be a list of points"),
         ("search.start_from", [{"beta": 20.0}], r"start_from\[0\].beta: 20.0 lies outside the searched range 0.1..10"),
