@@ -248,3 +248,17 @@ def test_bad_tracking_uris_are_refused_before_any_work(tmp_path):
         check_tracking_uri("sqlite:////proc/x/mlflow.db")
     with pytest.raises(TrackingError, match="unreachable"):
         check_tracking_uri("http://127.0.0.1:9", timeout=1)
+
+
+def test_the_sweeps_saved_view_puts_the_objective_first_wide_enough_for_its_name():
+    import json
+
+    from orchestrator.tracking.store import sweep_view
+
+    key, value = sweep_view("s1", "run0", "transfer_mAP_avg3", "max", ["beta"])
+    state = json.loads(json.loads(value)["state"])
+    assert key == "mlflow.sharedViewState.adin-s1" and state["orderByKey"] == "metrics.`transfer_mAP_avg3`"
+    assert state["columnOrder"][:2] == ["metrics.`transfer_mAP_avg3`", "metrics.`transfer_mAP_avg3_se`"]
+    # MLflow's default column showed both as `transfer_mAP_a…` at 1400 px (scripts/ui_check.py's screenshot)
+    assert state["columnWidths"]["metrics.`transfer_mAP_avg3_se`"] >= 8 * len("transfer_mAP_avg3_se") + 40
+    assert state["groupBy"]["aggregateFunction"] == "max" and "params.`beta`" in state["selectedColumns"]

@@ -442,8 +442,9 @@ class TrackingQueue:
 
 def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: list[str]) -> tuple[str, str]:
     """(tag key, value) of an MLflow saved view of the experiment's runs table for one sweep: the objective, its
-    standard error, the camera probe and source mAP first among the columns (MLflow would otherwise put Dataset
-    before them and list metrics alphabetically, and at 1400 px the objective fell off the screen), then the
+    standard error (each wide enough for its name), the camera probe and source mAP first among the columns
+    (MLflow would otherwise put Dataset before them and list metrics alphabetically, and at 1400 px the objective
+    fell off the screen), then the
     searched parameters and each trial's outcome; grouped by sweep and role, so a sweep's own run and its trials
     are two groups apart from other sweeps of the space (a URL search filter would undo the view), sorted by the
     objective. It appears in the UI's "Views" menu and opens from `ui_url`."""
@@ -459,9 +460,13 @@ def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: l
         *[col("params", p) for p in params],
         col("tags", schema.OUTCOME),
     ]
+    # wide enough for the objective's whole name and its `_se` (MLflow's default width showed `transfer_mAP_a…`
+    # for both transfer_mAP_avg3 and its standard error); about 8 px a character at the table's font, plus padding
+    widths = {c: 8 * len(c.split("`")[1]) + 56 for c in columns[:2]}
     state = {
         "selectedColumns": columns,
         "columnOrder": columns,
+        "columnWidths": widths,
         "groupBy": {
             "aggregateFunction": "max" if mode == "max" else "min",
             "groupByKeys": [{"mode": "tag", "groupByData": schema.SWEEP}, {"mode": "tag", "groupByData": schema.ROLE}],
