@@ -211,6 +211,11 @@ class TrainingSettings:
     eval_every_epochs: float = 1.0
     checkpoints_to_keep: int = 2
 
+    @property
+    def evaluations(self) -> int:
+        """Evaluations a full trial makes (ASHA's max_t)."""
+        return max(1, math.ceil(self.epochs / self.eval_every_epochs))
+
 
 @dataclass(frozen=True)
 class Param:
@@ -607,7 +612,7 @@ def _objective(raw: Mapping[str, Any], path: str) -> Objective:
 
 
 def _check_window(path: str, objective: Objective, training: TrainingSettings) -> None:
-    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))
+    evaluations = training.evaluations
     if objective.average_last > evaluations:
         raise _err(
             path,
@@ -729,7 +734,7 @@ def _scheduler(
         else _number(path, "scheduler.grace_period", sched["grace_period"], integer=True, low=1)
     )
     reduction = _number(path, "scheduler.reduction_factor", sched.get("reduction_factor", 2), low=1, low_open=True)
-    evaluations = max(1, math.ceil(training.epochs / training.eval_every_epochs))  # ASHA's max_t
+    evaluations = training.evaluations  # ASHA's max_t
     return SchedulerSettings(
         stype, _grace_period(path, stype, grace, params, fixed, training, evaluations), reduction, evaluations
     )
