@@ -82,7 +82,7 @@ from orchestrator.space import Param  # noqa: E402
 from orchestrator.tracking import schema  # noqa: E402
 from orchestrator.tracking.callback import MLflowTrialCallback  # noqa: E402
 from orchestrator.tracking.store import LogMetrics, LogParams, OpenRun, SetTags, TrackingQueue  # noqa: E402
-from orchestrator.trial import train_run_name  # noqa: E402
+from orchestrator.trial import checkpoint_copy, train_run_name  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = 2
@@ -130,8 +130,9 @@ def curve(q: float, key: str, evaluation: int, evals: int) -> dict[str, float]:
 
 
 def standin_worker(loop: dict[str, Any], ctx: LoopContext) -> None:
-    """The loop in place of adin_core's: sleep an evaluation's time, report it with a checkpoint (rank 0); a
-    restarted run continues after its checkpoint's evaluation, as a real trial does."""
+    """The loop in place of adin_core's: sleep an evaluation's time, report it with a checkpoint (rank 0) copied
+    into storage as a real trial copies its own; a restarted run continues after its checkpoint's evaluation, as a
+    real trial does. Each report also carries how long the previous evaluation's parts took (`bench/part/*`)."""
     rank = ctx.rank
     started = time.time()
     evals, eval_s = int(loop["evals"]), float(loop["eval_s"])
@@ -141,8 +142,18 @@ def standin_worker(loop: dict[str, Any], ctx: LoopContext) -> None:
         with checkpoint.as_directory() as folder, open(os.path.join(folder, "state.json")) as fh:
             first = int(json.load(fh)["evaluation"]) + 1
     state = loop["state"]
+    copy = checkpoint_copy(loop["plan"])
+    parts: dict[str, float] = {}
+
+    def timed_copy(fs, source: str, dest: str) -> None:
+        t0 = time.perf_counter()
+        copy(fs, source, dest)
+        parts["copy"] = time.perf_counter() - t0
+
     for evaluation in range(first, evals + 1):
+        t0 = time.perf_counter()
         time.sleep(eval_s)
+        parts["sleep"] = time.perf_counter() - t0
         metrics: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
@@ -150,13 +161,20 @@ def standin_worker(loop: dict[str, Any], ctx: LoopContext) -> None:
                 metrics = curve(loop["quality"], loop["key"], evaluation, evals)
                 metrics.update({schema.EVALUATION: evaluation, schema.FINAL: float(evaluation == evals)})
                 metrics.update({"phase": "adversarial", "bench/loop_started": started})
+                # this evaluation's sleep, the previous one's copy, report and hand-off
+                metrics.update({f"bench/part/{k}": v for k, v in parts.items()})
+                t1 = time.perf_counter()
                 with open(os.path.join(tmp, "state.json"), "w") as fh:
                     json.dump({"evaluation": evaluation}, fh)
                 for k in range(SEEDS):  # what a real trial's checkpoint holds: each seed's trainer state
                     with open(os.path.join(tmp, state_file(k)), "wb") as fh:
                         fh.write(state)
+                metrics["bench/part/write"] = time.perf_counter() - t1
                 saved = tmp
-            ctx.report(metrics, saved)
+            t2 = time.perf_counter()
+            ctx.report(metrics, saved, copy=timed_copy if saved else None)
+            parts["report"] = time.perf_counter() - t2  # the copy, then Tune's hand-off: until the driver asks again
+            parts["handoff"] = parts["report"] - parts.get("copy", 0.0)
 
 
 def trainer_state(plan: SweepPlan) -> bytes:
@@ -178,6 +196,7 @@ def make_standin(eval_s: float, state: bytes):
         plan.space.train_config(sampled)  # built and validated as run_trial does
         trial_id = ray.tune.get_context().get_trial_id()
         loop = {
+            "plan": plan,
             "evals": plan.space.scheduler.max_t,
             "eval_s": eval_s,
             "state": state,
@@ -226,6 +245,7 @@ class Timings:
         self.result_s: list[float] = []  # TuneController._on_training_result, per result
         self.searcher_s: list[float] = []  # of which StudySearch.on_trial_result (the study's write)
         self.tracking_s: list[float] = []  # of which MLflowTrialCallback.on_trial_result (queued, not written)
+        self.state_save_s: list[float] = []  # TuneController.checkpoint: the experiment state saved (and uploaded)
         self.suggest: list[tuple[int, float]] = []  # (trials completed in the study, seconds) per suggestion
         self.suggested: dict[str, float] = {}  # trial id -> when its config was handed to Tune, which then starts it
         self.rows = {"metrics": 0, "params": 0, "tags": 0}
@@ -235,6 +255,7 @@ class Timings:
         self._wrap(TuneController, "_on_training_result", self.result_s.append)
         self._wrap(StudySearch, "on_trial_result", self.searcher_s.append)
         self._wrap(MLflowTrialCallback, "on_trial_result", self.tracking_s.append)
+        self._wrap(TuneController, "checkpoint", lambda s: s > 1e-3 and self.state_save_s.append(s))  # not skipped
         original_suggest = StudySearch.suggest
 
         @functools.wraps(original_suggest)
@@ -291,10 +312,15 @@ class TrialClock(ray.tune.Callback):
         self.evals: dict[str, int] = {}
         self.ended: dict[str, float] = {}
         self.rss_mb: dict[int, float] = {}
+        self.parts: dict[str, list[float]] = {}  # an evaluation's parts inside the trial (standin_worker)
+        self.parts_at: dict[str, list[float]] = {}  # when each arrived
         self.fit_started = self.fit_ended = 0.0
+        self.cpu_started: dict[int, tuple[str, float]] = {}
+        self.cpu_ended: dict[int, tuple[str, float]] = {}
 
     def setup(self, **info) -> None:
         self.fit_started = time.perf_counter()  # a duration: the VM's wall clock can step during a long run
+        self.cpu_started = cpu_seconds()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started.setdefault(trial.trial_id, time.time())
@@ -305,6 +331,10 @@ class TrialClock(ray.tune.Callback):
         self.last[tid] = now
         self.loop_started.setdefault(tid, float(result.get("bench/loop_started", now)))
         self.evals[tid] = max(self.evals.get(tid, 0), int(result.get(schema.EVALUATION, 0)))
+        for key, value in result.items():
+            if key.startswith("bench/part/"):
+                self.parts.setdefault(key.rsplit("/", 1)[1], []).append(float(value))
+                self.parts_at.setdefault(key.rsplit("/", 1)[1], []).append(now)
 
     def _end(self, trial) -> None:
         self.ended.setdefault(trial.trial_id, time.time())
@@ -319,6 +349,46 @@ class TrialClock(ray.tune.Callback):
 
     def on_experiment_end(self, trials, **info) -> None:
         self.fit_ended = time.perf_counter()
+        self.cpu_ended = cpu_seconds()
+
+
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every process's CPU seconds so far (user + system, Linux /proc), with a short name of what it runs."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        out[int(pid)] = (_process_name(argv), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _process_name(argv: list[str]) -> str:
+    """What a process is, for the CPU table: Ray's workers name themselves (ray::ImplicitFunc, ray::IDLE...), a
+    Python service by its module or script, anything else by its program."""
+    head = argv[0] if argv else ""
+    if head.startswith("ray::"):
+        return head.split()[0]
+    words = [a for a in argv if a and not a.startswith("-")]
+    for word in words[1:4] if "python" in os.path.basename(head) else []:
+        return os.path.basename(word)[:40]
+    return os.path.basename(head.split()[0] if head else "?")[:40]
+
+
+def cpu_table(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall: float) -> list[str]:
+    """CPU seconds each kind of process used between two snapshots (processes that ended meanwhile are missed)."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        used[name] = used.get(name, 0.0) + seconds - (before[pid][1] if pid in before else 0.0)
+    total = sum(used.values())
+    rows = sorted(used.items(), key=lambda kv: -kv[1])
+    return [f"    {name:40s} {sec:7.0f} CPU-s  {sec / wall:5.2f} cores" for name, sec in rows[:10] if sec >= 1] + [
+        f"    {'all':40s} {total:7.0f} CPU-s  {total / wall:5.2f} cores of {os.cpu_count()}"
+    ]
 
 
 def rss_mb() -> float:
@@ -404,6 +474,15 @@ def _spread(values: list[float], unit: str = "s", scale: float = 1.0, digits: in
     )
 
 
+def _by_quarter(values: list[float], at: list[float]) -> str:
+    """Medians of `values` in each quarter of the time span of `at`: does a cost grow as the sweep goes on?"""
+    lo, hi = min(at), max(at)
+    quarters: list[list[float]] = [[], [], [], []]
+    for v, t in zip(values, at):
+        quarters[min(3, int(4 * (t - lo) / max(hi - lo, 1e-9)))].append(v)
+    return " / ".join(f"{statistics.median(q):.2f} s" if q else "-" for q in quarters)
+
+
 def report(args: argparse.Namespace, clock: TrialClock, timings: Timings, wall_total: float) -> None:
     trials = sorted(clock.ended)
     evaluations = sum(clock.evals.get(t, 0) for t in trials)
@@ -429,9 +508,27 @@ def report(args: argparse.Namespace, clock: TrialClock, timings: Timings, wall_t
     print(f"    its Tune actor is up (on_trial_start): {_spread(since_added(clock.started))}")
     print(f"    the loop runs (trial process or Train worker): {_spread(since_added(clock.loop_started))}")
     print(f"trial end latency (last report -> Tune records it complete): {_spread(ends)}")
+    print("an evaluation inside the trial:")
+    for part, what in (
+        ("sleep", "the stand-in's sleep"),
+        ("write", "the checkpoint written to a local folder"),
+        ("copy", "its copy into the sweep's storage (the trial's fail-fast copy)"),
+        ("handoff", "Tune's report after the copy: until the driver takes the result and asks for the next"),
+    ):
+        if clock.parts.get(part):
+            print(f"  {what}: {_spread(clock.parts[part])}")
+            print(f"    median by quarter of the search: {_by_quarter(clock.parts[part], clock.parts_at[part])}")
+    print(f"CPU by process during the search ({search_s:.0f} s; this host's processes only):")
+    print("\n".join(cpu_table(clock.cpu_started, clock.cpu_ended, search_s)))
     print(f"driver time per result, {len(timings.result_s)} results: {_spread(timings.result_s, 'ms', 1000, 1)}")
     print(f"  of which the searcher (the study's write): {_spread(timings.searcher_s, 'ms', 1000, 1)}")
     print(f"  of which the MLflow callback: {_spread(timings.tracking_s, 'ms', 1000, 1)}  (target p99 <= 20 ms)")
+    if timings.state_save_s:
+        saves = timings.state_save_s
+        print(
+            f"  outside results, Tune saving its experiment state: {len(saves)} saves, {sum(saves):.0f} s in all; "
+            f"{_spread(saves)}"
+        )
     by_size: dict[int, list[float]] = {}
     for done, seconds in timings.suggest:
         by_size.setdefault(done // 50 * 50, []).append(seconds)

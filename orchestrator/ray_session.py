@@ -217,13 +217,12 @@ def trains_in_process(plan: SweepPlan) -> bool:
     return plan.space.resources.workers == 1
 
 
-def tune_run_config(
-    plan: SweepPlan, name: str, path: str, fs, callbacks: list, checkpoints_to_keep: int | None = None
-) -> tune.RunConfig:
+def tune_run_config(plan: SweepPlan, name: str, path: str, fs, callbacks: list) -> tune.RunConfig:
     """The RunConfig of every Tune experiment a sweep runs (the search, the pretraining stages, the verification
     rounds): stored under the sweep's storage, quiet, results also as JSON, one retry of a failed trial. A trial
     that trains in its own process (one worker: orchestrator.loop_context) is also its own worker group, so Tune
-    keeps its checkpoints (`checkpoints_to_keep`) and restarts it as often as Train would restart a worker group."""
+    restarts it as often as Train would restart a worker group. Tune deletes no checkpoint: a one-worker trial keeps
+    its own last `checkpoints_to_keep` (loop_context.TuneProcess says why), Ray Train its run's."""
     one_process = trains_in_process(plan)
     return tune.RunConfig(
         name=name,
@@ -231,7 +230,6 @@ def tune_run_config(
         storage_filesystem=fs,
         verbose=0,
         callbacks=[JsonLoggerCallback(), *callbacks],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep if one_process else None),
         failure_config=tune.FailureConfig(max_failures=1 + (MAX_WORKER_FAILURES if one_process else 0)),
     )
 

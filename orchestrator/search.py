@@ -286,7 +286,5 @@ def build_tuner(
             mode=space.objective.mode,
             reuse_actors=trains_in_process(plan),
         ),
-        run_config=tune_run_config(
-            plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep
-        ),
+        run_config=tune_run_config(plan, name, path, fs, callbacks),
     )

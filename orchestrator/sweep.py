@@ -47,10 +47,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables and boxes:
 # A diverged trial's last report has no objective (orchestrator.trial.RaySink.diverged), which Tune's strict check
 # would turn into an error; the metric names themselves are checked against the space before Ray starts.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-# A one-worker trial's checkpoints are kept by Tune (orchestrator.loop_context), which, with num_to_keep set, saves
-# its experiment state every num_to_keep checkpoints of a trial (so that its record never names a deleted one) and
-# warns at each save within 5 s of the last, asking the user to change a setting the sweep chose: the saves stay.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # One-worker trials reuse their Tune actor for the next trial (search.build_tuner); Tune gives the ended trial's
 # thread 2 s to finish first and otherwise loses the trial. A real trial may still be freeing its data or GPU memory.
 os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "30")

@@ -228,7 +228,7 @@ def train_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
         report=bool(loop_config.get("report")),
     )
     progress = TrialProgress.for_run(ctx) if rank == 0 else None
-    sink = RaySink(ctx, progress, stats, _copier(storage_retry))
+    sink = RaySink(ctx, progress, stats, checkpoint_copy(plan, stats))
     device = ctx.device()
     trainers = [
         ADINTrainer(config.replace(seed=seed), data, hooks=[sink], device=device, rank=rank, world_size=world)
@@ -256,9 +256,13 @@ def train_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
         sink.diverged(exc)
 
 
-def _copier(storage_retry) -> Callable[[pafs.FileSystem, str, str], None]:
-    """The sink's checkpoint copy into the run's storage, retried through an outage."""
+def checkpoint_copy(plan: SweepPlan, stats: RetryStats | None = None) -> Callable[[pafs.FileSystem, str, str], None]:
+    """A trial's checkpoint copy into its run's storage (LoopContext.report's `copy`): fail-fast, retried through
+    an outage for the plan's budget, its retries counted in `stats`."""
+    return _copier(_storage_retry(plan, stats))
 
+
+def _copier(storage_retry) -> Callable[[pafs.FileSystem, str, str], None]:
     def copy(run_fs: pafs.FileSystem, source: str, dest: str) -> None:
         storage_retry(
             functools.partial(_copy_checkpoint, run_fs, source, dest),

@@ -212,9 +212,7 @@ def build_round(
         tune_config=tune.TuneConfig(
             max_concurrent_trials=plan.space.search.max_concurrent, reuse_actors=trains_in_process(plan)
         ),
-        run_config=tune_run_config(
-            plan, name, path, fs, callbacks, checkpoints_to_keep=plan.space.training.checkpoints_to_keep
-        ),
+        run_config=tune_run_config(plan, name, path, fs, callbacks),
     )
 
 

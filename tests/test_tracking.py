@@ -262,3 +262,4 @@ def test_the_sweeps_saved_view_puts_the_objective_first_wide_enough_for_its_name
     # MLflow's default column showed both as `transfer_mAP_a…` at 1400 px (scripts/ui_check.py's screenshot)
     assert state["columnWidths"]["metrics.`transfer_mAP_avg3_se`"] >= 8 * len("transfer_mAP_avg3_se") + 40
     assert state["groupBy"]["aggregateFunction"] == "max" and "params.`beta`" in state["selectedColumns"]
+    assert state["searchFilter"] == "tags.`adin.sweep` = 's1'"  # another sweep of the space is not in the view

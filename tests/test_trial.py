@@ -73,7 +73,7 @@ def _one_worker_loop(config: dict) -> None:
     from orchestrator.loop_context import TuneProcess
     from orchestrator.trial import _copy_checkpoint
 
-    ctx = TuneProcess(use_gpu=False)
+    ctx = TuneProcess(use_gpu=False, keep=2)
     first, start = 1, ctx.checkpoint()
     if start is not None:
         with start.as_directory() as folder, open(os.path.join(folder, "k.json")) as fh:
@@ -102,7 +102,9 @@ def _one_worker_loop(config: dict) -> None:
 
 def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_resumes_from_them(tmp_path):
     """No TorchTrainer: the checkpoint Tune records is the one the caller's copy wrote (its retries are ours), the
-    failed attempt resumes from it, and Tune keeps `checkpoints_to_keep` of them. The next trial reuses the actor
+    failed attempt resumes from it, and the loop keeps `checkpoints_to_keep` of them, those of the attempt before
+    the failure included (Tune deletes none: it would save its whole state every that many checkpoints of a
+    trial, loop_context.TuneProcess). The next trial reuses the actor
     (reuse_actors, as a sweep's one-worker trials do) and starts from nothing of the last one's."""
     import os
 
@@ -119,7 +121,6 @@ def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_
                 name="one-worker",
                 storage_path=str(tmp_path / "storage"),
                 verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
         )
@@ -135,3 +136,48 @@ def test_a_one_worker_loop_reports_checkpoints_to_tune_from_its_own_process_and_
     assert kept == ["checkpoint_000001", "checkpoint_000002"]  # three written, two kept
     with result.checkpoint.as_directory() as folder, open(os.path.join(folder, "k.json")) as fh:
         assert fh.read() == '{"k": 3}'
+
+
+def test_a_one_worker_trial_whose_recorded_checkpoint_is_gone_starts_again_and_says_so(tmp_path, monkeypatch):
+    """A driver that died without saving its state can name a checkpoint the trial has deleted since: the trial
+    is told nothing to resume from (not a crash on a missing folder), with a warning naming the path; an existing
+    one is resumed from, and the checkpoints before it become the trial's to delete (checkpoint_000000, older than
+    the last `keep` at the restore, is not this attempt's to know)."""
+    import os
+
+    import pyarrow.fs as pafs
+    import pytest
+    import ray.tune
+
+    from orchestrator.loop_context import TuneProcess
+
+    trial_dir = tmp_path / "trial"
+    for i in range(3):
+        (trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True)
+    storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(trial_dir))
+    recorded = {"path": str(trial_dir / "checkpoint_000007")}
+    context = SimpleNamespace(get_storage=lambda: storage, get_trial_id=lambda: "t1")
+    monkeypatch.setattr(ray.tune, "get_context", lambda: context)
+    monkeypatch.setattr(
+        ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint(filesystem=storage.storage_filesystem, **recorded)
+    )
+    with pytest.warns(UserWarning, match="checkpoint_000007 is gone"):
+        assert TuneProcess(use_gpu=False, keep=2).checkpoint() is None
+    recorded["path"] = str(trial_dir / "checkpoint_000002")
+    ctx = TuneProcess(use_gpu=False, keep=2)
+    assert ctx.checkpoint().path == recorded["path"]
+    assert list(ctx._kept) == [str(trial_dir / "checkpoint_000001"), str(trial_dir / "checkpoint_000002")]
+
+    # the next report deletes the oldest before Tune takes it: a trial Tune stops there (ASHA) never returns
+    class Stopped(Exception):
+        pass
+
+    def stop(*_args, **_kwargs):
+        raise Stopped
+
+    monkeypatch.setattr(ray.tune, "report", stop)
+    storage.current_checkpoint_index = 2
+    (tmp_path / "new").mkdir()
+    with pytest.raises(Stopped):
+        ctx.report({"k": 3}, str(tmp_path / "new"), copy=lambda fs, source, dest: os.makedirs(dest))
+    assert sorted(os.listdir(trial_dir)) == ["checkpoint_000000", "checkpoint_000002", "checkpoint_000003"]

@@ -444,10 +444,10 @@ def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: l
     """(tag key, value) of an MLflow saved view of the experiment's runs table for one sweep: the objective, its
     standard error (each wide enough for its name), the camera probe and source mAP first among the columns
     (MLflow would otherwise put Dataset before them and list metrics alphabetically, and at 1400 px the objective
-    fell off the screen), then the
-    searched parameters and each trial's outcome; grouped by sweep and role, so a sweep's own run and its trials
-    are two groups apart from other sweeps of the space (a URL search filter would undo the view), sorted by the
-    objective. It appears in the UI's "Views" menu and opens from `ui_url`."""
+    fell off the screen), then the searched parameters and each trial's outcome; only this sweep's runs (the
+    view's own search filter: with several sweeps of a space in the experiment, another sweep's group could sort
+    above this one's), grouped by sweep and role, so the sweep's own run and its trials are two groups, sorted by
+    the objective. It appears in the UI's "Views" menu and opens from `ui_url`."""
 
     def col(kind: str, key: str) -> str:
         return f"{kind}.`{key}`"
@@ -472,6 +472,7 @@ def sweep_view(sweep: str, parent_run_id: str, metric: str, mode: str, params: l
             "groupByKeys": [{"mode": "tag", "groupByData": schema.SWEEP}, {"mode": "tag", "groupByData": schema.ROLE}],
         },
         "runsExpanded": {parent_run_id: True},
+        "searchFilter": f"tags.`{schema.SWEEP}` = '{sweep}'",  # a sweep name has no quote (plan.py checks it)
         "orderByKey": col("metrics", metric),
         "orderByAsc": mode == "min",
     }
