@@ -474,7 +474,8 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
     sweep = "smoke-node-lost"
     worker_node = next(n["node_id"] for n in _ray_list(env, "nodes", "state=ALIVE") if not n["is_head_node"])
     # one 0.6-CPU worker per trial: two trials run at once only one per node, so one is on the worker node;
-    # no early stopping, so that trial is still training when its node goes
+    # no early stopping and 40 epochs, so that trial is still training when its node goes (with 8, both trials of
+    # the smoke space ended within 14 s on an idle 2-core machine, before the node was removed)
     job = _job_id(
         _submit(
             state,
@@ -492,7 +493,7 @@ def test_lost_worker_node_trials_are_retried_and_the_sweep_finishes(local_cluste
             "--scheduler",
             "none",
             "--epochs",
-            "8",
+            "40",
             wait=False,
         )
     )
