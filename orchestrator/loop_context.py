@@ -113,7 +113,7 @@ class TuneProcess(LoopContext):
     def __init__(self, use_gpu: bool, keep: int | None = None) -> None:
         self._use_gpu = use_gpu
         self._storage = ray.tune.get_context().get_storage()
-        self._keep = keep
+        self._keep = keep or 0  # 0: keep all
         self._kept: collections.deque[str] = collections.deque()  # this trial's checkpoints, oldest first
 
     def device(self) -> torch.device:
@@ -136,9 +136,13 @@ class TuneProcess(LoopContext):
             return None
         # the checkpoints written before it by the attempt that died are this trial's too, named as report() names
         name = posixpath.basename(checkpoint.path)
-        if posixpath.dirname(checkpoint.path) == self._storage.trial_fs_path and name.startswith("checkpoint_"):
+        if (
+            self._keep
+            and posixpath.dirname(checkpoint.path) == self._storage.trial_fs_path
+            and name.startswith("checkpoint_")
+        ):
             index = int(name.rsplit("_", 1)[1])
-            older = range(max(0, index - (self._keep or 1) + 1), index)
+            older = range(max(0, index - self._keep + 1), index)
             self._kept.extend(posixpath.join(self._storage.trial_fs_path, f"checkpoint_{i:06d}") for i in older)
         self._kept.append(checkpoint.path)
         return checkpoint
@@ -163,7 +167,8 @@ class TuneProcess(LoopContext):
             self._kept.append(dest)
             # before the report: a trial that Tune stops at it (ASHA, its last evaluation) never returns from it;
             # the checkpoint Tune records until then stays
-            self._retire(max(self._keep or 0, 2))
+            if self._keep:
+                self._retire(max(self._keep, 2))
             persisted = ray.tune.Checkpoint(filesystem=storage.storage_filesystem, path=dest)
             storage.persist_current_checkpoint = lambda _checkpoint: persisted
             try:
@@ -174,7 +179,7 @@ class TuneProcess(LoopContext):
             raise RuntimeError(f"Tune recorded checkpoint {storage.checkpoint_dir_name}, expected {name}")
         if copy is None:
             self._kept.append(dest)
-        self._retire(self._keep or 0)
+        self._retire(self._keep)
 
     def _retire(self, keep: int) -> None:
         """Delete this trial's checkpoints but the last `keep` (0: keep all); best effort: a checkpoint left

@@ -181,3 +181,31 @@ def test_a_one_worker_trial_whose_recorded_checkpoint_is_gone_starts_again_and_s
     with pytest.raises(Stopped):
         ctx.report({"k": 3}, str(tmp_path / "new"), copy=lambda fs, source, dest: os.makedirs(dest))
     assert sorted(os.listdir(trial_dir)) == ["checkpoint_000000", "checkpoint_000002", "checkpoint_000003"]
+
+
+def test_a_one_worker_loop_without_a_keep_deletes_no_checkpoint(tmp_path, monkeypatch):
+    """`keep` None (a pretraining stage's loop) keeps every checkpoint, before and after the report."""
+    import os
+
+    import pyarrow.fs as pafs
+    import ray.tune
+
+    from orchestrator.loop_context import TuneProcess
+
+    trial_dir = tmp_path / "trial"
+    trial_dir.mkdir()
+    storage = SimpleNamespace(
+        storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(trial_dir), current_checkpoint_index=-1
+    )
+
+    def report(metrics, checkpoint=None):
+        storage.current_checkpoint_index += 1
+        storage.checkpoint_dir_name = f"checkpoint_{storage.current_checkpoint_index:06d}"
+
+    monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_storage=lambda: storage))
+    monkeypatch.setattr(ray.tune, "report", report)
+    ctx = TuneProcess(use_gpu=False, keep=None)
+    (tmp_path / "new").mkdir()
+    for k in range(4):
+        ctx.report({"k": k}, str(tmp_path / "new"), copy=lambda fs, source, dest: os.makedirs(dest))
+    assert sorted(os.listdir(trial_dir)) == [f"checkpoint_{i:06d}" for i in range(4)]
