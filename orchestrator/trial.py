@@ -259,10 +259,8 @@ def train_worker(loop_config: dict[str, Any], ctx: LoopContext) -> None:
 def checkpoint_copy(plan: SweepPlan, stats: RetryStats | None = None) -> Callable[[pafs.FileSystem, str, str], None]:
     """A trial's checkpoint copy into its run's storage (LoopContext.report's `copy`): fail-fast, retried through
     an outage for the plan's budget, its retries counted in `stats`."""
-    return _copier(_storage_retry(plan, stats))
+    storage_retry = _storage_retry(plan, stats)
 
-
-def _copier(storage_retry) -> Callable[[pafs.FileSystem, str, str], None]:
     def copy(run_fs: pafs.FileSystem, source: str, dest: str) -> None:
         storage_retry(
             functools.partial(_copy_checkpoint, run_fs, source, dest),
