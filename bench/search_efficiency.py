@@ -27,13 +27,14 @@ for every method. The budget is what `random` trained in all; a method's curve i
 Printed per sweep seed: how well each evaluation ranks the full-budget trials as their last one does, on the metric the
 search reads (the space's objective, averaged over its last evaluations where the space says so: an evaluation whose
 window overlaps the last one's shares values with it); what a rung there can know; "all equal" where every trial was
-still the same model, then the best objective so far (select-target mAP,
-what the search sees) against epochs spent, and the report-target mAP of that best-so-far pick (its checkpoint, all
-seeds, scored after the sweep; the search never sees the report targets). The headline figure: the epochs `tpe+asha`
-needs to reach `random`'s final best objective, as a fraction of `random`'s epochs, median over the sweep seeds (target
-<= 0.5; "never" when it does not get there within the budget). Each sweep takes minutes (thresholds.yaml as shipped:
-about 13 on 2 cores for 8 trials), so the default run is hours; the sweeps are resumable: a finished one is read, not
-rerun.
+still the same model; how much of the spread between random search's trials is their settings, not their seeds' luck
+(`orchestrator.results.setting_signal`: where it is small, random's final best is mostly its luckiest trial, and
+reaching it sooner is chance); then the best objective so far (select-target mAP, what the search sees) against epochs
+spent, and the report-target mAP of that best-so-far pick (its checkpoint, all seeds, scored after the sweep; the
+search never sees the report targets). The headline figure: the epochs `tpe+asha` needs to reach `random`'s final best
+objective, as a fraction of `random`'s epochs, median over the sweep seeds (target <= 0.5; "never" when it does not
+get there within the budget). Each sweep takes minutes (thresholds.yaml as shipped: about 13 on 2 cores for 8
+trials), so the default run is hours; the sweeps are resumable: a finished one is read, not rerun.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from orchestrator.results import TrialRow, pick_winner
+from orchestrator.results import TrialRow, pick_winner, setting_signal
 from orchestrator.space import Objective
 
 METHODS = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+asha": ("tpe", "asha")}
@@ -286,6 +287,9 @@ def main() -> None:
             ends = trial_ends(MlflowClient(args.tracking_uri), parent, space.training.eval_every_epochs, seeds, epochs)
             if method == "random":
                 budget = sum(e.epochs for e in ends)
+                signal = setting_signal([e.row for e in ends if e.row is not None])
+                if signal is not None:
+                    lines.append(f"  seed {sweep_seed}  random's trials: {signal.line()}")
             curves[method] = curve(ends, budget, space.objective)
             for spent, best in curves[method]:
                 lines.append(

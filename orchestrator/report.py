@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from orchestrator.best import ExportError, winner_card
 from orchestrator.plan import SweepPlan
 from orchestrator.progress import format_table
-from orchestrator.results import TrialRow, WinnerChoice, rank
+from orchestrator.results import TrialRow, WinnerChoice, rank, setting_signal
 from orchestrator.tracking import schema as S
 from orchestrator.tracking.store import DEFAULT_TRACKING_URI, absolute_tracking_uri, ui_url
 
@@ -80,8 +80,15 @@ def no_winner(plan: SweepPlan, rows: Sequence[TrialRow]) -> None:
     )
 
 
-def winner(plan: SweepPlan, choice: WinnerChoice) -> None:
+def winner(plan: SweepPlan, choice: WinnerChoice, rows: Sequence[TrialRow]) -> dict[str, float]:
+    """The winner and why; then whether the trials' settings differed beyond their seeds' noise (the metrics of that,
+    for the sweep's run)."""
     print(f"\nwinner: trial {choice.row.trial}, {choice.why(plan.space.search.promote_se)}")
+    signal = setting_signal(rows)
+    if signal is None:
+        return {}
+    print(signal.line())
+    return signal.metrics()
 
 
 @dataclass
@@ -176,11 +183,13 @@ def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification
             + f" | {r.start_point or '-'} |"
         )
     verdict = verification.get("summary") or ["not verified"]
+    signal = setting_signal(rows)
     return "\n".join(
         [
             f"**Winner: trial `{row.trial}`** ({metric} {row.objective:.4f}); exported with "
             f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`",
             "",
+            *([signal.line()[0].upper() + signal.line()[1:] + ".", ""] if signal else []),
             "**Verification** (report-target mAP, fresh seeds):",
             "",
             *[f"- {line}" for line in verdict],

@@ -127,6 +127,84 @@ def choose_winner(rows: Iterable[TrialRow], objective: Objective, promote_se: fl
     return WinnerChoice(row, incumbent, lead, se, tuple(held))
 
 
+@dataclass(frozen=True)
+class SettingSignal:
+    """How much of the spread between the finished trials' objectives comes from their settings, and how much from
+    how each setting fared on its seeds.
+
+    The trials train the same seeds (common random numbers), so a seed that is good for every setting is not noise;
+    what is noise is a setting's luck on a seed. A two-way analysis of variance of the trials x seeds objectives
+    separates the two. `share` is the estimated part of the variance of the trials' mean objectives that the
+    settings explain: near 0, the best trial is the luckiest one, and no search (nor early stopping, which ranks on
+    the same noise sooner) can do better than chance; the winner rule's incumbent then stays, as it should."""
+
+    trials: int
+    seeds: int
+    share: float  # 0..1: the settings' estimated share of the variance of the trials' mean objectives
+    setting_sd: float  # the estimated sd of the settings' own mean objectives (0 when the noise explains it all)
+    noise_se: float  # the sd of one trial's mean objective from its seeds' luck (setting x seed)
+    f: float  # the settings' F statistic
+    p: float  # its p-value: no difference between the settings
+
+    def line(self) -> str:
+        verdict = (
+            "the best trial is mostly the luckiest: more seeds a trial (search.seeds) or a space whose settings "
+            "differ more would let a search tell them apart"
+            if self.share < 0.5
+            else "the search can tell these settings apart"
+        )
+        return (
+            f"settings against noise: {100 * self.share:.0f}% of the spread between the {self.trials} finished "
+            f"trials' objectives is their settings (sd {self.setting_sd:.4f} between settings, {self.noise_se:.4f} "
+            f"from a trial's {self.seeds} seeds; F {self.f:.2f}, p {self.p:.2g}): {verdict}"
+        )
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "search/setting_share": self.share,
+            "search/setting_sd": self.setting_sd,
+            "search/noise_se": self.noise_se,
+            "search/setting_p": self.p,
+        }
+
+
+def setting_signal(rows: Iterable[TrialRow]) -> SettingSignal | None:
+    """The settings' share of the finished trials' spread (`SettingSignal`); None with fewer than 3 finished trials
+    or one seed a trial (nothing to tell a setting's luck from the setting)."""
+    from scipy.stats import f as f_dist
+
+    eligible = [r for r in _eligible(rows) if len(r.per_seed) >= 2]
+    if not eligible:
+        return None
+    k = max({len(r.per_seed) for r in eligible}, key=lambda n: sum(len(r.per_seed) == n for r in eligible))
+    y = [list(r.per_seed) for r in eligible if len(r.per_seed) == k]
+    n = len(y)
+    if n < 3:
+        return None
+    grand = sum(map(sum, y)) / (n * k)
+    trial_means = [sum(row) / k for row in y]
+    seed_means = [sum(row[j] for row in y) / n for j in range(k)]
+    ms_settings = k * sum((m - grand) ** 2 for m in trial_means) / (n - 1)
+    ms_noise = sum((y[i][j] - trial_means[i] - seed_means[j] + grand) ** 2 for i in range(n) for j in range(k)) / (
+        (n - 1) * (k - 1)
+    )
+    if ms_noise <= 0.0:
+        f, p, share = (math.inf, 0.0, 1.0) if ms_settings > 0 else (0.0, 1.0, 0.0)
+    else:
+        f = ms_settings / ms_noise
+        p = float(f_dist.sf(f, n - 1, (n - 1) * (k - 1)))
+        share = max(0.0, 1.0 - 1.0 / f) if f > 0 else 0.0
+    return SettingSignal(
+        trials=n,
+        seeds=k,
+        share=share,
+        setting_sd=math.sqrt(max(0.0, ms_settings - ms_noise) / k),
+        noise_se=math.sqrt(ms_noise / k),
+        f=f,
+        p=p,
+    )
+
+
 def np_var(values: Sequence[float]) -> float:
     mean = sum(values) / len(values)
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
@@ -293,6 +371,7 @@ def _figure(interactive, study, name: str, label: str, rests: str, log):
 
 
 __all__ = [
+    "SettingSignal",
     "TrialRow",
     "WinnerChoice",
     "choose_winner",
@@ -301,5 +380,6 @@ __all__ = [
     "rank",
     "rows_from_results",
     "save_plots",
+    "setting_signal",
     "study_of",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
-from orchestrator.results import TrialRow, pick_winner, rank, study_of
+from orchestrator.results import TrialRow, pick_winner, rank, setting_signal, study_of
 from orchestrator.space import Objective, parse_space
 from tests.test_space import BASE
 
@@ -115,3 +117,55 @@ def test_the_winner_is_never_worse_than_the_best_start_point():
         best_start = max(r.objective for r in rows if r.start_point)
         for se in (0.0, 1.0, 2.0):
             assert choose_winner(rows, Objective(), se).row.objective >= best_start - 1e-12
+
+
+def _grid(values: list[list[float]]) -> list[TrialRow]:
+    """Finished trials with these per-seed objectives (one row a trial, one column a seed)."""
+    return [
+        TrialRow(f"t{i}", sum(v) / len(v), "finished", 8, {}, f"/ck/{i}", per_seed=tuple(v))
+        for i, v in enumerate(values)
+    ]
+
+
+def test_setting_signal_tells_settings_that_differ_from_seeds_luck():
+    import random
+
+    rng = random.Random(0)
+    seed_effect = [0.0, 0.05, -0.03]  # a seed good or bad for every setting is not noise (common random numbers)
+    apart = _grid([[0.02 * i + s + rng.gauss(0, 0.002) for s in seed_effect] for i in range(8)])
+    lucky = _grid([[s + rng.gauss(0, 0.02) for s in seed_effect] for _ in range(8)])
+    strong, weak = setting_signal(apart), setting_signal(lucky)
+    assert strong.trials == 8 and strong.seeds == 3
+    assert strong.share > 0.95 and strong.p < 1e-6
+    assert abs(strong.setting_sd - 0.02 * statistics.stdev(range(8))) < 0.005
+    assert strong.noise_se < 0.003  # the seeds' own effect is not counted as noise
+    assert weak.share < 0.5 and weak.p > 0.01
+    assert "mostly the luckiest" in weak.line() and "can tell these settings apart" in strong.line()
+    assert set(strong.metrics()) == {"search/setting_share", "search/setting_sd", "search/noise_se", "search/setting_p"}
+
+
+def test_setting_signal_needs_three_finished_trials_with_seeds():
+    assert setting_signal(_grid([[0.3], [0.4], [0.5]])) is None  # one seed a trial
+    assert setting_signal(_grid([[0.3, 0.31], [0.4, 0.41]])) is None  # two trials
+    rows = _grid([[0.3, 0.31], [0.4, 0.41], [0.5, 0.52]]) + [
+        TrialRow("p", 0.9, "pruned", 3, {}, "/ck/p", per_seed=(0.9, 0.9)),  # a pruned trial's objective is earlier
+    ]
+    assert setting_signal(rows).trials == 3
+
+
+def test_the_sweep_prints_and_logs_the_settings_share_under_its_winner(capsys):
+    from types import SimpleNamespace
+
+    from orchestrator import report
+    from orchestrator.results import choose_winner
+
+    plan = SimpleNamespace(space=parse_space(BASE, "space.yaml"), sweep="s")
+    rows = _grid([[0.30 + 0.02 * i, 0.32 + 0.02 * i + 0.001 * (-1) ** i] for i in range(4)])
+    logged = report.winner(plan, choose_winner(rows, plan.space.objective), rows)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("winner: trial t3")
+    assert out[-1].startswith("settings against noise: 100% of the spread between the 4 finished trials'")
+    assert logged["search/setting_share"] == pytest.approx(1.0, abs=0.01)
+    assert report.winner(plan, choose_winner(rows[:2], plan.space.objective), rows[:2]) == {}  # two: no estimate
+    note = report._note(plan, rows, rows[3], {})  # the sweep run's description in MLflow
+    assert "\nSettings against noise: 100% of the spread" in note
