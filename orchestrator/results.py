@@ -147,12 +147,16 @@ class SettingSignal:
     p: float  # its p-value: no difference between the settings
 
     def line(self) -> str:
-        verdict = (
-            "the best trial is mostly the luckiest: more seeds a trial (search.seeds) or a space whose settings "
-            "differ more would let a search tell them apart"
-            if self.share < 0.5
-            else "the search can tell these settings apart"
+        remedy = (
+            "more seeds a trial (search.seeds) or a space whose settings differ more would let a search tell them apart"
         )
+        if self.p >= 0.05:
+            verdict = "they do not differ beyond their seeds' luck (at 5%): the best trial is mostly the luckiest; "
+        elif self.share < 0.5:
+            verdict = "they differ, but less than their seeds' luck moves them: the best trial is partly the luckiest; "
+        else:
+            verdict, remedy = "the search can tell these settings apart", ""
+        verdict += remedy
         return (
             f"settings against noise: {100 * self.share:.0f}% of the spread between the {self.trials} finished "
             f"trials' objectives is their settings (sd {self.setting_sd:.4f} between settings, {self.noise_se:.4f} "

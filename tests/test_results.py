@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from orchestrator.results import TrialRow, pick_winner, rank, setting_signal, study_of
+from orchestrator.results import SettingSignal, TrialRow, pick_winner, rank, setting_signal, study_of
 from orchestrator.space import Objective, parse_space
 from tests.test_space import BASE
 
@@ -140,7 +140,13 @@ def test_setting_signal_tells_settings_that_differ_from_seeds_luck():
     assert abs(strong.setting_sd - 0.02 * statistics.stdev(range(8))) < 0.005
     assert strong.noise_se < 0.003  # the seeds' own effect is not counted as noise
     assert weak.share < 0.5 and weak.p > 0.01
-    assert "mostly the luckiest" in weak.line() and "can tell these settings apart" in strong.line()
+    assert (
+        "mostly the luckiest" in weak.line()
+        and weak.line().endswith("tell them apart")
+        and "can tell these settings apart" in strong.line()
+    )
+    between = SettingSignal(trials=8, seeds=2, share=0.4, setting_sd=0.01, noise_se=0.012, f=1.7, p=0.03)
+    assert "differ, but less than their seeds' luck" in between.line()  # real, yet smaller than the noise
     assert set(strong.metrics()) == {"search/setting_share", "search/setting_sd", "search/noise_se", "search/setting_p"}
 
 

@@ -90,3 +90,24 @@ def test_rank_agreement_by_evaluation():
     ]
     assert se.agreement(curves, last=4) == {1: None, 2: pytest.approx(-1.0), 3: pytest.approx(1.0)}
     assert se.agreement(curves[:2], last=4) == {}
+
+
+def test_select_noise_scores_random_trials_on_every_select_target(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "select_noise", pathlib.Path(__file__).parents[1] / "bench" / "select_noise.py"
+    )
+    sn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sn)
+    import yaml
+
+    from orchestrator.space import load_space
+
+    base = yaml.safe_load(open(pathlib.Path(__file__).parents[1] / "search_spaces" / "thresholds.yaml"))
+    path = sn.write_space(base, "sn", ["synthetic:tiny/select", "synthetic:tiny/report"], 5, 3, str(tmp_path))
+    space = load_space(path)  # a valid space: random, no ASHA, no verification, no start points, the same seeds
+    assert space.search.sampler == "random" and space.search.num_samples == 5 and space.search.seed == 3
+    assert space.search.seeds == base["search"]["seeds"] and not space.search.start_from
+    assert space.scheduler.type == "none" and space.verify.seeds == 0
+    assert space.targets.select == ("synthetic:tiny/select", "synthetic:tiny/report")
+    assert sn.windowed({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.7}, 4) == pytest.approx(0.4)  # the last 3 up to evaluation 4
+    assert sn.windowed({1: 0.1, 2: 0.2}, 1) == pytest.approx(0.1)  # fewer before it: those there are
