@@ -80,10 +80,13 @@ def no_winner(plan: SweepPlan, rows: Sequence[TrialRow]) -> None:
     )
 
 
-def winner(plan: SweepPlan, choice: WinnerChoice, rows: Sequence[TrialRow]) -> dict[str, float]:
-    """The winner and why; then whether the trials' settings differed beyond their seeds' noise (the metrics of that,
-    for the sweep's run)."""
+def winner(plan: SweepPlan, choice: WinnerChoice) -> None:
     print(f"\nwinner: trial {choice.row.trial}, {choice.why(plan.space.search.promote_se)}")
+
+
+def settings_against_noise(rows: Sequence[TrialRow]) -> dict[str, float]:
+    """Whether the trials' settings differed beyond their seeds' luck (`results.setting_signal`), printed under the
+    winner's scores; its metrics, for the sweep's run ({} when it cannot be told)."""
     signal = setting_signal(rows)
     if signal is None:
         return {}
@@ -230,4 +233,14 @@ def publish_verdict(plan: SweepPlan, parent, rows: Sequence[TrialRow], row: Tria
         )
 
 
-__all__ = ["Timings", "faults", "hints", "interrupted", "leaderboard", "no_winner", "publish_verdict", "winner"]
+__all__ = [
+    "Timings",
+    "faults",
+    "hints",
+    "interrupted",
+    "leaderboard",
+    "no_winner",
+    "publish_verdict",
+    "settings_against_noise",
+    "winner",
+]

@@ -306,10 +306,11 @@ class Sweep:
         if found.choice.row is None:
             report.no_winner(plan, found.rows)
             return "FAILED", EXIT_NO_TRIAL
-        signal = report.winner(plan, found.choice, found.rows)
+        report.winner(plan, found.choice)
+        self._summarise_winner(parent, found.rows, found.choice.row, folder)
+        signal = report.settings_against_noise(found.rows)
         if signal:
             parent.log_metrics(signal)
-        self._summarise_winner(parent, found.rows, found.choice.row, folder)
         t_verify = time.perf_counter()
         verification = self._verify(parent, found.choice.row) if plan.space.verify.seeds else Stage()
         if self.stops.received:
