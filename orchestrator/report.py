@@ -192,7 +192,6 @@ def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification
             f"**Winner: trial `{row.trial}`** ({metric} {row.objective:.4f}); exported with "
             f"`python -m orchestrator.best --export DIR --sweep {plan.sweep}`",
             "",
-            *([signal.line()[0].upper() + signal.line()[1:] + ".", ""] if signal else []),
             "**Verification** (report-target mAP, fresh seeds):",
             "",
             *[f"- {line}" for line in verdict],
@@ -201,6 +200,7 @@ def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification
             "",
             *board,
             "",
+            *([signal.line()[0].upper() + signal.line()[1:] + ".", ""] if signal else []),
             "The winner's model card: artifact `card/model_card.md`.",
         ]
     )

@@ -176,3 +176,4 @@ def test_the_sweep_prints_and_logs_the_settings_share_under_its_winner(capsys):
     assert report.settings_against_noise(rows[:2]) == {} and not capsys.readouterr().out  # two trials: no estimate
     note = report._note(plan, rows, rows[3], {})  # the sweep run's description in MLflow
     assert "\nSettings against noise: 100% of the spread" in note
+    assert note.index("**Verification**") < note.index("Settings against noise")  # the verdict stays on top
