@@ -134,6 +134,8 @@ def main() -> None:
     client = MlflowClient(uri)
     rows, runs = trial_rows(client, parent)
     rows = [r for r in rows if r.outcome == "finished" and r.checkpoint]
+    if len(rows) < 3:
+        raise SystemExit(f"sweep {name} in {args.out} has {len(rows)} finished trial(s); at least 3 are needed")
     uris = json.loads(parent.data.tags[S.SELECT])
     names = json.loads(parent.data.tags.get(S.TARGET_NAMES, "{}"))
     seeds = max(len(r.per_seed) for r in rows) or 1
