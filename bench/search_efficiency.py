@@ -189,18 +189,14 @@ def agreement(curves: list[dict[int, float]], last: int) -> dict[int, float | No
     return out
 
 
-class ReportScores:
-    """A pick's report-target mAP, the mean over its seeds' models; the report targets are opened once."""
+class SeedScores:
+    """Each seed's mAP on `targets` of a trial checkpoint, {target name: mAP} a seed (scored on the CPU, once a
+    checkpoint); the targets are opened once, at the first model's image size."""
 
-    def __init__(self, parent, seeds: int) -> None:
-        from orchestrator.plan import Target
-        from orchestrator.tracking import schema as S
+    def __init__(self, targets: list, seeds: int) -> None:
+        self.targets, self.seeds, self.opened, self.cache = targets, seeds, None, {}
 
-        names = json.loads(parent.data.tags.get(S.TARGET_NAMES, "{}"))
-        self.targets = [Target(u, names.get(u, u)) for u in json.loads(parent.data.tags.get(S.REPORT, "[]"))]
-        self.seeds, self.opened, self.cache = seeds, None, {}
-
-    def __call__(self, checkpoint: str) -> float:
+    def per_seed(self, checkpoint: str) -> list[dict[str, float]]:
         from adin_core.train import model_from_state
         from orchestrator.checkpoints import load_state
         from orchestrator.targets import open_target, score_targets
@@ -211,10 +207,23 @@ class ReportScores:
                 model, config = model_from_state(load_state(checkpoint, k))
                 if self.opened is None:
                     self.opened = [open_target(t, (config.image_height, config.image_width)) for t in self.targets]
-                scores = score_targets(model, self.opened, config)
-                values.append(statistics.mean(s["mAP"] for s in scores.values()))
-            self.cache[checkpoint] = statistics.mean(values)
+                values.append({n: s["mAP"] for n, s in score_targets(model, self.opened, config).items()})
+            self.cache[checkpoint] = values
         return self.cache[checkpoint]
+
+
+class ReportScores(SeedScores):
+    """A pick's report-target mAP, the mean over its seeds' models of the mean over the sweep's report targets."""
+
+    def __init__(self, parent, seeds: int) -> None:
+        from orchestrator.plan import Target
+        from orchestrator.tracking import schema as S
+
+        names = json.loads(parent.data.tags.get(S.TARGET_NAMES, "{}"))
+        super().__init__([Target(u, names.get(u, u)) for u in json.loads(parent.data.tags.get(S.REPORT, "[]"))], seeds)
+
+    def __call__(self, checkpoint: str) -> float:
+        return statistics.mean(statistics.mean(seed.values()) for seed in self.per_seed(checkpoint))
 
 
 def main() -> None:

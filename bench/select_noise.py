@@ -33,6 +33,7 @@ import sys
 from dataclasses import replace
 
 import yaml
+from search_efficiency import SeedScores  # bench/ is the script's own folder
 
 from orchestrator.results import TrialRow, setting_signal
 
@@ -65,24 +66,14 @@ def windowed(history: dict[int, float], step: int, window: int = WINDOW) -> floa
 
 def final_scores(rows: list[TrialRow], uris: list[str], seeds: int) -> dict[str, list[TrialRow]]:
     """Each target's rows, their per-seed values the final checkpoints' mAP on it (scored here, on the CPU)."""
-    from adin_core.train import model_from_state
-    from orchestrator.checkpoints import load_state
     from orchestrator.plan import Target
-    from orchestrator.targets import open_target, score_targets
 
-    opened, out = None, {u: [] for u in uris}
+    scores, out = SeedScores([Target(u, f"t{i}") for i, u in enumerate(uris)], seeds), {u: [] for u in uris}
     for row in rows:
-        values: dict[str, list[float]] = {u: [] for u in uris}
-        for k in range(seeds):
-            model, config = model_from_state(load_state(row.checkpoint, k))
-            if opened is None:
-                size = (config.image_height, config.image_width)
-                opened = [open_target(Target(u, f"t{i}"), size) for i, u in enumerate(uris)]
-            scores = score_targets(model, opened, config)
-            for i, u in enumerate(uris):
-                values[u].append(scores[f"t{i}"]["mAP"])
-        for u in uris:
-            out[u].append(replace(row, per_seed=tuple(values[u]), objective=statistics.mean(values[u])))
+        by_seed = scores.per_seed(row.checkpoint)
+        for i, u in enumerate(uris):
+            values = tuple(seed[f"t{i}"] for seed in by_seed)
+            out[u].append(replace(row, per_seed=values, objective=statistics.mean(values)))
     return out
 
 
