@@ -187,6 +187,7 @@ def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification
         )
     verdict = verification.get("summary") or ["not verified"]
     signal = setting_signal(rows)
+    said = signal.line() if signal else ""
     return "\n".join(
         [
             f"**Winner: trial `{row.trial}`** ({metric} {row.objective:.4f}); exported with "
@@ -200,7 +201,7 @@ def _note(plan: SweepPlan, rows: Sequence[TrialRow], row: TrialRow, verification
             "",
             *board,
             "",
-            *([signal.line()[0].upper() + signal.line()[1:] + ".", ""] if signal else []),
+            *([said[:1].upper() + said[1:] + ".", ""] if said else []),
             "The winner's model card: artifact `card/model_card.md`.",
         ]
     )
