@@ -234,10 +234,18 @@ def main() -> None:
     ap.add_argument("--asha-factor", type=float, default=2.0, help="tpe+asha gets this many times --samples trials")
     ap.add_argument("--epochs", type=float, help="epochs of a trial (default: the space's)")
     ap.add_argument("--seeds", type=int, help="training seeds per trial (default: the space's search.seeds)")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="which arms to run (the headline needs random and tpe+asha; tpe adds a comparison and rank agreement)",
+    )
     ap.add_argument("--out", default="runs/bench-search")
     ap.add_argument("--data-root", default=os.environ.get("ADIN_DATA_ROOT", "runs/data"))
     ap.add_argument("--report-only", action="store_true", help="read the finished sweeps in --out, run nothing")
     args = ap.parse_args()
+    args.methods = [m for m in METHODS if m in args.methods]  # random first: its epochs are the others' budget
 
     from mlflow.tracking import MlflowClient
 
@@ -273,6 +281,8 @@ def main() -> None:
     os.makedirs(spaces, exist_ok=True)
     for sweep_seed in [] if args.report_only else args.sweep_seeds:
         for method, (_, scheduler) in METHODS.items():
+            if method not in args.methods:
+                continue
             name = sweep_name(method, sweep_seed)
             parent = parent_of(name)
             if parent is not None and parent.data.tags.get(S.SWEEP_STATE) == "complete":
@@ -291,7 +301,7 @@ def main() -> None:
     ratios, lines, how = [], [], []
     for sweep_seed in args.sweep_seeds:
         curves, random_params = {}, []
-        for method in METHODS:
+        for method in args.methods:
             parent = parent_of(sweep_name(method, sweep_seed))
             if parent is None:
                 continue
