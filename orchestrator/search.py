@@ -229,10 +229,19 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.BaseSampler:
         # constant liar: a trial still running counts as a poor one, so parallel workers do not all sample the
         # same promising point (Optuna's advice for TPE with concurrent trials)
         return optuna.samplers.TPESampler(
-            seed=settings.seed, n_startup_trials=settings.random_start, constant_liar=settings.max_concurrent > 1
+            seed=settings.seed, n_startup_trials=startup_finished(settings), constant_liar=settings.max_concurrent > 1
         )
     cls = {"cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler}[settings.sampler]
-    return cls(seed=settings.seed, n_startup_trials=settings.random_start)
+    return cls(seed=settings.seed, n_startup_trials=startup_finished(settings))
+
+
+def startup_finished(settings: SearchSettings) -> int:
+    """Optuna's `n_startup_trials` for the space's random start. Optuna counts *finished* trials, and Tune asks for
+    the next trial as soon as one of the `max_concurrent` in flight ends, so from then on each draw sees
+    `max_concurrent - 1` trials still running: passed through unchanged, a random start of 4 with 2 in flight drew 5
+    at random (of a main job's 8, the model chose only 3). The first `max_concurrent` draws see nothing finished and
+    are random whatever this is."""
+    return max(1, settings.random_start - (settings.max_concurrent - 1)) if settings.random_start else 0
 
 
 def make_scheduler(plan: SweepPlan) -> TrialScheduler:

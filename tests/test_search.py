@@ -3,6 +3,8 @@ index (a resumed trial's Tune iteration starts again at 1), with a trial the sch
 
 from __future__ import annotations
 
+from collections import deque
+
 import optuna
 import pytest
 
@@ -285,3 +287,38 @@ def test_a_diverged_trial_is_told_only_after_its_queued_values_are_written():
     (trial,) = search._ot_study.trials
     assert trial.state == optuna.trial.TrialState.FAIL and trial.intermediate_values == pytest.approx({1: 0.1})
     assert trial.user_attrs["diverged"] == "seed 0 diverged at step 9"
+
+
+@pytest.mark.parametrize("in_flight,start", [(1, 4), (2, 4), (3, 5), (2, 1)])
+def test_the_random_start_is_the_number_of_trials_drawn_at_random_whatever_is_in_flight(in_flight, start):
+    """Tune asks for a trial as soon as one in flight ends; Optuna counts finished trials only, so passed through
+    unchanged a random start of 4 with 2 in flight drew 5 at random. Replayed here: ask `in_flight`, then tell the
+    oldest and ask the next, as Tune's ConcurrencyLimiter does, and record which draws were random."""
+    import dataclasses
+
+    from orchestrator.search import make_sampler
+    from orchestrator.space import load_space
+
+    space = load_space("search_spaces/thresholds.yaml")
+    settings = dataclasses.replace(
+        space.search, sampler="tpe", seed=1, num_samples=12, startup_trials=start, max_concurrent=in_flight
+    )
+    sampler = make_sampler(settings)
+    drawn_at_random: set[int] = set()
+    independent = sampler._random_sampler.sample_independent
+
+    def record(study, trial, name, distribution):
+        drawn_at_random.add(trial.number)
+        return independent(study, trial, name, distribution)
+
+    sampler._random_sampler.sample_independent = record
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    define, running = space.define_by_run(), deque()
+    for number in range(settings.num_samples):
+        if len(running) == in_flight:
+            done = running.popleft()
+            study.tell(done, float(done.number % 3))
+        trial = study.ask()
+        define(trial)
+        running.append(trial)
+    assert drawn_at_random == set(range(max(start, in_flight)))
