@@ -111,3 +111,31 @@ def test_select_noise_scores_random_trials_on_every_select_target(tmp_path):
     assert space.targets.select == ("synthetic:tiny/select", "synthetic:tiny/report")
     assert sn.windowed({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.7}, 4) == pytest.approx(0.4)  # the last 3 up to evaluation 4
     assert sn.windowed({1: 0.1, 2: 0.2}, 1) == pytest.approx(0.1)  # fewer before it: those there are
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reach_power_counts_the_shipped_budget_and_tells_a_sure_search_from_chance():
+    """bench/reach_power.py: the budget as search_efficiency counts it, and the model's two ends: a search whose own
+    first draw is far better than anything random draws meets the headline every time when it shares no random start;
+    one no better than chance, sharing half its draws with random search, about as often as random's best falls in
+    the shared half and survives the rung."""
+    from orchestrator.space import load_space
+
+    rp = _bench("reach_power")
+    b = rp.budget_of(load_space("search_spaces/thresholds.yaml"), None)
+    assert (b.samples, b.random_start, b.pretrain, b.full, b.stopped, b.reduction_factor) == (8, 4, 8, 24, 8, 2)
+    assert b.random_epochs == 200
+    sure = rp.Budget(8, 0, 8, 24, 8, 2)
+    assert rp.chance(sure, rho=1.0, steer=50.0, draws=200) == 1.0
+    blind = rp.chance(b, rho=0.5, steer=0.0, draws=4000)
+    assert 0.3 < blind < 0.5  # random's best is in the shared 4 half the time, and must survive the rung
+    assert rp.chance(b, rho=0.5, steer=3.0, draws=4000) > blind
+    assert rp.median_met(0.5, 3) == pytest.approx(0.5) and rp.median_met(1.0, 3) == 1.0
+    assert rp.median_met(0.0, 3) == 0.0
