@@ -314,7 +314,7 @@ def test_the_random_start_is_the_number_of_trials_drawn_at_random_whatever_is_in
     sampler._random_sampler.sample_independent = record
     study = optuna.create_study(direction="maximize", sampler=sampler)
     define, running = space.define_by_run(), deque()
-    for number in range(settings.num_samples):
+    for _ in range(settings.num_samples):
         if len(running) == in_flight:
             done = running.popleft()
             study.tell(done, float(done.number % 3))

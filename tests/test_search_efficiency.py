@@ -1,5 +1,5 @@
 """bench/search_efficiency.py's bookkeeping: epochs counted in the order trials ended, the budget cut, only trials
-that trained their whole budget competing for "best so far"."""
+that trained their whole budget competing for "best so far"; and the pure parts of select_noise and reach_power."""
 
 import importlib.util
 import pathlib
@@ -10,12 +10,18 @@ import pytest
 from orchestrator.results import TrialRow
 from orchestrator.space import Objective
 
-_spec = importlib.util.spec_from_file_location(
-    "search_efficiency", pathlib.Path(__file__).parents[1] / "bench" / "search_efficiency.py"
-)
-se = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = se  # dataclasses look their module up
-_spec.loader.exec_module(se)
+
+def _bench(name):
+    """A bench script as a module (bench/ is not a package); registered, so dataclasses and the scripts' own
+    imports of each other find it."""
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+se = _bench("search_efficiency")
 
 
 def _t(name, ended, epochs, objective, finished=True):
@@ -93,11 +99,7 @@ def test_rank_agreement_by_evaluation():
 
 
 def test_select_noise_scores_random_trials_on_every_select_target(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "select_noise", pathlib.Path(__file__).parents[1] / "bench" / "select_noise.py"
-    )
-    sn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sn)
+    sn = _bench("select_noise")
     import yaml
 
     from orchestrator.space import load_space
@@ -111,14 +113,6 @@ def test_select_noise_scores_random_trials_on_every_select_target(tmp_path):
     assert space.targets.select == ("synthetic:tiny/select", "synthetic:tiny/report")
     assert sn.windowed({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.7}, 4) == pytest.approx(0.4)  # the last 3 up to evaluation 4
     assert sn.windowed({1: 0.1, 2: 0.2}, 1) == pytest.approx(0.1)  # fewer before it: those there are
-
-
-def _bench(name):
-    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parents[1] / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_reach_power_counts_the_shipped_budget_and_tells_a_sure_search_from_chance():
