@@ -20,6 +20,7 @@ often, the headline at that budget measures where random search's luckiest draw 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -71,9 +72,10 @@ def median_met(p: float, sweep_seeds: int) -> float:
 
 
 def budget_of(space, samples: int | None) -> Budget:
-    import dataclasses
-
     from orchestrator.pretraining import pretraining_epochs
+
+    if space.scheduler.type != "asha":
+        raise SystemExit(f"{space.path}: scheduler.type {space.scheduler.type}: the headline measures TPE with ASHA")
 
     n = samples or space.search.num_samples
     seeds, epochs = space.search.seeds, space.training.epochs

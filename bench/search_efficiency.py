@@ -3,6 +3,7 @@ equal budget of training epochs, over several sweep seeds.
 
     python bench/search_efficiency.py                                   # thresholds.yaml as shipped, sweep seeds 0 1 2
     python bench/search_efficiency.py --samples 4 --epochs 8 --seeds 1  # a quicker, cruder look
+    python bench/search_efficiency.py --methods random tpe+asha        # the headline's two arms only
     python bench/search_efficiency.py --out runs/bench-search --report-only   # re-read finished sweeps
 
 Every (method, sweep seed) is a real sweep (`python -m orchestrator.sweep`, its verification off) in one bench
@@ -280,9 +281,7 @@ def main() -> None:
     spaces = os.path.join(args.out, "spaces")
     os.makedirs(spaces, exist_ok=True)
     for sweep_seed in [] if args.report_only else args.sweep_seeds:
-        for method, (_, scheduler) in METHODS.items():
-            if method not in args.methods:
-                continue
+        for method in args.methods:
             name = sweep_name(method, sweep_seed)
             parent = parent_of(name)
             if parent is not None and parent.data.tags.get(S.SWEEP_STATE) == "complete":
@@ -291,7 +290,7 @@ def main() -> None:
             rc = run_sweep(
                 write_space(base, method, sweep_seed, n, spaces, random_start),
                 name,
-                scheduler,
+                METHODS[method][1],
                 args,
                 resume=parent is not None,
             )
