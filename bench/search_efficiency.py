@@ -11,11 +11,13 @@ folder (--out: sweeps, MLflow, Optuna). The methods:
 
 * `random`: Optuna's RandomSampler, every trial trains its whole budget;
 * `tpe`: TPE, every trial trains its whole budget;
-* `tpe+asha`: TPE with the space's ASHA, given --asha-factor times as many trials (ASHA stops most of them early).
+* `tpe+asha`: TPE with the space's ASHA, given --asha-factor times as many trials (ASHA stops about half of them at
+  its rung, so 1.5 times as many fill random's budget on thresholds.yaml, whose rung comes at a third of a trial's
+  epochs after the shared pretraining; trials that end past the budget are not counted).
 
 Both TPE arms draw the same random start: the one the space gives a search of --samples trials (4 of 8), so they
-differ only in the scheduler. (Left to its default, tpe+asha's 16 trials would start with 8 random ones: with the
-same sampler seed, exactly random search's 8 trials, leaving TPE nothing to steer within the budget.)
+differ only in the scheduler. (Left to its default, tpe+asha's 12 trials would start with 6 random ones: with the
+same sampler seed, random search's first 6 trials, leaving TPE less to steer within the budget.)
 
 All trials of all methods train the space's same paired seeds (search.seeds), so the methods differ only in which
 settings they try and when they stop them. The space's start points are left out (each method would try them
@@ -30,7 +32,9 @@ the search reads (the space's objective, averaged over its last evaluations wher
 whose window overlaps the last one's shares values with it); what a rung there can know; "all equal" where every trial
 was still the same model; how much of the spread between random search's trials is their settings, not their seeds'
 luck (`orchestrator.results.setting_signal`: where it is small, random's final best is mostly its luckiest trial, and
-reaching it sooner is chance); then the best objective so far (select-target mAP, what the search sees) against epochs
+reaching it sooner is chance); how much better than random's trials the trials TPE chose in tpe+asha scored at
+ASHA's rung, in sd of random's (the steer bench/reach_power.py models: what the headline can tell apart); then the
+best objective so far (select-target mAP, what the search sees) against epochs
 spent, and the report-target mAP of that best-so-far pick (its checkpoint, all seeds, scored after the sweep; the
 search never sees the report targets). The headline figure: the epochs `tpe+asha` needs to reach `random`'s final best
 objective, as a fraction of `random`'s epochs, median over the sweep seeds (target <= 0.5; "never" when it does not
@@ -176,6 +180,31 @@ def rank_agreement(client, parents, metric: str, last: int) -> dict[int, float |
     return agreement(curves, last)
 
 
+def values_at(client, parent, metric: str, step: int) -> list[tuple[dict, float]]:
+    """Each trial's (parameters, `metric` at evaluation `step`), for the trials of `parent` that got there."""
+    from orchestrator.best import trial_rows
+
+    rows, runs = trial_rows(client, parent)
+    out = []
+    for row in rows:
+        history = {m.step: m.value for m in client.get_metric_history(runs[row.trial].info.run_id, metric)}
+        if step in history:
+            out.append((row.params, history[step]))
+    return out
+
+
+def steer(random: list[tuple[dict, float]], searched: list[tuple[dict, float]], sign: float) -> tuple[float, int]:
+    """How much better than random search's trials the trials a search chose itself scored, in standard deviations
+    of random's (`sign` -1 where lower is better), and how many it chose: the `steer` bench/reach_power.py models.
+    Read at ASHA's rung, which every trial reaches, so stopped trials count too; its draws shared with random search
+    (the same random start) are left out."""
+    own = [v for p, v in searched if p not in [q for q, _ in random]]
+    values = [v for _, v in random]
+    if len(own) < 2 or len(values) < 2 or statistics.stdev(values) == 0:
+        return float("nan"), len(own)
+    return sign * (statistics.mean(own) - statistics.mean(values)) / statistics.stdev(values), len(own)
+
+
 def agreement(curves: list[dict[int, float]], last: int) -> dict[int, float | None]:
     """Spearman's rho between each evaluation's values and the `last` one's, over curves {evaluation: value}."""
     from scipy.stats import spearmanr
@@ -232,7 +261,9 @@ def main() -> None:
     ap.add_argument("--space", default="search_spaces/thresholds.yaml")
     ap.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--samples", type=int, help="trials of random and tpe (default: the space's num_samples)")
-    ap.add_argument("--asha-factor", type=float, default=2.0, help="tpe+asha gets this many times --samples trials")
+    ap.add_argument(
+        "--asha-factor", type=float, default=1.5, help="tpe+asha gets this many times --samples trials (see above)"
+    )
     ap.add_argument("--epochs", type=float, help="epochs of a trial (default: the space's)")
     ap.add_argument("--seeds", type=int, help="training seeds per trial (default: the space's search.seeds)")
     ap.add_argument(
@@ -337,6 +368,18 @@ def main() -> None:
                 how.append(" (random search's own trial)" if row.params in random_params else " (a trial TPE chose)")
             else:
                 how.append("")
+            client = MlflowClient(args.tracking_uri)
+            rung = space.scheduler.grace_period if space.scheduler.type == "asha" else space.scheduler.max_t
+            value, own = steer(
+                values_at(client, parent_of(sweep_name("random", sweep_seed)), space.objective.key, rung),
+                values_at(client, parent_of(sweep_name("tpe+asha", sweep_seed)), space.objective.key, rung),
+                1.0 if space.objective.mode == "max" else -1.0,
+            )
+            lines.append(
+                f"  seed {sweep_seed}  the {own} trials TPE chose in tpe+asha, at ASHA's rung (epoch "
+                f"{rung * space.training.eval_every_epochs:g}): {value:+.2f} sd against random's trials "
+                "(bench/reach_power.py's steer)"
+            )
     print("\n".join(lines))
     if ratios:
 

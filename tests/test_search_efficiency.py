@@ -2,6 +2,7 @@
 that trained their whole budget competing for "best so far"; and the pure parts of select_noise and reach_power."""
 
 import importlib.util
+import math
 import pathlib
 import sys
 
@@ -52,6 +53,17 @@ def test_minimised_objectives_count_lower_as_better():
     points = se.curve([_t("a", 1, 10, 0.5), _t("b", 2, 10, 0.3)], budget=100, objective=Objective(mode="min"))
     assert [t.objective for _, t in points] == [0.5, 0.3]
     assert se.epochs_to_reach(points, 0.4, Objective(mode="min")) == 20
+
+
+def test_steer_counts_only_the_trials_the_search_chose_in_sd_of_random_search():
+    random = [({"beta": b}, v) for b, v in [(0.1, 0.30), (0.2, 0.32), (0.3, 0.34), (0.4, 0.36)]]  # sd 0.0258
+    searched = [({"beta": 0.1}, 0.30), ({"beta": 0.2}, 0.32), ({"beta": 0.05}, 0.37), ({"beta": 0.06}, 0.39)]
+    value, own = se.steer(random, searched, 1.0)
+    assert own == 2  # the shared random start is not the search's choice
+    assert value == pytest.approx((0.38 - 0.33) / 0.0258199, rel=1e-4)
+    assert se.steer(random, searched, -1.0)[0] == pytest.approx(-value)  # lower is better: the same lead counts against
+    value, own = se.steer(random, searched[:3], 1.0)
+    assert own == 1 and math.isnan(value)  # one trial of its own says nothing
 
 
 def test_each_method_gets_its_own_space_file(tmp_path):
