@@ -162,43 +162,37 @@ def epochs_to_reach(points: list[tuple[float, TrialRow]], target: float, objecti
     return None
 
 
-def rank_agreement(client, parents, metric: str, last: int) -> dict[int, float | None]:
-    """How well each evaluation's objective ranks the trials as their last one does (Spearman's rho over the
-    distinct trials of `parents` that trained their whole budget): what an ASHA rung at that evaluation can know.
-    None: every trial scored the same there (a rung would rank identical models)."""
-    from orchestrator.best import trial_rows
-
-    curves, seen = [], set()
-    for parent in parents:
-        rows, runs = trial_rows(client, parent)
-        for row in rows:
-            key = tuple(sorted(row.params.items()))  # random's and tpe's shared random start: counted once
-            history = {m.step: m.value for m in client.get_metric_history(runs[row.trial].info.run_id, metric)}
-            if last in history and key not in seen:
-                seen.add(key)
-                curves.append(history)
-    return agreement(curves, last)
-
-
-def values_at(client, parent, metric: str, step: int) -> list[tuple[dict, float]]:
-    """Each trial's (parameters, `metric` at evaluation `step`), for the trials of `parent` that got there."""
+def histories(client, parent, metric: str) -> list[tuple[dict, dict[int, float]]]:
+    """Each trial of `parent` as (its parameters, {evaluation: `metric`})."""
     from orchestrator.best import trial_rows
 
     rows, runs = trial_rows(client, parent)
-    out = []
-    for row in rows:
-        history = {m.step: m.value for m in client.get_metric_history(runs[row.trial].info.run_id, metric)}
-        if step in history:
-            out.append((row.params, history[step]))
-    return out
+    return [
+        (row.params, {m.step: m.value for m in client.get_metric_history(runs[row.trial].info.run_id, metric)})
+        for row in rows
+    ]
+
+
+def rank_agreement(trials: list[tuple[dict, dict[int, float]]], last: int) -> dict[int, float | None]:
+    """How well each evaluation's objective ranks the trials as their last one does (Spearman's rho over the
+    distinct `trials` (histories()) that trained their whole budget): what an ASHA rung at that evaluation can know.
+    None: every trial scored the same there (a rung would rank identical models)."""
+    curves, seen = [], set()
+    for params, history in trials:
+        key = tuple(sorted(params.items()))  # random's and tpe's shared random start: counted once
+        if last in history and key not in seen:
+            seen.add(key)
+            curves.append(history)
+    return agreement(curves, last)
 
 
 def steer(random: list[tuple[dict, float]], searched: list[tuple[dict, float]], sign: float) -> tuple[float, int]:
     """How much better than random search's trials the trials a search chose itself scored, in standard deviations
     of random's (`sign` -1 where lower is better), and how many it chose: the `steer` bench/reach_power.py models.
-    Read at ASHA's rung, which every trial reaches, so stopped trials count too; its draws shared with random search
-    (the same random start) are left out."""
-    own = [v for p, v in searched if p not in [q for q, _ in random]]
+    Given each trial's (parameters, value) at ASHA's rung, which every trial reaches, so stopped trials count too;
+    its draws shared with random search (the same random start) are left out."""
+    shared = [p for p, _ in random]
+    own = [v for p, v in searched if p not in shared]
     values = [v for _, v in random]
     if len(own) < 2 or len(values) < 2 or statistics.stdev(values) == 0:
         return float("nan"), len(own)
@@ -329,14 +323,17 @@ def main() -> None:
                 raise SystemExit(f"sweep {name} exited {rc}; rerun this command to continue it and the others")
 
     ratios, lines, how = [], [], []
+    client = MlflowClient(args.tracking_uri) if os.path.exists(db) else None  # None: no sweep, so no parents
     for sweep_seed in args.sweep_seeds:
         curves, random_params = {}, []
+        parents = {m: p for m in METHODS if (p := parent_of(sweep_name(m, sweep_seed))) is not None}
+        trials = {m: histories(client, p, space.objective.key) for m, p in parents.items()}
         for method in args.methods:
-            parent = parent_of(sweep_name(method, sweep_seed))
+            parent = parents.get(method)
             if parent is None:
                 continue
             report = ReportScores(parent, seeds)
-            ends = trial_ends(MlflowClient(args.tracking_uri), parent, space.training.eval_every_epochs, seeds, epochs)
+            ends = trial_ends(client, parent, space.training.eval_every_epochs, seeds, epochs)
             if method == "random":
                 budget = sum(e.epochs for e in ends)
                 random_params = [e.row.params for e in ends if e.row is not None]
@@ -349,9 +346,9 @@ def main() -> None:
                     f"  seed {sweep_seed}  {method:9s} {spent:7.0f} seed-epochs  best objective "
                     f"{best.objective:.4f} (trial {best.trial}, report mAP {report(best.checkpoint):.4f})"
                 )
-        full = [p for p in (parent_of(sweep_name(m, sweep_seed)) for m in ("random", "tpe")) if p is not None]
+        full = [t for m in ("random", "tpe") for t in trials.get(m, [])]
         if full:
-            rho = rank_agreement(MlflowClient(args.tracking_uri), full, space.objective.key, space.scheduler.max_t)
+            rho = rank_agreement(full, space.scheduler.max_t)
             lines.append(
                 f"  seed {sweep_seed}  rank agreement with the last evaluation (Spearman, random's and tpe's "
                 "trials), by evaluation: "
@@ -368,11 +365,9 @@ def main() -> None:
                 how.append(" (random search's own trial)" if row.params in random_params else " (a trial TPE chose)")
             else:
                 how.append("")
-            client = MlflowClient(args.tracking_uri)
             rung = space.scheduler.grace_period if space.scheduler.type == "asha" else space.scheduler.max_t
             value, own = steer(
-                values_at(client, parent_of(sweep_name("random", sweep_seed)), space.objective.key, rung),
-                values_at(client, parent_of(sweep_name("tpe+asha", sweep_seed)), space.objective.key, rung),
+                *([(p, h[rung]) for p, h in trials[m] if rung in h] for m in ("random", "tpe+asha")),
                 1.0 if space.objective.mode == "max" else -1.0,
             )
             lines.append(
